@@ -1,0 +1,3 @@
+module github.com/gobps/gobps
+
+go 1.26
