@@ -43,8 +43,7 @@ const (
 	OpHello      Op = iota + 16 // worker -> server: Sender identifies the worker rank
 	OpDeclare                   // worker -> server: payload is encoded []Decl
 	OpDeclareAck                // server -> worker
-	OpPush                      // worker -> server: payload is the partition
-	OpPushAck                   // server -> worker
+	OpPush                      // worker -> server: payload is the partition; answered only on error
 	OpPull                      // worker -> server: ask for the sum of Round
 	OpPullResp                  // server -> worker: payload is the sum
 	OpError                     // either way: payload is a UTF-8 message; ReqID names the request
@@ -55,7 +54,7 @@ var opNames = map[Op]string{
 	OpRegister: "register", OpBook: "book", OpBarrier: "barrier", OpBarrierOK: "barrier-ok",
 	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown",
 	OpHello: "hello", OpDeclare: "declare", OpDeclareAck: "declare-ack", OpPush: "push",
-	OpPushAck: "push-ack", OpPull: "pull", OpPullResp: "pull-resp", OpError: "error",
+	OpPull: "pull", OpPullResp: "pull-resp", OpError: "error",
 }
 
 // Valid reports whether o is a known operation.
