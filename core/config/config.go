@@ -1,0 +1,616 @@
+package config
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gobps/gobps/core/proto"
+)
+
+// Role is what a process does in the job; the names are those of DMLC_ROLE.
+type Role string
+
+const (
+	// Scheduler is the coordinator: rendezvous, address book, barriers,
+	// heartbeats. The name is kept for BytePS compatibility.
+	Scheduler Role = "scheduler"
+	// Server sums the pushes of every worker for the keys it owns.
+	Server Role = "server"
+	// Worker is a training process (one per GPU).
+	Worker Role = "worker"
+)
+
+func (r Role) valid() bool { return r == Scheduler || r == Server || r == Worker }
+
+// Config is the parsed environment of one gobps process. Each field names the
+// variable it comes from; see Variables and docs/env.md for defaults and
+// meaning.
+type Config struct {
+	Role      Role   // DMLC_ROLE
+	NumWorker int    // DMLC_NUM_WORKER: worker machines
+	NumServer int    // DMLC_NUM_SERVER
+	RootURI   string // DMLC_PS_ROOT_URI: coordinator host or IP
+	RootPort  int    // DMLC_PS_ROOT_PORT
+	WorkerID  int    // DMLC_WORKER_ID; -1 when unset (the coordinator assigns ranks by arrival)
+	Interface string // DMLC_INTERFACE
+	NodeHost  string // DMLC_NODE_HOST: address this node advertises; "" lets the caller pick
+
+	LocalRank         int           // BYTEPS_LOCAL_RANK
+	LocalSize         int           // BYTEPS_LOCAL_SIZE
+	PartitionBytes    int           // BYTEPS_PARTITION_BYTES, a whole number of pages
+	SchedulingCredit  int           // BYTEPS_SCHEDULING_CREDIT, in bytes once parsed
+	EngineThreads     int           // BYTEPS_SERVER_ENGINE_THREAD
+	Async             bool          // BYTEPS_ENABLE_ASYNC; Validate rejects true for now
+	TraceOn           bool          // BYTEPS_TRACE_ON
+	TraceDir          string        // BYTEPS_TRACE_DIR
+	LogLevel          string        // BYTEPS_LOG_LEVEL, upper-case
+	HeartbeatInterval time.Duration // GOBPS_HEARTBEAT_INTERVAL
+	HeartbeatTimeout  time.Duration // GOBPS_HEARTBEAT_TIMEOUT, > HeartbeatInterval
+	Lanes             int           // GOBPS_TCP_LANES: TCP connections per worker-server pair
+	Checksum          bool          // GOBPS_CHECKSUM: CRC32C on every payload
+	ServerPort        int           // GOBPS_SERVER_PORT: data port of a server; 0 picks a free one
+}
+
+// Variable describes one environment variable of the contract.
+type Variable struct {
+	Name     string
+	Default  string // as it would be written in the environment; "" when there is none
+	Doc      string // one sentence
+	Required bool
+	Roles    []Role // the roles whose processes read it
+}
+
+// Names of the variables.
+const (
+	envRole          = "DMLC_ROLE"
+	envNumWorker     = "DMLC_NUM_WORKER"
+	envNumServer     = "DMLC_NUM_SERVER"
+	envRootURI       = "DMLC_PS_ROOT_URI"
+	envRootPort      = "DMLC_PS_ROOT_PORT"
+	envWorkerID      = "DMLC_WORKER_ID"
+	envInterface     = "DMLC_INTERFACE"
+	envNodeHost      = "DMLC_NODE_HOST"
+	envLocalRank     = "BYTEPS_LOCAL_RANK"
+	envLocalSize     = "BYTEPS_LOCAL_SIZE"
+	envPartition     = "BYTEPS_PARTITION_BYTES"
+	envCredit        = "BYTEPS_SCHEDULING_CREDIT"
+	envEngineThreads = "BYTEPS_SERVER_ENGINE_THREAD"
+	envAsync         = "BYTEPS_ENABLE_ASYNC"
+	envTraceOn       = "BYTEPS_TRACE_ON"
+	envTraceDir      = "BYTEPS_TRACE_DIR"
+	envLogLevel      = "BYTEPS_LOG_LEVEL"
+	envHBInterval    = "GOBPS_HEARTBEAT_INTERVAL"
+	envHBTimeout     = "GOBPS_HEARTBEAT_TIMEOUT"
+	envLanes         = "GOBPS_TCP_LANES"
+	envChecksum      = "GOBPS_CHECKSUM"
+	envServerPort    = "GOBPS_SERVER_PORT"
+)
+
+// Limits that Validate enforces.
+const (
+	// maxCount bounds DMLC_NUM_WORKER, DMLC_NUM_SERVER, BYTEPS_LOCAL_SIZE and
+	// the number of worker processes, so that node counts and ranks never
+	// overflow.
+	maxCount = 1 << 20
+	// creditCountMax: a BYTEPS_SCHEDULING_CREDIT at most this large counts
+	// partitions rather than bytes (BytePS compatibility).
+	creditCountMax = 64
+	// defaultCreditParts is the default credit in partitions.
+	defaultCreditParts = 4
+	maxEngineThreads   = 1024
+	maxLanes           = 64
+)
+
+// logLevels are the accepted values of BYTEPS_LOG_LEVEL, most verbose first.
+var logLevels = []string{"TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "FATAL"}
+
+var (
+	allRoles      = []Role{Scheduler, Server, Worker}
+	workerOnly    = []Role{Worker}
+	serverOnly    = []Role{Server}
+	serverWorker  = []Role{Server, Worker}
+	defaultConfig = Config{
+		WorkerID:          -1,
+		LocalRank:         0,
+		LocalSize:         1,
+		PartitionBytes:    proto.DefaultPartitionBytes,
+		SchedulingCredit:  0, // resolved to defaultCreditParts partitions by Parse
+		EngineThreads:     4,
+		TraceDir:          "./trace",
+		LogLevel:          "WARNING",
+		HeartbeatInterval: time.Second,
+		HeartbeatTimeout:  5 * time.Second,
+		Lanes:             2,
+	}
+)
+
+// spec is one row of the variable table: its public description and where it
+// lives in a Config. Parse, Environ and Variables all walk this table, so
+// they cannot disagree about which variables exist.
+type spec struct {
+	Variable
+	// what completes "is required (...)" for a required variable.
+	what string
+	// field returns a pointer to the Config field: *int, *string, *bool,
+	// *time.Duration or *Role.
+	field func(*Config) any
+}
+
+var table = []spec{
+	{
+		Variable: Variable{Name: envRole, Required: true, Roles: allRoles,
+			Doc: "What this process is: scheduler (the coordinator), server or worker."},
+		what:  "scheduler, server or worker",
+		field: func(c *Config) any { return &c.Role },
+	},
+	{
+		Variable: Variable{Name: envNumWorker, Required: true, Roles: allRoles,
+			Doc: "Number of worker machines; each runs BYTEPS_LOCAL_SIZE worker processes."},
+		what:  "number of worker machines",
+		field: func(c *Config) any { return &c.NumWorker },
+	},
+	{
+		Variable: Variable{Name: envNumServer, Required: true, Roles: allRoles,
+			Doc: "Number of server processes."},
+		what:  "number of servers",
+		field: func(c *Config) any { return &c.NumServer },
+	},
+	{
+		Variable: Variable{Name: envRootURI, Required: true, Roles: allRoles,
+			Doc: "Host name or IP address of the coordinator (scheduler), without a port."},
+		what:  "coordinator host name or IP address",
+		field: func(c *Config) any { return &c.RootURI },
+	},
+	{
+		Variable: Variable{Name: envRootPort, Required: true, Roles: allRoles,
+			Doc: "TCP port the coordinator listens on, 1 to 65535."},
+		what:  "coordinator port",
+		field: func(c *Config) any { return &c.RootPort },
+	},
+	{
+		Variable: Variable{Name: envWorkerID, Roles: workerOnly,
+			Doc: "Rank of this worker machine, 0 to DMLC_NUM_WORKER-1; unset lets the coordinator assign ranks in order of arrival."},
+		field: func(c *Config) any { return &c.WorkerID },
+	},
+	{
+		Variable: Variable{Name: envInterface, Roles: allRoles,
+			Doc: "Network interface whose address this node uses; unset picks one automatically."},
+		field: func(c *Config) any { return &c.Interface },
+	},
+	{
+		Variable: Variable{Name: envNodeHost, Roles: allRoles,
+			Doc: "Host name or IP address this node advertises to the others; unset picks one automatically."},
+		field: func(c *Config) any { return &c.NodeHost },
+	},
+	{
+		Variable: Variable{Name: envLocalRank, Default: "0", Roles: workerOnly,
+			Doc: "Index of this worker process on its machine, 0 to BYTEPS_LOCAL_SIZE-1."},
+		field: func(c *Config) any { return &c.LocalRank },
+	},
+	{
+		Variable: Variable{Name: envLocalSize, Default: "1", Roles: workerOnly,
+			Doc: "Number of worker processes (usually GPUs) on each worker machine."},
+		field: func(c *Config) any { return &c.LocalSize },
+	},
+	{
+		Variable: Variable{Name: envPartition, Default: strconv.Itoa(proto.DefaultPartitionBytes), Roles: workerOnly,
+			Doc: "Largest partition a tensor is split into, in bytes, rounded down to a multiple of 4096 (at least 4096)."},
+		field: func(c *Config) any { return &c.PartitionBytes },
+	},
+	{
+		Variable: Variable{Name: envCredit, Default: "0", Roles: workerOnly,
+			Doc: "Bytes a worker may have in flight; 1 to 64 counts partitions instead, and 0 means 4 partitions."},
+		field: func(c *Config) any { return &c.SchedulingCredit },
+	},
+	{
+		Variable: Variable{Name: envEngineThreads, Default: "4", Roles: serverOnly,
+			Doc: "Number of summation engines (goroutines) per server, 1 to 1024."},
+		field: func(c *Config) any { return &c.EngineThreads },
+	},
+	{
+		Variable: Variable{Name: envAsync, Default: "0", Roles: serverWorker,
+			Doc: "Asynchronous training (not implemented yet: 1 is rejected)."},
+		field: func(c *Config) any { return &c.Async },
+	},
+	{
+		Variable: Variable{Name: envTraceOn, Default: "0", Roles: workerOnly,
+			Doc: "Record a timeline of every tensor's communication."},
+		field: func(c *Config) any { return &c.TraceOn },
+	},
+	{
+		Variable: Variable{Name: envTraceDir, Default: defaultConfig.TraceDir, Roles: workerOnly,
+			Doc: "Directory the timeline is written to when BYTEPS_TRACE_ON=1."},
+		field: func(c *Config) any { return &c.TraceDir },
+	},
+	{
+		Variable: Variable{Name: envLogLevel, Default: defaultConfig.LogLevel, Roles: allRoles,
+			Doc: "Least severe log level printed: TRACE, DEBUG, INFO, WARNING, ERROR or FATAL."},
+		field: func(c *Config) any { return &c.LogLevel },
+	},
+	{
+		Variable: Variable{Name: envHBInterval, Default: defaultConfig.HeartbeatInterval.String(), Roles: allRoles,
+			Doc: "How often each node sends the coordinator a heartbeat."},
+		field: func(c *Config) any { return &c.HeartbeatInterval },
+	},
+	{
+		Variable: Variable{Name: envHBTimeout, Default: defaultConfig.HeartbeatTimeout.String(), Roles: allRoles,
+			Doc: "How long without a heartbeat before a node is declared dead; must exceed GOBPS_HEARTBEAT_INTERVAL."},
+		field: func(c *Config) any { return &c.HeartbeatTimeout },
+	},
+	{
+		Variable: Variable{Name: envLanes, Default: strconv.Itoa(defaultConfig.Lanes), Roles: serverWorker,
+			Doc: "TCP connections per worker-server pair, 1 to 64."},
+		field: func(c *Config) any { return &c.Lanes },
+	},
+	{
+		Variable: Variable{Name: envChecksum, Default: "0", Roles: serverWorker,
+			Doc: "Send a CRC32C of every payload and check it on arrival."},
+		field: func(c *Config) any { return &c.Checksum },
+	},
+	{
+		Variable: Variable{Name: envServerPort, Default: "0", Roles: serverOnly,
+			Doc: "TCP port a server listens on for data; 0 picks a free port."},
+		field: func(c *Config) any { return &c.ServerPort },
+	},
+}
+
+// Variables returns the table of every environment variable gobps reads, in
+// a stable order (BytePS-compatible ones first). The caller may modify the
+// result.
+func Variables() []Variable {
+	out := make([]Variable, len(table))
+	for i, s := range table {
+		out[i] = s.Variable
+		out[i].Roles = slices.Clone(s.Roles)
+	}
+	return out
+}
+
+// FromEnv parses the process environment: Parse(os.LookupEnv).
+func FromEnv() (*Config, error) { return Parse(os.LookupEnv) }
+
+// Parse reads every variable through lookup, applies defaults, resolves
+// BYTEPS_PARTITION_BYTES and BYTEPS_SCHEDULING_CREDIT, and validates the
+// result. On error it returns nil and every problem found, joined. A nil
+// lookup reads as an empty environment.
+func Parse(lookup func(string) (string, bool)) (*Config, error) {
+	c := defaultConfig
+	raw := make(map[string]string) // trimmed values of the variables that are set
+	bad := make(map[string]bool)   // variables already reported
+	var p problems
+	for _, s := range table {
+		v, ok := "", false
+		if lookup != nil {
+			v, ok = lookup(s.Name)
+		}
+		v = strings.TrimSpace(v)
+		if !ok || v == "" {
+			if s.Required {
+				p.add(s.Name, requiredErr(s))
+				bad[s.Name] = true
+			}
+			continue
+		}
+		raw[s.Name] = v
+		if err := parseValue(s.field(&c), v); err != nil {
+			p.add(s.Name, fmt.Errorf("config: %s=%q: %w", s.Name, v, err))
+			bad[s.Name] = true
+		}
+	}
+
+	c.Role = Role(strings.ToLower(string(c.Role)))
+	c.LogLevel = strings.ToUpper(c.LogLevel)
+	if v, ok := raw[envWorkerID]; ok && !bad[envWorkerID] && c.WorkerID < 0 {
+		p.add(envWorkerID, valueErr(envWorkerID, v, "must be at least 0 (leave it unset to let the coordinator assign ranks)"))
+		bad[envWorkerID] = true
+	}
+	if !bad[envPartition] && c.PartitionBytes > 0 {
+		c.PartitionBytes = proto.RoundPartitionBytes(c.PartitionBytes)
+	}
+	if v, ok := raw[envCredit]; ok && !bad[envCredit] && c.SchedulingCredit < 0 {
+		p.add(envCredit, valueErr(envCredit, v, "must not be negative"))
+		bad[envCredit] = true
+	}
+	if !bad[envCredit] && !bad[envPartition] {
+		switch n := c.SchedulingCredit; {
+		case n == 0:
+			c.SchedulingCredit = satMul(defaultCreditParts, c.PartitionBytes)
+		case n > 0 && n <= creditCountMax:
+			c.SchedulingCredit = satMul(n, c.PartitionBytes)
+		}
+	}
+
+	c.validate(&p, raw, bad)
+	if err := p.err(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks every field against the contract, whether c came from
+// Parse or was built by hand, and returns every problem found, joined.
+func (c *Config) Validate() error {
+	if c == nil {
+		return errors.New("config: nil Config")
+	}
+	var p problems
+	c.validate(&p, nil, map[string]bool{})
+	return p.err()
+}
+
+// validate adds c's problems to p. raw holds the values as the user wrote
+// them, quoted in errors in preference to the parsed ones; variables in bad
+// were already reported and are not checked again, nor compared with others.
+// validate adds to bad every variable it finds wrong.
+func (c *Config) validate(p *problems, raw map[string]string, bad map[string]bool) {
+	value := func(name string) string {
+		if v, ok := raw[name]; ok {
+			return v
+		}
+		return formatValue(specFor(name).field(c))
+	}
+	fail := func(name, format string, args ...any) {
+		if bad[name] {
+			return
+		}
+		bad[name] = true
+		p.add(name, valueErr(name, value(name), fmt.Sprintf(format, args...)))
+	}
+	inRange := func(name string, v, lo, hi int) {
+		if v < lo || v > hi {
+			fail(name, "must be between %d and %d", lo, hi)
+		}
+	}
+	required := func(name string) {
+		if !bad[name] {
+			bad[name] = true
+			p.add(name, requiredErr(specFor(name)))
+		}
+	}
+
+	switch {
+	case c.Role == "":
+		required(envRole)
+	case !c.Role.valid():
+		fail(envRole, "must be scheduler, server or worker")
+	}
+	inRange(envNumWorker, c.NumWorker, 1, maxCount)
+	inRange(envNumServer, c.NumServer, 1, maxCount)
+	if c.RootURI == "" {
+		required(envRootURI)
+	} else if err := checkHost(c.RootURI); err != nil {
+		fail(envRootURI, "%v", err)
+	}
+	inRange(envRootPort, c.RootPort, 1, math.MaxUint16)
+	if c.WorkerID < -1 {
+		fail(envWorkerID, "must be at least 0 (or unset)")
+	} else if c.WorkerID >= 0 && !bad[envNumWorker] && c.WorkerID >= c.NumWorker {
+		fail(envWorkerID, "must be less than %s (%d)", envNumWorker, c.NumWorker)
+	}
+	if c.NodeHost != "" {
+		if err := checkHost(c.NodeHost); err != nil {
+			fail(envNodeHost, "%v", err)
+		}
+	}
+
+	inRange(envLocalSize, c.LocalSize, 1, maxCount)
+	if c.LocalRank < 0 {
+		fail(envLocalRank, "must not be negative")
+	} else if !bad[envLocalSize] && c.LocalRank >= c.LocalSize {
+		fail(envLocalRank, "must be less than %s (%d)", envLocalSize, c.LocalSize)
+	}
+	if !bad[envNumWorker] && !bad[envLocalSize] && int64(c.NumWorker)*int64(c.LocalSize) > maxCount {
+		fail(envLocalSize, "%s×%s is %d worker processes, more than %d",
+			envNumWorker, envLocalSize, int64(c.NumWorker)*int64(c.LocalSize), maxCount)
+	}
+	switch {
+	case c.PartitionBytes < proto.PageSize:
+		fail(envPartition, "must be at least %d", proto.PageSize)
+	case c.PartitionBytes%proto.PageSize != 0:
+		fail(envPartition, "must be a multiple of %d", proto.PageSize)
+	case c.PartitionBytes > proto.MaxPayload:
+		fail(envPartition, "must be at most %d (the largest frame payload)", proto.MaxPayload)
+	}
+	if !bad[envPartition] && c.SchedulingCredit < c.PartitionBytes {
+		fail(envCredit, "a credit of %d bytes is less than one partition of %d bytes (%s); "+
+			"values from 1 to %d count partitions, larger ones count bytes",
+			c.SchedulingCredit, c.PartitionBytes, envPartition, creditCountMax)
+	}
+	inRange(envEngineThreads, c.EngineThreads, 1, maxEngineThreads)
+	if c.Async {
+		fail(envAsync, "asynchronous mode is not implemented yet")
+	}
+	if c.TraceOn && c.TraceDir == "" {
+		fail(envTraceDir, "must be set when %s=1", envTraceOn)
+	}
+	if !slices.Contains(logLevels, c.LogLevel) {
+		fail(envLogLevel, "must be one of %s", strings.Join(logLevels, ", "))
+	}
+	if c.HeartbeatInterval <= 0 {
+		fail(envHBInterval, "must be positive")
+	}
+	if c.HeartbeatTimeout <= 0 {
+		fail(envHBTimeout, "must be positive")
+	} else if !bad[envHBInterval] && c.HeartbeatTimeout <= c.HeartbeatInterval {
+		fail(envHBTimeout, "must be longer than %s (%v)", envHBInterval, c.HeartbeatInterval)
+	}
+	inRange(envLanes, c.Lanes, 1, maxLanes)
+	inRange(envServerPort, c.ServerPort, 0, math.MaxUint16)
+}
+
+// NumWorkerProcs returns the number of worker processes that push:
+// NumWorker × LocalSize.
+func (c *Config) NumWorkerProcs() int { return c.NumWorker * c.LocalSize }
+
+// RootAddr returns the coordinator's address, host:port.
+func (c *Config) RootAddr() string {
+	return net.JoinHostPort(c.RootURI, strconv.Itoa(c.RootPort))
+}
+
+// Environ returns "NAME=value" for every variable of the contract, in the
+// order of Variables, so that a launcher can hand this configuration to a
+// child process: Parse of the result gives back an equal Config. A variable
+// with no value (DMLC_WORKER_ID -1, an empty DMLC_INTERFACE or
+// DMLC_NODE_HOST) is written as "NAME=", which Parse reads as unset and which
+// overrides any value the child would otherwise inherit.
+func (c *Config) Environ() []string {
+	out := make([]string, len(table))
+	for i, s := range table {
+		v := formatValue(s.field(c))
+		if s.Name == envWorkerID && c.WorkerID == -1 {
+			v = ""
+		}
+		out[i] = s.Name + "=" + v
+	}
+	return out
+}
+
+// parseValue parses v (trimmed, not empty) into the field p points at.
+func parseValue(p any, v string) error {
+	switch p := p.(type) {
+	case *int:
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			if errors.Is(err, strconv.ErrRange) {
+				return errors.New("integer out of range")
+			}
+			return errors.New("not an integer")
+		}
+		*p = n
+	case *string:
+		*p = v
+	case *Role:
+		*p = Role(v)
+	case *bool:
+		switch strings.ToLower(v) {
+		case "1", "true":
+			*p = true
+		case "0", "false":
+			*p = false
+		default:
+			return errors.New("not a boolean (use 0, 1, true or false)")
+		}
+	case *time.Duration:
+		d, err := parseDuration(v)
+		if err != nil {
+			return err
+		}
+		*p = d
+	default:
+		// Only reachable if the table names a field of an unhandled type,
+		// which TestVariablesTable rules out.
+		return fmt.Errorf("unsupported field type %T", p)
+	}
+	return nil
+}
+
+// formatValue writes the field p points at the way parseValue reads it.
+func formatValue(p any) string {
+	switch p := p.(type) {
+	case *int:
+		return strconv.Itoa(*p)
+	case *string:
+		return *p
+	case *Role:
+		return string(*p)
+	case *bool:
+		if *p {
+			return "1"
+		}
+		return "0"
+	case *time.Duration:
+		return p.String()
+	}
+	return fmt.Sprint(p)
+}
+
+// parseDuration reads a Go duration ("500ms") or a number of seconds ("0.5").
+func parseDuration(v string) (time.Duration, error) {
+	if d, err := time.ParseDuration(v); err == nil {
+		return d, nil
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, errors.New(`not a duration (use Go syntax such as "500ms" or "5s", or a number of seconds)`)
+	}
+	ns := math.Round(f * float64(time.Second))
+	if ns >= math.MaxInt64 || ns <= math.MinInt64 {
+		return 0, errors.New("duration out of range")
+	}
+	return time.Duration(ns), nil
+}
+
+// checkHost accepts a host name or an IP address, but not one with a port,
+// brackets or white space.
+func checkHost(h string) error {
+	if strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return errors.New("must be a host name or IP address (it contains white space or control characters)")
+	}
+	if strings.ContainsAny(h, "[]/") || (strings.Contains(h, ":") && net.ParseIP(h) == nil) {
+		return errors.New("must be a host name or IP address, without a port, brackets or scheme")
+	}
+	return nil
+}
+
+func requiredErr(s spec) error {
+	return fmt.Errorf("config: %s is required (%s)", s.Name, s.what)
+}
+
+func valueErr(name, v, problem string) error {
+	return fmt.Errorf("config: %s=%q: %s", name, v, problem)
+}
+
+// specFor returns the table row for name, which must be in the table.
+func specFor(name string) spec {
+	for _, s := range table {
+		if s.Name == name {
+			return s
+		}
+	}
+	panic("config: no variable " + name) // programmer error: names are constants
+}
+
+// satMul returns a×b for non-negative a and b, or math.MaxInt if that
+// overflows.
+func satMul(a, b int) int {
+	if a != 0 && b > math.MaxInt/a {
+		return math.MaxInt
+	}
+	return a * b
+}
+
+// problems collects errors and joins them in table order, so a user sees
+// them in the order of docs/env.md whatever order they were found in.
+type problems struct {
+	list []problem
+}
+
+type problem struct {
+	index int
+	err   error
+}
+
+func (p *problems) add(name string, err error) {
+	idx := slices.IndexFunc(table, func(s spec) bool { return s.Name == name })
+	p.list = append(p.list, problem{idx, err})
+}
+
+func (p *problems) err() error {
+	if len(p.list) == 0 {
+		return nil
+	}
+	slices.SortStableFunc(p.list, func(a, b problem) int { return cmp.Compare(a.index, b.index) })
+	errs := make([]error, len(p.list))
+	for i, q := range p.list {
+		errs[i] = q.err
+	}
+	return errors.Join(errs...)
+}

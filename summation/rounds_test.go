@@ -1,0 +1,139 @@
+package summation
+
+import (
+	"encoding/binary"
+	"strings"
+	"testing"
+
+	"github.com/gobps/gobps/core/proto"
+)
+
+func i32s(vs ...int32) []byte {
+	b := make([]byte, 4*len(vs))
+	for i, v := range vs {
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(v))
+	}
+	return b
+}
+
+func answerOf(t *testing.T, res Result, reqID uint64) Answer {
+	t.Helper()
+	for _, a := range res.Answers {
+		if a.Pull.ReqID == reqID {
+			return a
+		}
+	}
+	t.Fatalf("no answer for request %d in %+v", reqID, res.Answers)
+	return Answer{}
+}
+
+func TestRoundsSumAndDoubleBuffer(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+	r := NewRounds(d, 2)
+	must := func(res Result, err error) Result {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	w0 := i32s(1, 2)
+	res := must(r.Push(0, 0, w0))
+	if len(res.Free) != 1 || &res.Free[0][0] == &w0[0] {
+		t.Fatal("first push was not swapped in (the old sum buffer should come back)")
+	}
+	if res := must(r.Pull(Pull{Worker: 0, ReqID: 10}, 0)); len(res.Answers) != 0 {
+		t.Fatal("pull answered before the round completed")
+	}
+	res = must(r.Push(1, 0, i32s(3, 4)))
+	a := answerOf(t, res, 10)
+	if string(a.Buf) != string(i32s(4, 6)) || &a.Buf[0] != &w0[0] {
+		t.Fatalf("round 0 sum %v (zero-copy answer from the swapped-in buffer expected)", a.Buf)
+	}
+	// Worker 0 is fast: it pushes round 1 before worker 1 pulls round 0.
+	must(r.Push(0, 1, i32s(10, 10)))
+	r.Served(0) // worker 0's answer
+	// Round 2 push from worker 0 is held: round 0 not fully served.
+	must(r.Pull(Pull{Worker: 0, ReqID: 11}, 1))
+	res = must(r.Pull(Pull{Worker: 1, ReqID: 12}, 0))
+	a = answerOf(t, res, 12)
+	if string(a.Buf) != string(i32s(4, 6)) {
+		t.Fatal("round 0 sum changed by round 1's push: not double-buffered")
+	}
+	res = must(r.Push(1, 1, i32s(5, 5)))
+	if a := answerOf(t, res, 11); string(a.Buf) != string(i32s(15, 15)) {
+		t.Fatalf("round 1 sum %v", a.Buf)
+	}
+	r.Served(1)
+	if r.Base() != 0 {
+		t.Fatal("window moved before round 0 was fully served")
+	}
+	if _, err := r.Push(0, 2, i32s(1, 1)); err != nil {
+		t.Fatalf("push for base+2 should be held, got %v", err)
+	}
+	r.Served(0)
+	if r.Base() != 1 {
+		t.Fatalf("base %d after round 0 served", r.Base())
+	}
+	// the held push of round 2 was replayed into the window
+	must(r.Push(1, 2, i32s(2, 2)))
+	must(r.Pull(Pull{Worker: 1, ReqID: 13}, 1))
+	r.Served(1)
+	if r.Base() != 2 {
+		t.Fatalf("base %d after round 1 served", r.Base())
+	}
+	res = must(r.Pull(Pull{Worker: 1, ReqID: 14}, 2))
+	if a := answerOf(t, res, 14); string(a.Buf) != string(i32s(3, 3)) {
+		t.Fatalf("round 2 sum %v", a.Buf)
+	}
+}
+
+func TestRoundsRefusals(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+	cases := []struct {
+		desc string
+		run  func(r *Rounds) error
+		want string
+	}{
+		{"wrong size", func(r *Rounds) error { _, err := r.Push(0, 0, i32s(1)); return err }, "push of 4 bytes, declared 8"},
+		{"worker out of range", func(r *Rounds) error { _, err := r.Push(2, 0, i32s(1, 1)); return err }, "outside 0..1"},
+		{"duplicate push", func(r *Rounds) error {
+			r.Push(0, 0, i32s(1, 1))
+			_, err := r.Push(0, 0, i32s(1, 1))
+			return err
+		}, "twice"},
+		{"too far ahead", func(r *Rounds) error { _, err := r.Push(0, 3, i32s(1, 1)); return err }, "more than one round ahead"},
+		{"pull without push", func(r *Rounds) error { _, err := r.Pull(Pull{Worker: 1}, 0); return err }, "without an accepted push"},
+		{"duplicate pull", func(r *Rounds) error {
+			r.Push(0, 0, i32s(1, 1))
+			r.Pull(Pull{Worker: 0}, 0)
+			_, err := r.Pull(Pull{Worker: 0}, 0)
+			return err
+		}, "pulled round 0 twice"},
+	}
+	for _, c := range cases {
+		t.Run(c.desc, func(t *testing.T) {
+			r := NewRounds(d, 2)
+			err := c.run(r)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want %q", err, c.want)
+			}
+		})
+	}
+}
+
+func TestRoundsBroadcast(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: 1, Bytes: 8}
+	r := NewRounds(d, 3)
+	if _, err := r.Push(0, 0, i32s(1, 1)); err == nil {
+		t.Fatal("non-root push to a broadcast key accepted")
+	}
+	r.Pull(Pull{Worker: 0, ReqID: 1}, 0)
+	res, err := r.Push(1, 0, i32s(7, 8))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := answerOf(t, res, 1); string(a.Buf) != string(i32s(7, 8)) {
+		t.Fatalf("broadcast %v", a.Buf)
+	}
+}

@@ -1,0 +1,479 @@
+package summation
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/rdma"
+)
+
+// Config configures a Server.
+type Config struct {
+	// Workers is the number of worker processes that push to every key.
+	Workers int
+	// Engines is the number of engine goroutines that sum.
+	Engines int
+	// Transport carries the data.
+	Transport rdma.Transport
+	// Addr is the data address to listen on, e.g. "127.0.0.1:0".
+	Addr string
+	// Logf, if set, receives one line per notable event (bad frames,
+	// refused requests). The server never logs otherwise.
+	Logf func(format string, args ...any)
+}
+
+// Stats are counters for tests and benchmarks.
+type Stats struct {
+	Pushes      int64 // pushes accepted
+	Pulls       int64 // answers sent
+	Refused     int64 // requests answered with an error
+	BadConns    int64 // connections closed for a bad frame
+	Keys        int   // keys declared
+	EngineBytes []uint64
+}
+
+// Server is a summation server.
+type Server struct {
+	cfg Config
+	ln  rdma.Listener
+
+	mu struct {
+		sync.RWMutex
+		keys  map[proto.Key]*key
+		load  []uint64 // declared bytes per engine
+		peers map[rdma.Conn]*peer
+	}
+	engines []*engine
+	done    chan struct{}
+	closing sync.Once
+	wg      sync.WaitGroup
+
+	id                               atomic.Uint32 // node id, the Sender of every frame
+	pushes, pulls, refused, badConns atomic.Int64
+}
+
+// SetID sets the node id the server puts in the Sender field of its frames
+// (known only once it has joined the cluster, after it has listened).
+func (s *Server) SetID(id uint32) { s.id.Store(id) }
+
+// key is one declared key.
+type key struct {
+	decl   proto.Decl
+	engine *engine
+	pool   struct {
+		sync.Mutex
+		free [][]byte
+	}
+	// rounds is owned by engine's goroutine.
+	rounds *Rounds
+}
+
+func (k *key) scratch() []byte {
+	k.pool.Lock()
+	defer k.pool.Unlock()
+	if n := len(k.pool.free); n > 0 {
+		b := k.pool.free[n-1]
+		k.pool.free = k.pool.free[:n-1]
+		return b
+	}
+	return make([]byte, k.decl.Bytes)
+}
+
+func (k *key) release(bufs [][]byte) {
+	k.pool.Lock()
+	k.pool.free = append(k.pool.free, bufs...)
+	k.pool.Unlock()
+}
+
+// peer is the server's view of one connection.
+type peer struct {
+	conn   rdma.Conn
+	worker atomic.Int32 // -1 until hello
+	out    *outbox
+}
+
+// New starts a server listening on cfg.Addr.
+func New(cfg Config) (*Server, error) {
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("summation: %d workers", cfg.Workers)
+	}
+	if cfg.Engines < 1 {
+		return nil, fmt.Errorf("summation: %d engines", cfg.Engines)
+	}
+	if cfg.Transport == nil {
+		return nil, errors.New("summation: no transport")
+	}
+	if cfg.Logf == nil {
+		cfg.Logf = func(string, ...any) {}
+	}
+	s := &Server{cfg: cfg, done: make(chan struct{})}
+	s.mu.keys = make(map[proto.Key]*key)
+	s.mu.load = make([]uint64, cfg.Engines)
+	s.mu.peers = make(map[rdma.Conn]*peer)
+	for i := 0; i < cfg.Engines; i++ {
+		e := &engine{s: s, tasks: make(chan task, 1024)}
+		s.engines = append(s.engines, e)
+		s.wg.Add(1)
+		go e.run()
+	}
+	ln, err := cfg.Transport.Listen(cfg.Addr, (*handler)(s))
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("summation: %w", err)
+	}
+	s.ln = ln
+	return s, nil
+}
+
+// Addr is the address workers dial.
+func (s *Server) Addr() string { return s.ln.Addr() }
+
+// Stats returns the current counters.
+func (s *Server) Stats() Stats {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return Stats{
+		Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Refused: s.refused.Load(),
+		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), EngineBytes: append([]uint64(nil), s.mu.load...),
+	}
+}
+
+// Close stops the server: the listener, every connection and the engines.
+func (s *Server) Close() error {
+	s.closing.Do(func() {
+		if s.ln != nil {
+			s.ln.Close()
+		}
+		close(s.done)
+		s.mu.Lock()
+		peers := s.mu.peers
+		s.mu.peers = map[rdma.Conn]*peer{}
+		s.mu.Unlock()
+		for c, p := range peers {
+			c.Close()
+			p.out.close()
+		}
+		s.wg.Wait()
+	})
+	return nil
+}
+
+func (s *Server) peer(c rdma.Conn) *peer {
+	s.mu.RLock()
+	p := s.mu.peers[c]
+	s.mu.RUnlock()
+	if p != nil {
+		return p
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p = s.mu.peers[c]; p == nil {
+		p = &peer{conn: c, out: newOutbox(c)}
+		p.worker.Store(-1)
+		s.mu.peers[c] = p
+	}
+	return p
+}
+
+func (s *Server) lookup(k proto.Key) *key {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.mu.keys[k]
+}
+
+// refuse answers request h on p with err.
+func (s *Server) refuse(p *peer, h *proto.Header, err error) {
+	s.refused.Add(1)
+	s.cfg.Logf("summation: refused %s from %s: %v", h.Op, p.conn.RemoteAddr(), err)
+	p.out.send(proto.Header{Op: proto.OpError, Sender: s.id.Load(), Key: h.Key, Round: h.Round, ReqID: h.ReqID}, []byte(err.Error()), nil)
+}
+
+// declare creates or checks every declared key. It refuses the whole batch
+// if any declaration disagrees with an earlier one.
+func (s *Server) declare(ds []proto.Decl) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for _, d := range ds {
+		if d.Root >= int32(s.cfg.Workers) {
+			errs = append(errs, fmt.Errorf("key %s: broadcast root %d, but there are %d workers", d.Key, d.Root, s.cfg.Workers))
+			continue
+		}
+		if k, ok := s.mu.keys[d.Key]; ok && k.decl != d {
+			errs = append(errs, fmt.Errorf("key %s declared as %d bytes of %s root %d, earlier as %d bytes of %s root %d",
+				d.Key, d.Bytes, d.DType, d.Root, k.decl.Bytes, k.decl.DType, k.decl.Root))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, d := range ds {
+		if _, ok := s.mu.keys[d.Key]; ok {
+			continue
+		}
+		best := 0
+		for i, l := range s.mu.load {
+			if l < s.mu.load[best] {
+				best = i
+			}
+		}
+		s.mu.load[best] += d.Bytes
+		s.mu.keys[d.Key] = &key{decl: d, engine: s.engines[best], rounds: NewRounds(d, s.cfg.Workers)}
+	}
+	return nil
+}
+
+// handler implements rdma.Handler for the server's connections.
+type handler Server
+
+func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
+	s := (*Server)(h)
+	switch hd.Op {
+	case proto.OpPush:
+		p := s.peer(c)
+		if p.worker.Load() < 0 {
+			return nil, errors.New("push before hello")
+		}
+		k := s.lookup(hd.Key)
+		if k == nil {
+			return nil, fmt.Errorf("key %s was never declared", hd.Key)
+		}
+		if hd.DType != k.decl.DType {
+			return nil, fmt.Errorf("key %s: push of %s, declared %s", hd.Key, hd.DType, k.decl.DType)
+		}
+		if uint64(hd.Length) != k.decl.Bytes {
+			return nil, fmt.Errorf("key %s: push of %d bytes, declared %d", hd.Key, hd.Length, k.decl.Bytes)
+		}
+		return k.scratch(), nil
+	case proto.OpDeclare, proto.OpError:
+		return nil, nil
+	}
+	return nil, fmt.Errorf("unexpected %d-byte payload on %s", hd.Length, hd.Op)
+}
+
+func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err error) {
+	s := (*Server)(h)
+	p := s.peer(c)
+	if err != nil {
+		s.refuse(p, hd, err)
+		return
+	}
+	switch hd.Op {
+	case proto.OpHello:
+		role, rank := hd.Sender>>24, int(hd.Sender&0xffffff)
+		if role != 3 || rank >= s.cfg.Workers {
+			s.refuse(p, hd, fmt.Errorf("hello from node %#x: not a worker rank below %d", hd.Sender, s.cfg.Workers))
+			return
+		}
+		p.worker.Store(int32(rank))
+	case proto.OpDeclare:
+		if p.worker.Load() < 0 {
+			s.refuse(p, hd, errors.New("declare before hello"))
+			return
+		}
+		ds, err := proto.DecodeDecls(payload)
+		if err == nil {
+			err = s.declare(ds)
+		}
+		if err != nil {
+			s.refuse(p, hd, err)
+			return
+		}
+		p.out.send(proto.Header{Op: proto.OpDeclareAck, Sender: s.id.Load(), ReqID: hd.ReqID}, nil, nil)
+	case proto.OpPush:
+		k := s.lookup(hd.Key) // Dest found it; keys are never removed
+		k.engine.submit(task{kind: taskPush, key: k, peer: p, hdr: *hd, data: payload})
+	case proto.OpPull:
+		w := p.worker.Load()
+		k := s.lookup(hd.Key)
+		switch {
+		case w < 0:
+			s.refuse(p, hd, errors.New("pull before hello"))
+		case k == nil:
+			s.refuse(p, hd, fmt.Errorf("key %s was never declared", hd.Key))
+		default:
+			k.engine.submit(task{kind: taskPull, key: k, peer: p, hdr: *hd})
+		}
+	case proto.OpError:
+		s.cfg.Logf("summation: %s reports: %s", c.RemoteAddr(), payload)
+	default:
+		s.refuse(p, hd, fmt.Errorf("unexpected %s", hd.Op))
+	}
+}
+
+func (h *handler) Closed(c rdma.Conn, err error) {
+	s := (*Server)(h)
+	if errors.Is(err, proto.ErrBadFrame) {
+		s.badConns.Add(1)
+		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
+	}
+	s.mu.Lock()
+	p := s.mu.peers[c]
+	delete(s.mu.peers, c)
+	s.mu.Unlock()
+	if p != nil {
+		p.out.close()
+	}
+}
+
+type taskKind uint8
+
+const (
+	taskPush taskKind = iota
+	taskPull
+	taskServed
+)
+
+type task struct {
+	kind  taskKind
+	key   *key
+	peer  *peer
+	hdr   proto.Header
+	data  []byte
+	round uint64
+}
+
+// engine sums the keys assigned to it, one task at a time.
+type engine struct {
+	s     *Server
+	tasks chan task
+}
+
+func (e *engine) submit(t task) {
+	select {
+	case e.tasks <- t:
+	case <-e.s.done:
+	}
+}
+
+func (e *engine) run() {
+	defer e.s.wg.Done()
+	for {
+		select {
+		case t := <-e.tasks:
+			e.do(t)
+		case <-e.s.done:
+			return
+		}
+	}
+}
+
+func (e *engine) do(t task) {
+	s, k := e.s, t.key
+	var res Result
+	var err error
+	switch t.kind {
+	case taskPush:
+		res, err = k.rounds.Push(int(t.peer.worker.Load()), t.hdr.Round, t.data)
+		if err != nil {
+			k.release([][]byte{t.data})
+		} else {
+			s.pushes.Add(1)
+		}
+	case taskPull:
+		res, err = k.rounds.Pull(Pull{Worker: int(t.peer.worker.Load()), ReqID: t.hdr.ReqID, Reply: t.peer}, t.hdr.Round)
+	case taskServed:
+		res = k.rounds.Served(t.round)
+	}
+	if err != nil {
+		s.refuse(t.peer, &t.hdr, err)
+	}
+	k.release(res.Free)
+	for _, f := range res.Failed {
+		p := f.Pull.Reply.(*peer)
+		s.refuse(p, &proto.Header{Op: proto.OpPull, Key: k.decl.Key, ReqID: f.Pull.ReqID}, f.Err)
+	}
+	for _, a := range res.Answers {
+		p := a.Pull.Reply.(*peer)
+		round := a.Round
+		hdr := proto.Header{Op: proto.OpPullResp, DType: k.decl.DType, Sender: s.id.Load(), Key: k.decl.Key, Round: round, ReqID: a.Pull.ReqID}
+		p.out.send(hdr, a.Buf, func() {
+			s.pulls.Add(1)
+			e.submit(task{kind: taskServed, key: k, round: round})
+		})
+	}
+}
+
+// outbox sends frames on one connection in order, from its own goroutine,
+// so that an engine never waits on a socket.
+type outbox struct {
+	conn rdma.Conn
+	mu   sync.Mutex
+	cond *sync.Cond
+	q    []outFrame
+	shut bool
+}
+
+type outFrame struct {
+	hdr     proto.Header
+	payload []byte
+	sent    func() // called after the send returned, successful or not
+}
+
+func newOutbox(c rdma.Conn) *outbox {
+	o := &outbox{conn: c}
+	o.cond = sync.NewCond(&o.mu)
+	go o.run()
+	return o
+}
+
+func (o *outbox) send(h proto.Header, payload []byte, sent func()) {
+	o.mu.Lock()
+	if o.shut {
+		o.mu.Unlock()
+		if sent != nil {
+			sent()
+		}
+		return
+	}
+	o.q = append(o.q, outFrame{h, payload, sent})
+	o.mu.Unlock()
+	o.cond.Signal()
+}
+
+func (o *outbox) close() {
+	o.mu.Lock()
+	o.shut = true
+	o.mu.Unlock()
+	o.cond.Signal()
+}
+
+func (o *outbox) run() {
+	for {
+		o.mu.Lock()
+		for len(o.q) == 0 && !o.shut {
+			o.cond.Wait()
+		}
+		q := o.q
+		o.q = nil
+		shut := o.shut
+		o.mu.Unlock()
+		for _, f := range q {
+			if !shut {
+				if err := o.conn.Send(f.hdr, f.payload); err != nil {
+					shut = true
+				}
+			}
+			if f.sent != nil {
+				f.sent()
+			}
+		}
+		if shut {
+			o.close()
+			// Drain anything queued meanwhile, releasing its buffers.
+			o.mu.Lock()
+			q = o.q
+			o.q = nil
+			o.mu.Unlock()
+			for _, f := range q {
+				if f.sent != nil {
+					f.sent()
+				}
+			}
+			return
+		}
+	}
+}

@@ -1,0 +1,193 @@
+package summation
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/rdma"
+)
+
+// client is a raw worker connection that speaks frames directly.
+type client struct {
+	t      *testing.T
+	conn   rdma.Conn
+	frames chan frame
+	closed chan error
+}
+
+type frame struct {
+	h proto.Header
+	p []byte
+}
+
+func (c *client) Dest(rdma.Conn, *proto.Header) ([]byte, error) { return nil, nil }
+func (c *client) Handle(_ rdma.Conn, h *proto.Header, p []byte, err error) {
+	c.frames <- frame{*h, p}
+}
+func (c *client) Closed(_ rdma.Conn, err error) { c.closed <- err }
+
+func workerID(rank int) uint32 { return 3<<24 | uint32(rank) }
+
+func dial(t *testing.T, s *Server, rank int) *client {
+	t.Helper()
+	c := &client{t: t, frames: make(chan frame, 64), closed: make(chan error, 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := rdma.NewTCP(rdma.Options{}).Dial(ctx, s.Addr(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	c.conn = conn
+	if rank >= 0 {
+		c.send(proto.Header{Op: proto.OpHello, Sender: workerID(rank)}, nil)
+	}
+	return c
+}
+
+func (c *client) send(h proto.Header, p []byte) {
+	c.t.Helper()
+	if err := c.conn.Send(h, p); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) next() frame {
+	c.t.Helper()
+	select {
+	case f := <-c.frames:
+		return f
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("no answer within 5s")
+	}
+	return frame{}
+}
+
+func (c *client) expectError(reqID uint64, want string) {
+	c.t.Helper()
+	f := c.next()
+	if f.h.Op != proto.OpError || f.h.ReqID != reqID || !strings.Contains(string(f.p), want) {
+		c.t.Fatalf("got %v %q, want error for request %d containing %q", &f.h, f.p, reqID, want)
+	}
+	c.t.Logf("error to sender: %s", f.p)
+}
+
+func newServer(t *testing.T, workers int) *Server {
+	t.Helper()
+	s, err := New(Config{Workers: workers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0", Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+var testKey = proto.Decl{Key: proto.MakeKey(0, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+
+func (c *client) declare(ds ...proto.Decl) {
+	c.t.Helper()
+	c.send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls(ds))
+	if f := c.next(); f.h.Op != proto.OpDeclareAck {
+		c.t.Fatalf("declare answered %v %q", &f.h, f.p)
+	}
+}
+
+// round pushes vals from each client for round r and checks every answer.
+func round(t *testing.T, cs []*client, r uint64, vals [][]int32, want []int32) {
+	t.Helper()
+	for i, c := range cs {
+		c.send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: testKey.Key, Round: r, ReqID: 100 + r}, i32s(vals[i]...))
+		c.send(proto.Header{Op: proto.OpPull, Key: testKey.Key, Round: r, ReqID: 100 + r}, nil)
+	}
+	for _, c := range cs {
+		f := c.next()
+		if f.h.Op != proto.OpPullResp || f.h.Round != r || string(f.p) != string(i32s(want...)) {
+			t.Fatalf("round %d: got %v %v, want %v", r, &f.h, f.p, want)
+		}
+	}
+}
+
+func twoWorkers(t *testing.T) (*Server, []*client) {
+	s := newServer(t, 2)
+	cs := []*client{dial(t, s, 0), dial(t, s, 1)}
+	for _, c := range cs {
+		c.declare(testKey)
+	}
+	round(t, cs, 0, [][]int32{{1, 2}, {3, 4}}, []int32{4, 6})
+	return s, cs
+}
+
+func TestMalformedFrame(t *testing.T) {
+	s, cs := twoWorkers(t)
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var b [proto.HeaderSize]byte
+	(&proto.Header{Op: proto.OpPush, DType: proto.Int32, Length: 8}).Encode(b[:])
+	b[4] = 77 // unknown version
+	nc.Write(b[:])
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := nc.Read(b[:]); err == nil {
+		t.Fatalf("connection with a malformed frame stayed open (read %d bytes)", n)
+	}
+	round(t, cs, 1, [][]int32{{1, 1}, {2, 2}}, []int32{3, 3})
+	if st := s.Stats(); st.BadConns != 1 {
+		t.Fatalf("bad connections %d, want 1", st.BadConns)
+	}
+}
+
+func TestPushDisagreesWithDeclaration(t *testing.T) {
+	_, cs := twoWorkers(t)
+	cs[0].send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: testKey.Key, Round: 1, ReqID: 7}, i32s(1, 2, 3))
+	cs[0].expectError(7, "push of 12 bytes, declared 8")
+	cs[0].send(proto.Header{Op: proto.OpPush, DType: proto.Float32, Key: testKey.Key, Round: 1, ReqID: 8}, i32s(1, 2))
+	cs[0].expectError(8, "push of float32, declared int32")
+	// the same worker and the other one carry on with a correct round
+	round(t, cs, 1, [][]int32{{5, 5}, {6, 6}}, []int32{11, 11})
+	// a second declaration that disagrees is refused too
+	bad := testKey
+	bad.Bytes = 16
+	cs[1].send(proto.Header{Op: proto.OpDeclare, ReqID: 9}, proto.EncodeDecls([]proto.Decl{bad}))
+	cs[1].expectError(9, "declared as 16 bytes")
+	round(t, cs, 2, [][]int32{{1, 0}, {0, 1}}, []int32{1, 1})
+}
+
+func TestUndeclaredKey(t *testing.T) {
+	_, cs := twoWorkers(t)
+	k := proto.MakeKey(42, 0)
+	cs[1].send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: k, ReqID: 5}, i32s(1, 2))
+	cs[1].expectError(5, "key 42.0 was never declared")
+	cs[1].send(proto.Header{Op: proto.OpPull, Key: k, ReqID: 6}, nil)
+	cs[1].expectError(6, "never declared")
+	round(t, cs, 1, [][]int32{{1, 1}, {1, 1}}, []int32{2, 2})
+}
+
+func TestHelloRequired(t *testing.T) {
+	s, cs := twoWorkers(t)
+	anon := dial(t, s, -1)
+	anon.send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: testKey.Key, Round: 1, ReqID: 3}, i32s(9, 9))
+	anon.expectError(3, "push before hello")
+	rogue := dial(t, s, 7)
+	rogue.expectError(0, "not a worker rank")
+	round(t, cs, 1, [][]int32{{1, 1}, {1, 1}}, []int32{2, 2})
+}
+
+func TestEnginesBalancedByBytes(t *testing.T) {
+	s := newServer(t, 1)
+	c := dial(t, s, 0)
+	c.declare(
+		proto.Decl{Key: 1, DType: proto.Uint8, Root: proto.NoRoot, Bytes: 1000},
+		proto.Decl{Key: 2, DType: proto.Uint8, Root: proto.NoRoot, Bytes: 10},
+		proto.Decl{Key: 3, DType: proto.Uint8, Root: proto.NoRoot, Bytes: 10},
+		proto.Decl{Key: 4, DType: proto.Uint8, Root: proto.NoRoot, Bytes: 500},
+	)
+	if got := s.Stats().EngineBytes; got[0] != 1000 || got[1] != 520 {
+		t.Fatalf("engine bytes %v, want [1000 520]", got)
+	}
+}
