@@ -57,6 +57,7 @@ type Config struct {
 	Lanes             int           // GOBPS_TCP_LANES: TCP connections per worker-server pair
 	Checksum          bool          // GOBPS_CHECKSUM: CRC32C on every payload
 	ServerPort        int           // GOBPS_SERVER_PORT: data port of a server; 0 picks a free one
+	ServerID          int           // GOBPS_SERVER_ID: rank of this server; -1 when unset (ranks by arrival)
 }
 
 // Variable describes one environment variable of the contract.
@@ -92,6 +93,7 @@ const (
 	envLanes         = "GOBPS_TCP_LANES"
 	envChecksum      = "GOBPS_CHECKSUM"
 	envServerPort    = "GOBPS_SERVER_PORT"
+	envServerID      = "GOBPS_SERVER_ID"
 )
 
 // Limits that Validate enforces.
@@ -119,6 +121,7 @@ var (
 	serverWorker  = []Role{Server, Worker}
 	defaultConfig = Config{
 		WorkerID:          -1,
+		ServerID:          -1,
 		LocalRank:         0,
 		LocalSize:         1,
 		PartitionBytes:    proto.DefaultPartitionBytes,
@@ -260,6 +263,11 @@ var table = []spec{
 			Doc: "TCP port a server listens on for data; 0 picks a free port."},
 		field: func(c *Config) any { return &c.ServerPort },
 	},
+	{
+		Variable: Variable{Name: envServerID, Roles: serverOnly,
+			Doc: "Rank of this server, 0 to DMLC_NUM_SERVER-1; unset lets the coordinator assign ranks in order of arrival."},
+		field: func(c *Config) any { return &c.ServerID },
+	},
 }
 
 // Variables returns the table of every environment variable gobps reads, in
@@ -311,6 +319,10 @@ func Parse(lookup func(string) (string, bool)) (*Config, error) {
 	if v, ok := raw[envWorkerID]; ok && !bad[envWorkerID] && c.WorkerID < 0 {
 		p.add(envWorkerID, valueErr(envWorkerID, v, "must be at least 0 (leave it unset to let the coordinator assign ranks)"))
 		bad[envWorkerID] = true
+	}
+	if v, ok := raw[envServerID]; ok && !bad[envServerID] && c.ServerID < 0 {
+		p.add(envServerID, valueErr(envServerID, v, "must be at least 0 (leave it unset to let the coordinator assign ranks)"))
+		bad[envServerID] = true
 	}
 	if !bad[envPartition] && c.PartitionBytes > 0 {
 		c.PartitionBytes = proto.RoundPartitionBytes(c.PartitionBytes)
@@ -394,6 +406,11 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 		fail(envWorkerID, "must be at least 0 (or unset)")
 	} else if c.WorkerID >= 0 && !bad[envNumWorker] && c.WorkerID >= c.NumWorker {
 		fail(envWorkerID, "must be less than %s (%d)", envNumWorker, c.NumWorker)
+	}
+	if c.ServerID < -1 {
+		fail(envServerID, "must be at least 0 (or unset)")
+	} else if c.ServerID >= 0 && !bad[envNumServer] && c.ServerID >= c.NumServer {
+		fail(envServerID, "must be less than %s (%d)", envNumServer, c.NumServer)
 	}
 	if c.NodeHost != "" {
 		if err := checkHost(c.NodeHost); err != nil {

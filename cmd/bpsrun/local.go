@@ -1,0 +1,267 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// execWorker replaces bpsrun with the worker command (environment mode).
+func execWorker(argv []string) error {
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return err
+	}
+	return syscall.Exec(path, argv, os.Environ())
+}
+
+// proc is one process of a local job.
+type proc struct {
+	name string // "scheduler", "server 1", "worker 0"
+	cmd  *exec.Cmd
+	wg   sync.WaitGroup // output copiers
+}
+
+type exit struct {
+	p   *proc
+	err error
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// jobEnv builds a child's environment: bpsrun's own, minus the variables
+// bpsrun sets, plus those.
+func jobEnv(base []string, set map[string]string) []string {
+	out := make([]string, 0, len(base)+len(set))
+	for _, kv := range base {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := set[k]; !ok {
+			out = append(out, kv)
+		}
+	}
+	for k, v := range set {
+		out = append(out, k+"="+v)
+	}
+	return out
+}
+
+// lineWriter prefixes every line written by one stream of one process.
+type lineWriter struct {
+	mu  *sync.Mutex
+	out io.Writer
+}
+
+func copyLines(wg *sync.WaitGroup, r io.Reader, prefix string, w lineWriter) {
+	defer wg.Done()
+	br := bufio.NewReaderSize(r, 64<<10)
+	for {
+		line, err := br.ReadString('\n')
+		if len(line) > 0 {
+			if !strings.HasSuffix(line, "\n") {
+				line += "\n"
+			}
+			w.mu.Lock()
+			io.WriteString(w.out, prefix+line)
+			w.mu.Unlock()
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
+	if len(f.commands) == 0 {
+		fmt.Fprintln(stderr, "bpsrun: --local needs a command after --")
+		return 2
+	}
+	if f.np < 1 || f.servers < 1 {
+		fmt.Fprintf(stderr, "bpsrun: -np %d --servers %d: both must be at least 1\n", f.np, f.servers)
+		return 2
+	}
+	port := f.port
+	if port == 0 {
+		var err error
+		if port, err = freePort(); err != nil {
+			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
+			return 1
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+		return 1
+	}
+	common := map[string]string{
+		"DMLC_NUM_WORKER":   "1",
+		"BYTEPS_LOCAL_SIZE": strconv.Itoa(f.np),
+		"DMLC_NUM_SERVER":   strconv.Itoa(f.servers),
+		"DMLC_PS_ROOT_URI":  "127.0.0.1",
+		"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
+		"DMLC_NODE_HOST":    "127.0.0.1",
+	}
+	with := func(kv ...string) map[string]string {
+		m := make(map[string]string, len(common)+len(kv)/2)
+		for k, v := range common {
+			m[k] = v
+		}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	var procs []*proc
+	roleArgs := []string{}
+	if f.verbose {
+		roleArgs = append(roleArgs, "-v")
+	}
+	procs = append(procs, &proc{name: "scheduler", cmd: exec.Command(self, roleArgs...)})
+	procs[0].cmd.Env = jobEnv(env, with("DMLC_ROLE", "scheduler"))
+	for i := 0; i < f.servers; i++ {
+		p := &proc{name: fmt.Sprintf("server %d", i), cmd: exec.Command(self, roleArgs...)}
+		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "server", "GOBPS_SERVER_ID", strconv.Itoa(i)))
+		procs = append(procs, p)
+	}
+	for i := 0; i < f.np; i++ {
+		p := &proc{name: fmt.Sprintf("worker %d", i), cmd: exec.Command(f.commands[0], f.commands[1:]...)}
+		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", "0", "BYTEPS_LOCAL_RANK", strconv.Itoa(i)))
+		procs = append(procs, p)
+	}
+
+	var outMu sync.Mutex
+	out, errw := lineWriter{&outMu, stdout}, lineWriter{&outMu, stderr}
+	say := func(format string, a ...any) {
+		outMu.Lock()
+		fmt.Fprintf(stderr, "bpsrun: "+format+"\n", a...)
+		outMu.Unlock()
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	exits := make(chan exit, len(procs))
+	running := map[*proc]bool{}
+	stopAll := func(sig syscall.Signal) {
+		for p := range running {
+			// each child leads its own process group: signal the group
+			_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+		}
+	}
+	for _, p := range procs {
+		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		so, err1 := p.cmd.StdoutPipe()
+		se, err2 := p.cmd.StderrPipe()
+		if err := firstErr(err1, err2, p.cmd.Start()); err != nil {
+			say("start %s: %v", p.name, err)
+			stopAll(syscall.SIGKILL)
+			for range running {
+				<-exits
+			}
+			return 1
+		}
+		prefix := "[" + p.name + "] "
+		p.wg.Add(2)
+		go copyLines(&p.wg, so, prefix, out)
+		go copyLines(&p.wg, se, prefix, errw)
+		running[p] = true
+		say("started %s (pid %d)", p.name, p.cmd.Process.Pid)
+		go func(p *proc) {
+			p.wg.Wait() // read all output before Wait closes the pipes
+			exits <- exit{p, p.cmd.Wait()}
+		}(p)
+	}
+
+	code := 0
+	var firstFail string
+	workersLeft := f.np
+	var deadline <-chan time.Time // set once the job is ending
+	killAt := time.Duration(0)
+	for len(running) > 0 {
+		select {
+		case ex := <-exits:
+			delete(running, ex.p)
+			if strings.HasPrefix(ex.p.name, "worker") {
+				workersLeft--
+			}
+			if ex.err != nil {
+				say("%s (pid %d) exited: %v", ex.p.name, ex.p.cmd.Process.Pid, ex.err)
+				if code == 0 {
+					code = exitCode(ex.err)
+					firstFail = fmt.Sprintf("%s exited: %v", ex.p.name, ex.err)
+					deadline = time.After(f.grace)
+				}
+			}
+			if code == 0 && workersLeft == 0 && deadline == nil {
+				// Every worker succeeded: the coordinator tells the
+				// servers to stop; give them time to do so.
+				deadline = time.After(10 * time.Second)
+			}
+		case <-deadline:
+			if killAt == 0 {
+				say("stopping %d remaining processes", len(running))
+				stopAll(syscall.SIGTERM)
+				killAt = 5 * time.Second
+				deadline = time.After(killAt)
+				if code == 0 {
+					code = 1
+					firstFail = "servers did not exit after the workers finished"
+				}
+			} else {
+				stopAll(syscall.SIGKILL)
+				deadline = nil
+			}
+		case s := <-sigs:
+			say("%v: stopping everything", s)
+			if code == 0 {
+				code = 130
+				firstFail = "interrupted"
+			}
+			stopAll(syscall.SIGTERM)
+			killAt = 5 * time.Second
+			deadline = time.After(killAt)
+		}
+	}
+	if code != 0 {
+		say("job failed: %s", firstFail)
+	}
+	return code
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		if c := ee.ExitCode(); c > 0 {
+			return c
+		}
+	}
+	return 1
+}

@@ -1,0 +1,168 @@
+// Command bpsrun launches a gobps job.
+//
+// Local mode starts the coordinator, the servers and N copies of a training
+// command on this machine, on loopback:
+//
+//	bpsrun --local -np 4 --servers 2 -- python3 train.py
+//
+// Environment mode is BytePS's bpslaunch: with DMLC_ROLE set, bpsrun runs
+// that role (scheduler or server) itself, or, for a worker, checks the
+// environment and then runs the command in its place, so that a cluster
+// manager or an existing launch script can start each process.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/gobps/gobps/cmd/internal/roles"
+	"github.com/gobps/gobps/core/config"
+)
+
+const usage = `bpsrun: launch a gobps job.
+
+Usage:
+  bpsrun --local [-np N] [--servers K] [flags] -- CMD [ARGS...]
+      Start a coordinator, K summation servers and N copies of CMD on this
+      machine. Each output line is prefixed with its role and rank. bpsrun
+      exits with the first non-zero exit status and stops the rest; Ctrl-C
+      stops everything.
+
+  DMLC_ROLE=scheduler|server bpsrun
+  DMLC_ROLE=worker bpsrun CMD [ARGS...]
+      Environment mode, as BytePS's bpslaunch: run the role the environment
+      names. The environment is checked first; a missing or malformed
+      variable is an error naming it (see docs/env.md).
+
+Flags:
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+type flags struct {
+	local    bool
+	np       int
+	servers  int
+	port     int
+	grace    time.Duration
+	verbose  bool
+	help     bool
+	commands []string
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("bpsrun", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&f.local, "local", false, "start the whole job on this machine, on loopback")
+	fs.IntVar(&f.np, "np", 1, "number of worker processes (copies of CMD) in --local mode")
+	fs.IntVar(&f.servers, "servers", 1, "number of summation servers in --local mode")
+	fs.IntVar(&f.port, "port", 0, "coordinator port in --local mode (0: pick a free one)")
+	fs.DurationVar(&f.grace, "grace", 3*time.Second, "after the first failure, how long the other processes get to exit on their own before they are stopped")
+	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")
+	fs.BoolVar(&f.help, "help", false, "print this help")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		fmt.Fprint(stderr, "\nEnvironment variables: see docs/env.md; every one is passed through to the processes.\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	f.commands = fs.Args()
+	if f.help {
+		fs.Usage()
+	}
+	return f, nil
+}
+
+func run(args, env []string, stdout, stderr io.Writer) int {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if f.help {
+		return 0
+	}
+	lookup := func(name string) (string, bool) {
+		for i := len(env) - 1; i >= 0; i-- {
+			if k, v, ok := strings.Cut(env[i], "="); ok && k == name {
+				return v, true
+			}
+		}
+		return "", false
+	}
+	if f.local {
+		if _, ok := lookup("DMLC_ROLE"); ok {
+			fmt.Fprintln(stderr, "bpsrun: --local starts every role itself; unset DMLC_ROLE")
+			return 2
+		}
+		return runLocal(f, env, stdout, stderr)
+	}
+	if _, ok := lookup("DMLC_ROLE"); !ok {
+		fmt.Fprintln(stderr, "bpsrun: give --local, or set DMLC_ROLE (and the rest of the environment) for environment mode; see bpsrun --help")
+		return 2
+	}
+	cfg, err := config.Parse(lookup)
+	if err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+		return 1
+	}
+	return runRole(cfg, f, stderr)
+}
+
+func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
+	level := slog.LevelWarn
+	switch cfg.LogLevel {
+	case "TRACE", "DEBUG":
+		level = slog.LevelDebug
+	case "INFO":
+		level = slog.LevelInfo
+	case "ERROR", "FATAL":
+		level = slog.LevelError
+	}
+	if verbose {
+		level = slog.LevelDebug
+	}
+	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return func(format string, a ...any) { l.Info(fmt.Sprintf(format, a...)) }
+}
+
+// runRole is environment mode.
+func runRole(cfg *config.Config, f *flags, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logf := newLogger(stderr, cfg, f.verbose)
+	var err error
+	switch cfg.Role {
+	case config.Scheduler:
+		err = roles.RunScheduler(ctx, cfg, logf)
+	case config.Server:
+		err = roles.RunServer(ctx, cfg, logf)
+	case config.Worker:
+		if len(f.commands) == 0 {
+			fmt.Fprintln(stderr, "bpsrun: DMLC_ROLE=worker needs the command to run: bpsrun CMD [ARGS...]")
+			return 2
+		}
+		err = execWorker(f.commands)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %s: %v\n", cfg.Role, err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,110 @@
+// Package roles runs the coordinator and the summation server as the
+// processes bpsrun starts, wiring config, cluster, transport and
+// summation together. It is shared by bpsrun and bpsbench.
+package roles
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/gobps/gobps/core/cluster"
+	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/summation"
+)
+
+// Logf is how roles report; bpsrun passes a logger.
+type Logf func(format string, args ...any)
+
+// RunScheduler runs the coordinator until every node has left (nil), a node
+// died (an error naming it), or ctx ends.
+func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
+	c, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
+		Addr:             listenAddr(cfg.RootURI, cfg.RootPort),
+		NumWorkers:       cfg.NumWorkerProcs(),
+		NumServers:       cfg.NumServer,
+		HeartbeatTimeout: cfg.HeartbeatTimeout,
+		Logf:             logf,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	logf("coordinator listening on %s for %d workers and %d servers", c.Addr(), cfg.NumWorkerProcs(), cfg.NumServer)
+	return c.Run(ctx)
+}
+
+// listenAddr is where the coordinator listens: its advertised address, or
+// every interface when the advertised name is not a local address.
+func listenAddr(host string, port int) string {
+	if ip := net.ParseIP(host); ip != nil {
+		return net.JoinHostPort(host, strconv.Itoa(port))
+	}
+	return net.JoinHostPort("", strconv.Itoa(port))
+}
+
+// AdvertiseHost picks the address this node gives to its peers:
+// DMLC_NODE_HOST if set, else the local address of the route to the
+// coordinator (a UDP "connect" sends nothing).
+func AdvertiseHost(cfg *config.Config) (string, error) {
+	if cfg.NodeHost != "" {
+		return cfg.NodeHost, nil
+	}
+	c, err := net.Dial("udp", cfg.RootAddr())
+	if err != nil {
+		return "", fmt.Errorf("find a route to the coordinator %s (set DMLC_NODE_HOST): %w", cfg.RootAddr(), err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
+}
+
+// RunServer runs a summation server until the coordinator says the job is
+// over (nil), the coordinator is lost (an error), or ctx ends.
+func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
+	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum})
+	if err != nil {
+		return err
+	}
+	logf("transport %s: %s", tr.Name(), why)
+	host, err := AdvertiseHost(cfg)
+	if err != nil {
+		return err
+	}
+	srv, err := summation.New(summation.Config{
+		Workers:   cfg.NumWorkerProcs(),
+		Engines:   cfg.EngineThreads,
+		Transport: tr,
+		Addr:      net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),
+		Logf:      logf,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	m, err := cluster.Join(ctx, cfg.RootAddr(), cluster.Registration{
+		Role: cluster.RoleServer, WorkerID: cfg.ServerID, LocalSize: 1, Addr: srv.Addr(), PID: os.Getpid(),
+	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Logf: logf})
+	if err != nil {
+		return fmt.Errorf("join %s: %w", cfg.RootAddr(), err)
+	}
+	defer m.Leave()
+	srv.SetID(m.Self().ID)
+	logf("%s serving %s with %d engines", m.Self(), srv.Addr(), cfg.EngineThreads)
+	select {
+	case <-m.ShutdownRequested():
+		st := srv.Stats()
+		logf("job over: %d keys, %d pushes, %d pulls, %d refused", st.Keys, st.Pushes, st.Pulls, st.Refused)
+		return m.Leave()
+	case <-m.Done():
+		if err := m.Err(); err != nil {
+			return err
+		}
+		return errors.New("coordinator connection ended")
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

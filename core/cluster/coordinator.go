@@ -1,0 +1,737 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobps/gobps/core/proto"
+)
+
+// DefaultHeartbeatTimeout is used when CoordinatorConfig.HeartbeatTimeout is 0.
+const DefaultHeartbeatTimeout = 5 * time.Second
+
+// ErrClosed is returned by Run when Close stopped it.
+var ErrClosed = errors.New("cluster: coordinator closed")
+
+// CoordinatorConfig configures a Coordinator.
+type CoordinatorConfig struct {
+	Addr       string // listen address, e.g. "127.0.0.1:0"
+	NumWorkers int    // expected worker processes, >= 1
+	NumServers int    // expected servers, >= 0
+	// HeartbeatTimeout: a node silent this long is dead. 0 means
+	// DefaultHeartbeatTimeout. Members must heartbeat well within it (their
+	// default interval is 1s).
+	HeartbeatTimeout time.Duration
+	Logf             func(format string, args ...any) // optional
+}
+
+func (cfg *CoordinatorConfig) validate() error {
+	if cfg.Addr == "" {
+		return errors.New("cluster: coordinator: empty listen address")
+	}
+	if cfg.NumWorkers < 1 || cfg.NumWorkers > maxRank+1 {
+		return fmt.Errorf("cluster: coordinator: %d workers, want 1..%d", cfg.NumWorkers, maxRank+1)
+	}
+	if cfg.NumServers < 0 || cfg.NumServers > maxRank+1 {
+		return fmt.Errorf("cluster: coordinator: %d servers, want 0..%d", cfg.NumServers, maxRank+1)
+	}
+	if cfg.HeartbeatTimeout == 0 {
+		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout
+	}
+	if cfg.HeartbeatTimeout < time.Millisecond {
+		return fmt.Errorf("cluster: coordinator: heartbeat timeout %v, want >= 1ms", cfg.HeartbeatTimeout)
+	}
+	return nil
+}
+
+// Coordinator is the job's rendezvous point (BytePS's scheduler): it assigns
+// ranks, publishes the address book, runs barriers, watches heartbeats,
+// reports deaths and ends the job. See the package documentation.
+type Coordinator struct {
+	cfg    CoordinatorConfig
+	ln     net.Listener
+	tick   time.Duration // how often silence is checked and heartbeats are sent
+	linger time.Duration // how long an orderly close waits for the peer
+
+	mu struct {
+		sync.Mutex
+		started bool
+		closed  bool
+	}
+	closing  chan struct{} // closed by Close
+	runDone  chan struct{} // closed when Run has returned
+	loopDone chan struct{} // closed when the event loop takes no more events
+	events   chan event    // unbuffered: a posted event is always handled
+	wg       sync.WaitGroup
+
+	// registered, if set before Run, is called by the loop for each
+	// registration. Test hook.
+	registered func(Node)
+
+	// The fields below are owned by the goroutine running Run.
+	peers        map[*peer]struct{} // every connection whose reader has not finished
+	workers      []*peer            // by rank; nil where free
+	servers      []*peer            // by rank; nil where free
+	bookSent     bool
+	shutdownSent bool
+	dead         []NodeEvent
+	barriers     [All + 1]barrier // indexed by Group
+	backlogged   []*peer          // peers whose send queue overflowed, dropped after the current event
+}
+
+// phase is where a connection is in its life. A peer moves only forward:
+// new -> registered -> active -> left or dead.
+type phase uint8
+
+const (
+	phaseNew        phase = iota // connected, not yet registered
+	phaseRegistered              // holds a rank; the book is not complete
+	phaseActive                  // has been sent the book
+	phaseLeft                    // said OpLeave
+	phaseDead                    // lost without OpLeave after the book
+)
+
+// peer is one control connection.
+type peer struct {
+	conn     net.Conn
+	out      chan outFrame // loop -> writer; only the loop sends and closes
+	readDone chan struct{} // closed when the reader returns
+	lastSeen atomic.Int64  // unix nanoseconds of the last frame read
+
+	// Owned by the loop.
+	phase  phase
+	closed bool // out is closed: nothing more is sent, the writer closes conn
+	node   Node
+}
+
+type outFrame struct {
+	h       proto.Header
+	payload []byte
+}
+
+type eventKind uint8
+
+const (
+	evConn        eventKind = iota // a new connection
+	evFrame                        // a frame other than a heartbeat
+	evReadDone                     // the reader stopped with err
+	evWriteFailed                  // the writer stopped with err
+)
+
+type event struct {
+	kind    eventKind
+	p       *peer
+	conn    net.Conn
+	h       proto.Header
+	payload []byte
+	err     error
+}
+
+// barrier collects one group's current round.
+type barrier struct {
+	round   uint64           // the round being collected; the first is 1
+	waiting map[*peer]uint64 // entered peers -> their request ids
+}
+
+// protocolError is a peer's violation of the control protocol.
+type protocolError string
+
+func (e protocolError) Error() string { return string(e) }
+
+// NewCoordinator validates cfg and starts listening. Connections wait in the
+// listen queue until Run is called.
+func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: coordinator: %w", err)
+	}
+	c := &Coordinator{
+		cfg:      cfg,
+		ln:       ln,
+		tick:     min(max(cfg.HeartbeatTimeout/4, time.Millisecond), time.Second),
+		linger:   time.Second,
+		closing:  make(chan struct{}),
+		runDone:  make(chan struct{}),
+		loopDone: make(chan struct{}),
+		events:   make(chan event),
+		peers:    make(map[*peer]struct{}),
+		workers:  make([]*peer, cfg.NumWorkers),
+		servers:  make([]*peer, cfg.NumServers),
+	}
+	for g := range c.barriers {
+		c.barriers[g] = barrier{round: 1, waiting: make(map[*peer]uint64)}
+	}
+	return c, nil
+}
+
+// Addr is the address the coordinator listens on.
+func (c *Coordinator) Addr() string { return c.ln.Addr().String() }
+
+func (c *Coordinator) logf(format string, args ...any) {
+	if c.cfg.Logf != nil {
+		c.cfg.Logf(format, args...)
+	}
+}
+
+// Run serves the job until it is over: it returns nil once every node has
+// registered and then left; an error naming the dead nodes if any died (after
+// the others have left); ctx.Err() if ctx is cancelled; ErrClosed after
+// Close. When it returns, every connection is closed and every goroutine it
+// started has exited. Run may be called once.
+func (c *Coordinator) Run(ctx context.Context) error {
+	c.mu.Lock()
+	switch {
+	case c.mu.closed:
+		c.mu.Unlock()
+		return ErrClosed
+	case c.mu.started:
+		c.mu.Unlock()
+		return errors.New("cluster: coordinator: Run called twice")
+	}
+	c.mu.started = true
+	c.mu.Unlock()
+	defer close(c.runDone)
+
+	c.wg.Add(1)
+	go c.accept()
+	err := c.loop(ctx)
+
+	close(c.loopDone)
+	_ = c.ln.Close()
+	for p := range c.peers {
+		c.closePeer(p)
+		_ = p.conn.Close()
+	}
+	c.wg.Wait()
+	return err
+}
+
+// Close stops the coordinator: Run returns ErrClosed after closing every
+// connection, and Close waits for that. Close is idempotent.
+func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	first := !c.mu.closed
+	c.mu.closed = true
+	started := c.mu.started
+	c.mu.Unlock()
+	if first {
+		close(c.closing)
+		_ = c.ln.Close()
+	}
+	if started {
+		<-c.runDone
+	}
+	return nil
+}
+
+// post hands ev to the loop; it returns false once the loop has stopped.
+func (c *Coordinator) post(ev event) bool {
+	select {
+	case c.events <- ev:
+		return true
+	case <-c.loopDone:
+		return false
+	}
+}
+
+func (c *Coordinator) accept() {
+	defer c.wg.Done()
+	delay := 5 * time.Millisecond
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Transient, such as running out of file descriptors.
+			c.logf("cluster: coordinator: accept: %v", err)
+			select {
+			case <-time.After(delay):
+				delay = min(2*delay, time.Second)
+				continue
+			case <-c.loopDone:
+				return
+			}
+		}
+		delay = 5 * time.Millisecond
+		if !c.post(event{kind: evConn, conn: conn}) {
+			_ = conn.Close()
+			return
+		}
+	}
+}
+
+// read forwards p's frames to the loop. Heartbeats only refresh lastSeen.
+func (c *Coordinator) read(p *peer) {
+	defer c.wg.Done()
+	defer close(p.readDone)
+	first := true
+	for {
+		h, payload, err := proto.ReadFrame(p.conn, proto.MaxControlPayload)
+		if err == nil && first && h.Op != proto.OpRegister {
+			err = protocolError(fmt.Sprintf("first frame must be %s, got %s", proto.OpRegister, h.Op))
+		}
+		if err != nil {
+			c.post(event{kind: evReadDone, p: p, err: err})
+			return
+		}
+		first = false
+		p.lastSeen.Store(time.Now().UnixNano())
+		if h.Op == proto.OpHeartbeat {
+			continue
+		}
+		if !c.post(event{kind: evFrame, p: p, h: h, payload: payload}) {
+			return
+		}
+	}
+}
+
+// write sends what the loop queues for p. When the loop closes p.out, write
+// closes the connection in order: FIN after the last frame, then it waits a
+// little for the peer to close its side, so that input still unread here does
+// not turn the close into a reset that could destroy the last frames (an
+// OpError saying why the peer is being dropped).
+func (c *Coordinator) write(p *peer) {
+	defer c.wg.Done()
+	for f := range p.out {
+		_ = p.conn.SetWriteDeadline(time.Now().Add(max(c.cfg.HeartbeatTimeout, time.Second)))
+		if err := proto.WriteFrame(p.conn, f.h, f.payload); err != nil {
+			c.post(event{kind: evWriteFailed, p: p, err: err})
+			_ = p.conn.Close()
+			return
+		}
+	}
+	if cw, ok := p.conn.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		t := time.NewTimer(c.linger)
+		select {
+		case <-p.readDone:
+			// The reader stopped, maybe on a bad frame with more input
+			// behind it: drain that input until the peer closes.
+			_ = p.conn.SetReadDeadline(time.Now().Add(c.linger))
+			_, _ = io.Copy(io.Discard, p.conn)
+		case <-t.C:
+		case <-c.loopDone:
+		}
+		t.Stop()
+	}
+	_ = p.conn.Close()
+}
+
+func (c *Coordinator) loop(ctx context.Context) error {
+	t := time.NewTicker(c.tick)
+	defer t.Stop()
+	for {
+		var err error
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-c.closing:
+			return ErrClosed
+		case now := <-t.C:
+			c.onTick(now)
+		case ev := <-c.events:
+			err = c.onEvent(ev)
+		}
+		for len(c.backlogged) > 0 {
+			p := c.backlogged[0]
+			c.backlogged = c.backlogged[1:]
+			c.drop(p, "control connection backed up", false)
+		}
+		if err != nil {
+			return err
+		}
+		if c.bookSent && c.live(All) == 0 {
+			if len(c.dead) == 0 {
+				c.logf("cluster: coordinator: every node has left; the job is over")
+				return nil
+			}
+			msgs := make([]string, len(c.dead))
+			for i, ev := range c.dead {
+				msgs[i] = ev.String()
+			}
+			return errors.New("cluster: " + strings.Join(msgs, "; "))
+		}
+	}
+}
+
+func (c *Coordinator) onEvent(ev event) error {
+	p := ev.p
+	switch ev.kind {
+	case evConn:
+		p = &peer{
+			conn:     ev.conn,
+			out:      make(chan outFrame, 256),
+			readDone: make(chan struct{}),
+		}
+		p.lastSeen.Store(time.Now().UnixNano())
+		c.peers[p] = struct{}{}
+		c.wg.Add(2)
+		go c.read(p)
+		go c.write(p)
+	case evFrame:
+		if !p.closed {
+			return c.onFrame(p, ev.h, ev.payload)
+		}
+	case evWriteFailed:
+		c.drop(p, "connection lost: "+ev.err.Error(), false)
+	case evReadDone:
+		var pe protocolError
+		if errors.As(ev.err, &pe) || errors.Is(ev.err, proto.ErrBadFrame) {
+			c.drop(p, "protocol error: "+ev.err.Error(), true)
+		} else {
+			c.drop(p, "connection lost: "+ev.err.Error(), false)
+		}
+		delete(c.peers, p)
+	}
+	return nil
+}
+
+func (c *Coordinator) onFrame(p *peer, h proto.Header, payload []byte) error {
+	if h.Sender != 0 && p.phase >= phaseRegistered && h.Sender != p.node.ID {
+		c.drop(p, fmt.Sprintf("protocol error: %s frame with sender %#x, this node is %#x", h.Op, h.Sender, p.node.ID), true)
+		return nil
+	}
+	switch h.Op {
+	case proto.OpRegister:
+		if p.phase != phaseNew {
+			c.drop(p, "protocol error: registered twice", true)
+			return nil
+		}
+		return c.register(p, payload)
+	case proto.OpBarrier:
+		c.enterBarrier(p, h)
+	case proto.OpLeave:
+		c.leave(p)
+	default:
+		c.drop(p, fmt.Sprintf("protocol error: unexpected %s frame from a node", h.Op), true)
+	}
+	return nil
+}
+
+func (c *Coordinator) onTick(now time.Time) {
+	for p := range c.peers {
+		if p.closed {
+			continue
+		}
+		if now.Sub(time.Unix(0, p.lastSeen.Load())) > c.cfg.HeartbeatTimeout {
+			if p.phase == phaseNew {
+				c.drop(p, fmt.Sprintf("no registration within %v", c.cfg.HeartbeatTimeout), true)
+			} else {
+				c.drop(p, fmt.Sprintf("no heartbeat for %v", c.cfg.HeartbeatTimeout), true)
+			}
+			continue
+		}
+		if p.phase == phaseRegistered || p.phase == phaseActive {
+			c.send(p, proto.Header{Op: proto.OpHeartbeat}, nil)
+		}
+	}
+}
+
+// send queues a frame for p without blocking. A peer whose queue is full is
+// not reading: it is dropped once the current event is handled.
+func (c *Coordinator) send(p *peer, h proto.Header, payload []byte) {
+	if p.closed {
+		return
+	}
+	h.Sender = SchedulerID
+	select {
+	case p.out <- outFrame{h, payload}:
+	default:
+		c.backlogged = append(c.backlogged, p)
+	}
+}
+
+// closePeer stops sending to p; its writer then closes the connection.
+func (c *Coordinator) closePeer(p *peer) {
+	if !p.closed {
+		p.closed = true
+		close(p.out)
+	}
+}
+
+// drop closes p's connection for reason, telling the peer why when tell is
+// set, and settles what p's departure means for the job.
+func (c *Coordinator) drop(p *peer, reason string, tell bool) {
+	if p.closed {
+		return
+	}
+	if tell {
+		c.send(p, proto.Header{Op: proto.OpError}, []byte(reason))
+	}
+	c.closePeer(p)
+	switch p.phase {
+	case phaseNew:
+		c.logf("cluster: coordinator: closed connection from %s: %s", p.conn.RemoteAddr(), reason)
+	case phaseRegistered:
+		// Gone before the book was complete: give the rank back, so that a
+		// restarted process can take it.
+		c.free(p)
+		c.logf("cluster: coordinator: %s went away before the address book was complete: %s", p.node, reason)
+	case phaseActive:
+		c.died(p, reason)
+	}
+}
+
+func (c *Coordinator) slots(r Role) []*peer {
+	if r == RoleServer {
+		return c.servers
+	}
+	return c.workers
+}
+
+func (c *Coordinator) free(p *peer) {
+	if s := c.slots(p.node.Role); s[p.node.Rank] == p {
+		s[p.node.Rank] = nil
+	}
+}
+
+// live counts the active (booked, neither left nor dead) members of g.
+func (c *Coordinator) live(g Group) int {
+	n := 0
+	for _, r := range []Role{RoleWorker, RoleServer} {
+		if !g.has(r) {
+			continue
+		}
+		for _, q := range c.slots(r) {
+			if q != nil && q.phase == phaseActive {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (c *Coordinator) register(p *peer, payload []byte) error {
+	refuse := func(format string, args ...any) error {
+		c.drop(p, fmt.Sprintf(format, args...), true)
+		return nil
+	}
+	if c.bookSent {
+		return refuse("the job's membership is already complete (%d workers, %d servers); elastic membership is not supported",
+			c.cfg.NumWorkers, c.cfg.NumServers)
+	}
+	var reg Registration
+	if err := json.Unmarshal(payload, &reg); err != nil {
+		return refuse("malformed registration: %v", err)
+	}
+	if err := reg.check(); err != nil {
+		return refuse("malformed registration: %v", err)
+	}
+	slots := c.slots(reg.Role)
+	rank := -1
+	switch {
+	case reg.Role == RoleWorker && reg.WorkerID >= 0:
+		n := c.cfg.NumWorkers
+		if reg.WorkerID >= n || reg.LocalSize > n {
+			return refuse("worker id %d with local size %d is outside the job's %d workers", reg.WorkerID, reg.LocalSize, n)
+		}
+		rank = reg.WorkerID*reg.LocalSize + reg.LocalRank
+		if rank >= n {
+			return refuse("worker rank %d (worker id %d * local size %d + local rank %d) is outside 0..%d",
+				rank, reg.WorkerID, reg.LocalSize, reg.LocalRank, n-1)
+		}
+		if q := slots[rank]; q != nil {
+			return refuse("worker rank %d (worker id %d, local rank %d) is already taken by %s",
+				rank, reg.WorkerID, reg.LocalRank, q.node)
+		}
+	case reg.Role == RoleServer && reg.WorkerID >= 0:
+		if reg.WorkerID >= len(slots) {
+			return refuse("server rank %d is outside 0..%d", reg.WorkerID, len(slots)-1)
+		}
+		rank = reg.WorkerID
+		if q := slots[rank]; q != nil {
+			return refuse("server rank %d is already taken by %s", rank, q.node)
+		}
+	default:
+		for i, q := range slots {
+			if q == nil {
+				rank = i
+				break
+			}
+		}
+		if rank < 0 {
+			return refuse("all %d %s ranks are taken", len(slots), reg.Role)
+		}
+	}
+
+	host := ""
+	if h, _, err := net.SplitHostPort(p.conn.RemoteAddr().String()); err == nil {
+		host = h
+	}
+	addr := reg.Addr
+	if reg.Role == RoleServer {
+		// A server listening on all interfaces reports an address nobody can
+		// dial; use the host it registered from.
+		h, port, _ := net.SplitHostPort(addr)
+		if ip := net.ParseIP(h); (h == "" || ip != nil && ip.IsUnspecified()) && host != "" {
+			addr = net.JoinHostPort(host, port)
+		}
+	}
+	p.node = Node{Role: reg.Role, Rank: rank, ID: NodeID(reg.Role, rank), Addr: addr, Host: host, PID: reg.PID}
+	p.phase = phaseRegistered
+	slots[rank] = p
+	c.logf("cluster: coordinator: registered %s from %s", p.node, host)
+	if c.registered != nil {
+		c.registered(p.node)
+	}
+	for _, s := range [][]*peer{c.workers, c.servers} {
+		for _, q := range s {
+			if q == nil {
+				return nil
+			}
+		}
+	}
+	return c.sendBook()
+}
+
+// sendBook publishes the address book to every node once all have registered.
+func (c *Coordinator) sendBook() error {
+	var book Book
+	for _, q := range c.workers {
+		book.Workers = append(book.Workers, q.node)
+	}
+	for _, q := range c.servers {
+		book.Servers = append(book.Servers, q.node)
+	}
+	c.bookSent = true
+	for _, s := range [][]*peer{c.workers, c.servers} {
+		for _, q := range s {
+			b, err := json.Marshal(bookMsg{Self: q.node, Book: book, HeartbeatTimeout: c.cfg.HeartbeatTimeout})
+			if err != nil {
+				return fmt.Errorf("cluster: encode address book: %w", err)
+			}
+			if len(b) > proto.MaxControlPayload {
+				return fmt.Errorf("cluster: the address book of %d nodes is %d bytes, over the control frame limit of %d",
+					len(book.Workers)+len(book.Servers), len(b), proto.MaxControlPayload)
+			}
+			q.phase = phaseActive
+			c.send(q, proto.Header{Op: proto.OpBook}, b)
+		}
+	}
+	c.logf("cluster: coordinator: address book complete: %d workers, %d servers", len(book.Workers), len(book.Servers))
+	return nil
+}
+
+// died settles the death of an active node: everyone else hears of it, and
+// barriers that wait on it fail.
+func (c *Coordinator) died(p *peer, reason string) {
+	p.phase = phaseDead
+	ev := NodeEvent{Node: p.node, Reason: reason}
+	c.dead = append(c.dead, ev)
+	c.logf("cluster: coordinator: %s", ev)
+	b, _ := json.Marshal(ev) // cannot fail: plain strings and ints
+	for _, s := range [][]*peer{c.workers, c.servers} {
+		for _, q := range s {
+			if q.phase == phaseActive {
+				c.send(q, proto.Header{Op: proto.OpNodeDead}, b)
+			}
+		}
+	}
+	for g := Workers; g <= All; g++ {
+		if !g.has(p.node.Role) {
+			continue
+		}
+		bar := &c.barriers[g]
+		for q, id := range bar.waiting {
+			c.send(q, proto.Header{Op: proto.OpError, Key: proto.Key(g), Round: bar.round, ReqID: id}, []byte(ev.String()))
+		}
+		if len(bar.waiting) > 0 {
+			clear(bar.waiting)
+			bar.round++
+		}
+	}
+	c.checkShutdown()
+}
+
+func (c *Coordinator) leave(p *peer) {
+	if p.phase == phaseRegistered {
+		c.drop(p, "left before the address book was complete", false)
+		return
+	}
+	p.phase = phaseLeft
+	c.closePeer(p)
+	c.logf("cluster: coordinator: %s left", p.node)
+	for g := Workers; g <= All; g++ {
+		if g.has(p.node.Role) {
+			delete(c.barriers[g].waiting, p)
+			c.tryRelease(g)
+		}
+	}
+	c.checkShutdown()
+}
+
+// checkShutdown tells the servers the job is over once no worker is active.
+func (c *Coordinator) checkShutdown() {
+	if !c.bookSent || c.shutdownSent || c.live(Workers) > 0 {
+		return
+	}
+	c.shutdownSent = true
+	c.logf("cluster: coordinator: every worker is gone; shutting the servers down")
+	for _, q := range c.servers {
+		if q.phase == phaseActive {
+			c.send(q, proto.Header{Op: proto.OpShutdown}, nil)
+		}
+	}
+}
+
+func (c *Coordinator) enterBarrier(p *peer, h proto.Header) {
+	if p.phase != phaseActive {
+		c.drop(p, "protocol error: barrier before the address book", true)
+		return
+	}
+	g := Group(h.Key)
+	fail := func(format string, args ...any) {
+		c.send(p, proto.Header{Op: proto.OpError, Key: h.Key, Round: h.Round, ReqID: h.ReqID}, fmt.Appendf(nil, format, args...))
+	}
+	if h.Key > proto.Key(All) || !g.valid() {
+		fail("unknown barrier group %d", uint64(h.Key))
+		return
+	}
+	if !g.has(p.node.Role) {
+		fail("%s is not in barrier group %s", p.node, g)
+		return
+	}
+	for _, ev := range c.dead {
+		if g.has(ev.Node.Role) {
+			fail("%s", ev)
+			return
+		}
+	}
+	bar := &c.barriers[g]
+	if _, ok := bar.waiting[p]; ok {
+		fail("%s is already waiting in barrier %s round %d", p.node, g, bar.round)
+		return
+	}
+	if h.Round != bar.round {
+		fail("%s entered barrier %s round %d, the group is at round %d", p.node, g, h.Round, bar.round)
+		return
+	}
+	bar.waiting[p] = h.ReqID
+	c.tryRelease(g)
+}
+
+// tryRelease releases g's barrier if every active member of g has entered.
+func (c *Coordinator) tryRelease(g Group) {
+	bar := &c.barriers[g]
+	if len(bar.waiting) == 0 || len(bar.waiting) < c.live(g) {
+		return
+	}
+	// INVARIANT: waiting holds only active members of g (leavers are
+	// removed, a death clears it), so equal counts mean all have entered.
+	for q, id := range bar.waiting {
+		c.send(q, proto.Header{Op: proto.OpBarrierOK, Key: proto.Key(g), Round: bar.round, ReqID: id}, nil)
+	}
+	clear(bar.waiting)
+	bar.round++
+}
