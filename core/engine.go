@@ -397,6 +397,7 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 		}
 	}
 	h := newHandle(t.name, len(t.parts))
+	h.tasks = make([]*task, 0, len(t.parts))
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.usableLocked(); err != nil {
@@ -407,10 +408,15 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 	for _, p := range t.parts {
 		b := buf[p.rng.Off : p.rng.Off+p.rng.Len]
 		tk := &task{h: h, t: t, p: p, round: round, in: b, out: b, op: op, push: push}
+		h.tasks = append(h.tasks, tk)
 		s := e.servers[p.srv]
 		tk.lane = s.lanes[int(uint64(p.key)%uint64(len(s.lanes)))]
 		if s.failed != nil {
 			e.finishLocked(tk, s.failed)
+			continue
+		}
+		if h.abandoned {
+			e.finishLocked(tk, errAbandoned)
 			continue
 		}
 		e.mu.queue.Push(scheduler.Item[*task]{Key: p.key, Priority: t.priority, Bytes: p.rng.Len, Value: tk})
@@ -588,7 +594,22 @@ func (e *Engine) finishLocked(tk *task, err error) {
 		e.poke()
 	}
 	tk.h.partDone(err)
+	if err != nil && !tk.h.abandoned {
+		// One partition failed: the handle fails now rather than wait for
+		// partitions that may never complete. Siblings still queued or
+		// waiting for an answer are abandoned (a late answer is discarded
+		// by Dest); one whose answer is being received finishes when it is
+		// in, so the buffer is never written after the handle completes.
+		tk.h.abandoned = true
+		for _, sib := range tk.h.tasks {
+			if !sib.finished && !sib.receiving {
+				e.finishLocked(sib, errAbandoned)
+			}
+		}
+	}
 }
+
+var errAbandoned = errors.New("abandoned after another partition failed")
 
 // failServer marks s failed and fails everything pending on it.
 func (e *Engine) failServer(s *server, cause error) {
@@ -707,6 +728,10 @@ func (e *Engine) close() {
 type Handle struct {
 	name string
 	done chan struct{}
+	// tasks and abandoned are guarded by Engine.mu.
+	tasks     []*task
+	abandoned bool
+
 	mu   sync.Mutex
 	left int
 	err  error

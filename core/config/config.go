@@ -482,8 +482,8 @@ func (c *Config) Environ() []string {
 	out := make([]string, len(table))
 	for i, s := range table {
 		v := formatValue(s.field(c))
-		if s.Name == envWorkerID && c.WorkerID == -1 {
-			v = ""
+		if (s.Name == envWorkerID && c.WorkerID == -1) || (s.Name == envServerID && c.ServerID == -1) {
+			v = "" // unset
 		}
 		out[i] = s.Name + "=" + v
 	}

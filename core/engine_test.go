@@ -1,0 +1,286 @@
+package core
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobps/gobps/core/cluster"
+	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/summation"
+)
+
+// testCluster is a whole job in one process over loopback TCP: a real
+// coordinator, real summation servers and real engines, so the race
+// detector sees every goroutine of the worker side.
+type testCluster struct {
+	engines []*Engine
+	servers []*summation.Server
+	members []*cluster.Member // by server rank
+	cancel  context.CancelFunc
+}
+
+func startCluster(t *testing.T, workers, servers int, extra ...string) *testCluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	tc := &testCluster{cancel: cancel}
+	coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
+		Addr: "127.0.0.1:0", NumWorkers: workers, NumServers: servers, HeartbeatTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go coord.Run(ctx)
+	_, port, _ := strings.Cut(coord.Addr(), ":")
+	env := map[string]string{
+		"DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "1", "BYTEPS_LOCAL_SIZE": strconv.Itoa(workers),
+		"DMLC_NUM_SERVER": strconv.Itoa(servers), "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": port,
+		"DMLC_WORKER_ID": "0", "GOBPS_HEARTBEAT_INTERVAL": "100ms", "BYTEPS_PARTITION_BYTES": "8192",
+	}
+	for i := 0; i+1 < len(extra); i += 2 {
+		env[extra[i]] = extra[i+1]
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, workers+servers)
+	tc.members = make([]*cluster.Member, servers)
+	for i := 0; i < servers; i++ {
+		s, err := summation.New(summation.Config{Workers: workers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc.servers = append(tc.servers, s)
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			m, err := cluster.Join(ctx, coord.Addr(), cluster.Registration{Role: cluster.RoleServer, WorkerID: i, Addr: s.Addr(), PID: 1}, cluster.Options{HeartbeatInterval: 100 * time.Millisecond})
+			errs[i] = err
+			if err == nil {
+				s.SetID(m.Self().ID)
+				tc.members[i] = m
+			}
+		}(i)
+	}
+	tc.engines = make([]*Engine, workers)
+	for i := 0; i < workers; i++ {
+		e := map[string]string{"BYTEPS_LOCAL_RANK": strconv.Itoa(i)}
+		for k, v := range env {
+			if _, ok := e[k]; !ok {
+				e[k] = v
+			}
+		}
+		cfg, err := config.Parse(func(k string) (string, bool) { v, ok := e[k]; return v, ok })
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			tc.engines[i], errs[servers+i] = Init(ctx, Options{Config: cfg})
+		}(i)
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, e := range tc.engines {
+			e.Shutdown()
+		}
+		for _, s := range tc.servers {
+			s.Close()
+		}
+		coord.Close()
+		cancel()
+	})
+	return tc
+}
+
+func f32bytes(vs []float32) []byte {
+	b := make([]byte, 4*len(vs))
+	for i, v := range vs {
+		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(v))
+	}
+	return b
+}
+
+// each runs f on every engine concurrently and fails on the first error.
+func (tc *testCluster) each(t *testing.T, f func(rank int, e *Engine) error) {
+	t.Helper()
+	errs := make([]error, len(tc.engines))
+	var wg sync.WaitGroup
+	for i, e := range tc.engines {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = f(e.Rank(), e) }()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestPushPullSumAverageBroadcast(t *testing.T) {
+	tc := startCluster(t, 3, 2)
+	const n = 10000 // 40000 bytes: 5 partitions of 8 KiB over 2 servers
+	tc.each(t, func(rank int, e *Engine) error {
+		if e.Size() != 3 || e.NumServers() != 2 {
+			return fmt.Errorf("size %d servers %d", e.Size(), e.NumServers())
+		}
+		a, err := e.Declare("a", proto.Float32, n)
+		if err != nil {
+			return err
+		}
+		b, err := e.Declare("b", proto.Int64, 3)
+		if err != nil {
+			return err
+		}
+		c, err := e.DeclareBroadcast("c", proto.Float32, n, 2)
+		if err != nil {
+			return err
+		}
+		if a.Partitions() != 5 {
+			return fmt.Errorf("%d partitions", a.Partitions())
+		}
+		for round := 0; round < 5; round++ {
+			av := make([]float32, n)
+			want := make([]float32, n)
+			for i := range av {
+				av[i] = float32(rank*i + round)
+				want[i] = float32((0+1+2)*i+3*round) / 3
+			}
+			abuf := f32bytes(av)
+			bbuf := make([]byte, 24)
+			binary.LittleEndian.PutUint64(bbuf[8:], uint64(rank+round))
+			cv := make([]float32, n)
+			for i := range cv {
+				cv[i] = float32(rank*1000 + i + round)
+			}
+			cbuf := f32bytes(cv)
+			ha, err := e.PushPull(a, abuf, Average)
+			if err != nil {
+				return err
+			}
+			hb, err := e.PushPull(b, bbuf, Sum)
+			if err != nil {
+				return err
+			}
+			hc, err := e.Broadcast(c, cbuf)
+			if err != nil {
+				return err
+			}
+			for _, h := range []*Handle{ha, hb, hc} {
+				if err := h.WaitTimeout(20 * time.Second); err != nil {
+					return err
+				}
+			}
+			if string(abuf) != string(f32bytes(want)) {
+				return fmt.Errorf("rank %d round %d: average differs", rank, round)
+			}
+			if got := int64(binary.LittleEndian.Uint64(bbuf[8:])); got != int64(3+3*round) {
+				return fmt.Errorf("rank %d round %d: int64 sum %d", rank, round, got)
+			}
+			for i := range cv {
+				cv[i] = float32(2*1000 + i + round)
+			}
+			if string(cbuf) != string(f32bytes(cv)) {
+				return fmt.Errorf("rank %d round %d: broadcast differs from root 2", rank, round)
+			}
+		}
+		return nil
+	})
+	var pushes int64
+	for _, s := range tc.servers {
+		pushes += s.Stats().Pushes
+	}
+	// a: 5 keys x 3 workers, b: 1 key x 3 workers, c: 5 keys x root only; 5 rounds
+	if want := int64(5 * (15 + 3 + 5)); pushes != want {
+		t.Errorf("servers accepted %d pushes, want %d", pushes, want)
+	}
+}
+
+func TestBadCalls(t *testing.T) {
+	tc := startCluster(t, 1, 1)
+	e := tc.engines[0]
+	var nilEngine *Engine
+	if _, err := nilEngine.Declare("x", proto.Float32, 1); !errors.Is(err, ErrNotInitialized) {
+		t.Errorf("nil engine: %v", err)
+	}
+	cases := []struct {
+		desc string
+		run  func() error
+		want string
+	}{
+		{"zero elements", func() error { _, err := e.Declare("z", proto.Float32, 0); return err }, "at least one"},
+		{"bad dtype", func() error { _, err := e.Declare("d", proto.DType(99), 1); return err }, "unknown dtype"},
+		{"redeclared differently", func() error {
+			e.Declare("r", proto.Float32, 4)
+			_, err := e.Declare("r", proto.Float32, 5)
+			return err
+		}, "declared again"},
+		{"wrong buffer size", func() error {
+			x, _ := e.Declare("x", proto.Float32, 4)
+			_, err := e.PushPull(x, make([]byte, 12), Sum)
+			return err
+		}, "buffer of 12 bytes, declared 16"},
+		{"average of ints", func() error {
+			x, _ := e.Declare("i", proto.Int32, 4)
+			_, err := e.PushPull(x, make([]byte, 16), Average)
+			return err
+		}, "cannot average int32"},
+		{"broadcast of a sum tensor", func() error {
+			x, _ := e.Declare("s", proto.Float32, 4)
+			_, err := e.Broadcast(x, make([]byte, 16))
+			return err
+		}, "not declared for broadcast"},
+		{"broadcast root out of range", func() error { _, err := e.DeclareBroadcast("br", proto.Float32, 4, 1); return err }, "root 1 outside"},
+	}
+	for _, c := range cases {
+		if err := c.run(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want %q", c.desc, err, c.want)
+		}
+	}
+	e.Shutdown()
+	if _, err := e.Declare("after", proto.Float32, 1); !errors.Is(err, ErrNotInitialized) {
+		t.Errorf("after shutdown: %v", err)
+	}
+}
+
+// TestServerLossFailsPending closes a server under the workers: pending
+// and later PushPulls fail naming it, and nothing hangs.
+func TestServerLossFailsPending(t *testing.T) {
+	tc := startCluster(t, 2, 2)
+	ts := make([]*Tensor, 2)
+	tc.each(t, func(rank int, e *Engine) error {
+		x, err := e.Declare("x", proto.Float32, 8192) // 4 partitions over both servers
+		ts[rank] = x
+		return err
+	})
+	// Worker 0 pushes alone: its round cannot complete, so its pulls wait.
+	h, err := tc.engines[0].PushPull(ts[0], make([]byte, ts[0].Bytes()), Sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if h.Poll() {
+		t.Fatal("round completed with one of two workers")
+	}
+	tc.servers[1].Close()
+	err = h.WaitTimeout(10 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "server 1") {
+		t.Fatalf("pending PushPull: %v", err)
+	}
+	t.Log(err)
+	_, err = tc.engines[0].PushPull(ts[0], make([]byte, ts[0].Bytes()), Sum)
+	if err == nil {
+		// start may succeed for partitions on healthy servers; the handle fails
+		t.Log("start accepted; the handle must fail")
+	}
+}
