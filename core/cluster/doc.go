@@ -54,7 +54,8 @@
 //	  OpNodeDead   NodeEvent, to every other live node.
 //	  OpShutdown   to the servers, once every worker has left or died.
 //
-// Ranks: servers by arrival (lowest free rank); workers with WorkerID >= 0
+// Ranks: servers at the rank they ask for (Registration.WorkerID, from
+// GOBPS_SERVER_ID) or by arrival (lowest free rank); workers with WorkerID >= 0
 // at WorkerID*LocalSize+LocalRank, the others at the lowest free rank (so
 // mixing the two can collide, and the later registration is refused). A
 // server that registers an unspecified host (":4321", "0.0.0.0:4321") is
