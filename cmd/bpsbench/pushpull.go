@@ -173,7 +173,7 @@ type result struct {
 // measure runs a coordinator, k servers and w workers in this process, over
 // loopback TCP, and times PushPull of one tensor of size bytes.
 func measure(size, w, k, partBytes, lanes int, d time.Duration) (result, error) {
-	port, err := freePort()
+	port, err := roles.FreePort()
 	if err != nil {
 		return result{}, err
 	}
@@ -302,13 +302,4 @@ func runAll(engines []*core.Engine, count, iters int, times [][]time.Duration, e
 		}(i, e)
 	}
 	wg.Wait()
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }

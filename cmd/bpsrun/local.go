@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -13,6 +12,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/gobps/gobps/cmd/internal/roles"
 )
 
 // execWorker replaces bpsrun with the worker command (environment mode).
@@ -34,16 +35,6 @@ type proc struct {
 type exit struct {
 	p   *proc
 	err error
-}
-
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // jobEnv builds a child's environment: bpsrun's own, minus the variables
@@ -99,7 +90,7 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	port := f.port
 	if port == 0 {
 		var err error
-		if port, err = freePort(); err != nil {
+		if port, err = roles.FreePort(); err != nil {
 			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
 			return 1
 		}

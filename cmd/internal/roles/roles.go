@@ -108,3 +108,15 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return ctx.Err()
 	}
 }
+
+// FreePort asks the kernel for a free loopback TCP port. Another process
+// may take it before the caller binds it; callers that need certainty
+// bind and report their own address instead.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}

@@ -1,0 +1,230 @@
+package lint
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// modulePath is the module whose packages the rules below talk about.
+const modulePath = "github.com/gobps/gobps"
+
+// cgoAllowed lists the packages (module-relative, e.g. "rdma/verbs") allowed
+// to `import "C"`. It is empty for now: the verbs transport and the CUDA shims
+// will be added here when they land, and nothing else should need cgo.
+var cgoAllowed = map[string]bool{}
+
+// pkgInfo is the part of `go list -json` output the rules look at.
+type pkgInfo struct {
+	ImportPath string
+	Imports    []string // non-test imports only
+	CgoFiles   []string
+	Error      *struct{ Err string }
+}
+
+// rule forbids some imports for some packages. Packages and in-module imports
+// are given module-relative ("core/proto"; "" is the module root); imports
+// from outside the module are given as full import paths.
+type rule struct {
+	desc    string
+	applies func(pkg string) bool
+	// forbids reports whether pkg may not import imp. inModule says whether
+	// imp is a gobps package (and then imp is module-relative).
+	forbids func(pkg, imp string, inModule bool) bool
+}
+
+// under reports whether rel is dir or a package below it.
+func under(rel, dir string) bool {
+	return rel == dir || strings.HasPrefix(rel, dir+"/")
+}
+
+// is returns a predicate matching exactly the given packages.
+func is(pkgs ...string) func(string) bool {
+	return func(pkg string) bool { return slices.Contains(pkgs, pkg) }
+}
+
+// isStd reports whether an import path belongs to the standard library: its
+// first path element has no dot.
+func isStd(imp string) bool {
+	first, _, _ := strings.Cut(imp, "/")
+	return !strings.Contains(first, ".")
+}
+
+// onlyProtoAndOwn returns a rule body that lets the packages under dir import,
+// from gobps, only core/proto and packages under dir itself.
+func onlyProtoAndOwn(dir string) func(pkg, imp string, inModule bool) bool {
+	return func(pkg, imp string, inModule bool) bool {
+		return inModule && imp != "core/proto" && !under(imp, dir)
+	}
+}
+
+var rules = []rule{
+	{
+		desc:    "core/proto is the leaf: it imports only the standard library",
+		applies: is("core/proto"),
+		forbids: func(pkg, imp string, inModule bool) bool { return inModule || !isStd(imp) },
+	},
+	{
+		desc:    "summation/kernel imports from gobps only core/proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "summation/kernel") },
+		forbids: onlyProtoAndOwn("summation/kernel"),
+	},
+	{
+		desc:    "scheduler imports from gobps only core/proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "scheduler") },
+		forbids: onlyProtoAndOwn("scheduler"),
+	},
+	{
+		desc:    "rdma and rdma/... import from gobps only core/proto (and rdma/...)",
+		applies: func(pkg string) bool { return under(pkg, "rdma") },
+		forbids: onlyProtoAndOwn("rdma"),
+	},
+	{
+		desc:    "core/config imports from gobps only core/proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "core/config") },
+		forbids: onlyProtoAndOwn("core/config"),
+	},
+	{
+		desc:    "core/cluster imports from gobps only core/proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "core/cluster") },
+		forbids: onlyProtoAndOwn("core/cluster"),
+	},
+	{
+		desc:    "summation (the server) is handed its transport and config: it must not import core, core/cluster, core/config or cmd/...",
+		applies: is("summation"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && (imp == "core" || under(imp, "core/cluster") ||
+				under(imp, "core/config") || under(imp, "cmd"))
+		},
+	},
+	{
+		desc:    "core (the worker engine) must not import summation (the server; summation/kernel is fine) or cmd/...",
+		applies: is("core"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && (imp == "summation" || under(imp, "cmd"))
+		},
+	},
+	{
+		desc:    "only cmd/... imports packages under cmd/",
+		applies: func(pkg string) bool { return !under(pkg, "cmd") },
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && under(imp, "cmd")
+		},
+	},
+}
+
+// moduleRoot walks up from the working directory to the directory holding
+// go.mod.
+func moduleRoot(t *testing.T) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// listPackages runs `go list -e -json ./...` in the module root.
+func listPackages(t *testing.T, goBin, root string) []pkgInfo {
+	t.Helper()
+	cmd := exec.Command(goBin, "list", "-e", "-json", "./...")
+	cmd.Dir = root
+	// With CGO_ENABLED=0 (the default where no C compiler is found), files
+	// that import "C" are left out of CgoFiles; force it on so the cgo rule
+	// sees them.
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.Bytes())
+	}
+	var pkgs []pkgInfo
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for {
+		var p pkgInfo
+		if err := dec.Decode(&p); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			t.Fatalf("decoding go list output: %v", err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	return pkgs
+}
+
+// TestForbiddenImports enforces the import direction of DESIGN.md §5 on every
+// package's non-test imports, and allows `import "C"` only in cgoAllowed.
+func TestForbiddenImports(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("go command not on PATH: %v", err)
+	}
+	pkgs := listPackages(t, goBin, moduleRoot(t))
+
+	// Guard against passing vacuously, e.g. because go list ran somewhere
+	// else or the module was renamed.
+	seen := map[string]bool{}
+	for _, p := range pkgs {
+		seen[p.ImportPath] = true
+	}
+	for _, want := range []string{"core/proto", "core", "summation"} {
+		if !seen[modulePath+"/"+want] {
+			t.Fatalf("go list did not report %s/%s; found %d packages", modulePath, want, len(pkgs))
+		}
+	}
+
+	rel := func(path string) (string, bool) {
+		if path == modulePath {
+			return "", true
+		}
+		r, ok := strings.CutPrefix(path, modulePath+"/")
+		return r, ok
+	}
+
+	for _, p := range pkgs {
+		if p.Error != nil {
+			t.Errorf("%s: go list: %s", p.ImportPath, p.Error.Err)
+		}
+		pkg, ok := rel(p.ImportPath)
+		if !ok {
+			continue
+		}
+		if (len(p.CgoFiles) > 0 || slices.Contains(p.Imports, "C")) && !cgoAllowed[pkg] {
+			t.Errorf("%s uses cgo (%s) but is not in cgoAllowed", p.ImportPath, strings.Join(p.CgoFiles, ", "))
+		}
+		for _, r := range rules {
+			if !r.applies(pkg) {
+				continue
+			}
+			for _, imp := range p.Imports {
+				if imp == "C" {
+					continue // the cgo rule above covers it
+				}
+				relImp, inModule := rel(imp)
+				if !inModule {
+					relImp = imp
+				}
+				if r.forbids(pkg, relImp, inModule) {
+					t.Errorf("%s imports %s: forbidden (%s)", p.ImportPath, imp, r.desc)
+				}
+			}
+		}
+	}
+}
