@@ -198,7 +198,13 @@ func TestPushPullSumAverageBroadcast(t *testing.T) {
 	})
 	var pushes int64
 	for _, s := range tc.servers {
-		pushes += s.Stats().Pushes
+		st := s.Stats()
+		pushes += st.Pushes
+		// Three tensors, 11 keys, declared before the first PushPull: one
+		// declaration frame per worker per server.
+		if st.Declares != 3 {
+			t.Errorf("server got %d declaration frames, want 3 (one per worker)", st.Declares)
+		}
 	}
 	// a: 5 keys x 3 workers, b: 1 key x 3 workers, c: 5 keys x root only; 5 rounds
 	if want := int64(5 * (15 + 3 + 5)); pushes != want {
@@ -282,5 +288,48 @@ func TestServerLossFailsPending(t *testing.T) {
 	if err == nil {
 		// start may succeed for partitions on healthy servers; the handle fails
 		t.Log("start accepted; the handle must fail")
+	}
+}
+
+// TestPushesOverlapPulls: with credit for 4 partitions, a worker pushes all
+// 4 partitions of a tensor while the pulls of the first ones are still
+// waiting (the other worker has not pushed yet); with credit for one
+// partition, it pushes one and waits. This is what lets the push of
+// partition i overlap the pull of partition i-1.
+func TestPushesOverlapPulls(t *testing.T) {
+	for _, c := range []struct {
+		credit     string
+		wantPushes int64
+	}{{"32768", 4}, {"8192", 1}} {
+		t.Run("credit="+c.credit, func(t *testing.T) {
+			tc := startCluster(t, 2, 1, "BYTEPS_SCHEDULING_CREDIT", c.credit)
+			ts := make([]*Tensor, 2)
+			tc.each(t, func(rank int, e *Engine) error {
+				x, err := e.Declare("x", proto.Float32, 8192) // 4 partitions of 8 KiB
+				ts[rank] = x
+				return err
+			})
+			h0, err := tc.engines[0].PushPull(ts[0], make([]byte, ts[0].Bytes()), Sum)
+			if err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for tc.servers[0].Stats().Pushes < c.wantPushes && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+			}
+			time.Sleep(100 * time.Millisecond) // room for pushes beyond the credit, if it leaked
+			if got := tc.servers[0].Stats().Pushes; got != c.wantPushes {
+				t.Fatalf("worker 0 alone pushed %d partitions, want %d", got, c.wantPushes)
+			}
+			h1, err := tc.engines[1].PushPull(ts[1], make([]byte, ts[1].Bytes()), Sum)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, h := range []*Handle{h0, h1} {
+				if err := h.WaitTimeout(10 * time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -27,6 +27,7 @@ type Config struct {
 
 // Stats are counters for tests and benchmarks.
 type Stats struct {
+	Declares    int64 // declaration frames accepted (each may hold many keys)
 	Pushes      int64 // pushes accepted
 	Pulls       int64 // answers sent
 	Refused     int64 // requests answered with an error
@@ -52,7 +53,7 @@ type Server struct {
 	wg      sync.WaitGroup
 
 	id                               atomic.Uint32 // node id, the Sender of every frame
-	pushes, pulls, refused, badConns atomic.Int64
+	declares, pushes, pulls, refused, badConns atomic.Int64
 }
 
 // SetID sets the node id the server puts in the Sender field of its frames
@@ -136,7 +137,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return Stats{
-		Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Refused: s.refused.Load(),
+		Declares: s.declares.Load(), Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Refused: s.refused.Load(),
 		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), EngineBytes: append([]uint64(nil), s.mu.load...),
 	}
 }
@@ -282,6 +283,7 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 			s.refuse(p, hd, err)
 			return
 		}
+		s.declares.Add(1)
 		p.out.send(proto.Header{Op: proto.OpDeclareAck, Sender: s.id.Load(), ReqID: hd.ReqID}, nil, nil)
 	case proto.OpPush:
 		k := s.lookup(hd.Key) // Dest found it; keys are never removed
