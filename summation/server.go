@@ -52,7 +52,7 @@ type Server struct {
 	closing sync.Once
 	wg      sync.WaitGroup
 
-	id                               atomic.Uint32 // node id, the Sender of every frame
+	id                                         atomic.Uint32 // node id, the Sender of every frame
 	declares, pushes, pulls, refused, badConns atomic.Int64
 }
 
