@@ -283,6 +283,20 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 	return t, nil
 }
 
+// startableLocked reports why t cannot be pushed now: a failed server that
+// holds one of its keys (named first, as the likelier root cause), or the
+// engine's own failure. REQUIRES: e.mu.
+func (e *Engine) startableLocked(t *Tensor) error {
+	if !e.mu.shutdown {
+		for _, p := range t.parts {
+			if err := e.servers[p.srv].failed; err != nil {
+				return err
+			}
+		}
+	}
+	return e.usableLocked()
+}
+
 func (e *Engine) usableLocked() error {
 	switch {
 	case e.mu.shutdown:
@@ -382,7 +396,7 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 		return nil, fmt.Errorf("gobps: %q: buffer of %d bytes, declared %d", t.name, len(buf), t.nbytes)
 	}
 	e.mu.Lock()
-	if err := e.usableLocked(); err != nil {
+	if err := e.startableLocked(t); err != nil {
 		e.mu.Unlock()
 		return nil, err
 	}
@@ -400,7 +414,7 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 	h.tasks = make([]*task, 0, len(t.parts))
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if err := e.usableLocked(); err != nil {
+	if err := e.startableLocked(t); err != nil {
 		return nil, err
 	}
 	round := t.round

@@ -23,6 +23,36 @@ type Handler interface {
 	Closed(c Conn, err error)
 }
 
+// ChunkReceiver is an optional interface of a Handler: it takes some
+// payloads in pieces, so that it can start on the first piece (summing it,
+// say) while the rest is still arriving. For a frame it accepts, Chunks is
+// called instead of Dest; the transport then reads the payload in pieces of
+// at most ChunkBytes and calls the sink for each, in order, then Handle with
+// a nil payload. Transports whose payloads land in one piece (RDMA writes)
+// call Dest instead and never use it.
+type ChunkReceiver interface {
+	// Chunks returns the sink for h's payload; ok false asks for Dest
+	// instead. An error refuses the payload as Dest's error does.
+	Chunks(c Conn, h *proto.Header) (sink ChunkSink, ok bool, err error)
+}
+
+// ChunkBytes is the size of the pieces a ChunkReceiver gets: a few hundred
+// KiB, so that a piece is still in cache when it is summed.
+const ChunkBytes = 256 << 10
+
+// ChunkSink receives one payload in pieces.
+type ChunkSink interface {
+	// Buffer returns memory for the n bytes at offset off of the payload.
+	// It may block (back-pressure) until memory is free.
+	Buffer(off, n int) []byte
+	// Filled says that b, the buffer for offset off, is in. The sink owns
+	// b again.
+	Filled(off int, b []byte)
+	// Abort says the rest of the payload will not come (the connection
+	// failed); buffers handed out and not filled are the sink's again.
+	Abort(err error)
+}
+
 // Conn is one connection to a peer.
 type Conn interface {
 	// Send writes one frame. h.Length is set from the payload, and so is the

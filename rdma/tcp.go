@@ -155,6 +155,24 @@ func (c *tcpConn) read(h Handler) error {
 		}
 		var payload []byte
 		var refused error
+		if cr, ok := h.(ChunkReceiver); ok && hdr.Length > 0 {
+			sink, ok, err := cr.Chunks(c, &hdr)
+			switch {
+			case err != nil:
+				if _, err := io.CopyN(io.Discard, r, int64(hdr.Length)); err != nil {
+					return fmt.Errorf("rdma: discard %s payload from %s: %w", hdr.Op, c.remote, err)
+				}
+				h.Handle(c, &hdr, nil, err)
+				continue
+			case ok:
+				if err := c.readChunks(r, &hdr, sink); err != nil {
+					sink.Abort(err)
+					return err
+				}
+				h.Handle(c, &hdr, nil, nil)
+				continue
+			}
+		}
 		if hdr.Length > 0 {
 			dst, err := h.Dest(c, &hdr)
 			switch {
@@ -184,4 +202,30 @@ func (c *tcpConn) read(h Handler) error {
 		}
 		h.Handle(c, &hdr, payload, refused)
 	}
+}
+
+// readChunks reads h's payload into the sink's buffers, ChunkBytes at a
+// time. With a checksum, the CRC is computed over the pieces as they come
+// and checked before the last piece is handed over.
+func (c *tcpConn) readChunks(r io.Reader, h *proto.Header, sink ChunkSink) error {
+	n := int(h.Length)
+	var crc uint32
+	for off := 0; off < n; off += ChunkBytes {
+		m := min(ChunkBytes, n-off)
+		b := sink.Buffer(off, m)
+		if len(b) != m {
+			return fmt.Errorf("rdma: sink gave %d bytes for a %d-byte piece", len(b), m)
+		}
+		if _, err := io.ReadFull(r, b); err != nil {
+			return fmt.Errorf("rdma: read %s payload from %s: %w", h.Op, c.remote, err)
+		}
+		if h.Flags&proto.FlagCRC != 0 {
+			crc = proto.UpdateChecksum(crc, b)
+			if off+m == n && crc != h.CRC {
+				return fmt.Errorf("rdma: from %s: %w: payload crc %#08x, header says %#08x", c.remote, proto.ErrBadFrame, crc, h.CRC)
+			}
+		}
+		sink.Filled(off, b)
+	}
+	return nil
 }

@@ -23,12 +23,19 @@ type Answer struct {
 	Buf   []byte
 }
 
+// ChunkBytes is the granularity of chunked pushes: Chunk offsets are
+// multiples of it. It matches rdma.ChunkBytes.
+const ChunkBytes = 256 << 10
+
 // slot is the state of one round in the window.
 type slot struct {
 	round    uint64
-	pushed   []bool // by worker
-	pulled   []bool // by worker
-	pushes   int
+	pushed   []bool  // by worker: push begun
+	recv     []int   // by worker: bytes of the push received
+	pulled   []bool  // by worker
+	count    []int32 // by chunk: contributions summed into that chunk
+	summed   int     // contributions summed, over all chunks
+	pushes   int     // pushes complete
 	complete bool
 	waiting  []Pull
 	served   int
@@ -37,7 +44,10 @@ type slot struct {
 func (s *slot) reset(round uint64) {
 	s.round = round
 	clear(s.pushed)
+	clear(s.recv)
 	clear(s.pulled)
+	clear(s.count)
+	s.summed = 0
 	s.pushes = 0
 	s.complete = false
 	s.waiting = s.waiting[:0]
@@ -45,12 +55,14 @@ func (s *slot) reset(round uint64) {
 }
 
 // op is a push or pull that arrived one round early and waits for the
-// window to move.
+// window to move. A held push keeps its data in a buffer of its own; got
+// says how much of it has arrived.
 type op struct {
 	push   bool
 	worker int
 	round  uint64
 	data   []byte
+	got    int
 	pull   Pull
 }
 
@@ -67,12 +79,17 @@ type op struct {
 // replayed when the window moves. Anything further ahead, behind, or
 // duplicated is an error to its sender and changes nothing.
 //
-// The first push of a round becomes the sum buffer without a copy: the
-// pushed buffer is swapped in and the old sum buffer is handed back to the
-// caller for reuse. Later pushes are added in with kernel.Add.
+// A push arrives whole (Push) or in chunks (Begin, then Chunk for each
+// ChunkBytes piece in order, as the TCP transport delivers them), so that a
+// chunk is summed while it is still in cache and the rest of the push is
+// still on the wire. Each chunk of the sum buffer counts its contributions:
+// the first is copied in, later ones are added with kernel.Add. A whole
+// push into a round nobody has touched yet is swapped in as the sum buffer
+// without any copy, and the old buffer is handed back through Result.Free.
 type Rounds struct {
 	decl    proto.Decl
 	workers int // pulls per round, and pushes per round for a sum key
+	chunks  int // chunks per buffer
 	base    uint64
 	slots   [2]slot
 	bufs    [2][]byte
@@ -81,11 +98,14 @@ type Rounds struct {
 
 // NewRounds returns the state of a freshly declared key.
 func NewRounds(decl proto.Decl, workers int) *Rounds {
-	r := &Rounds{decl: decl, workers: workers}
+	r := &Rounds{decl: decl, workers: workers, chunks: int((decl.Bytes + ChunkBytes - 1) / ChunkBytes)}
 	for i := range r.slots {
-		r.slots[i].pushed = make([]bool, workers)
-		r.slots[i].pulled = make([]bool, workers)
-		r.slots[i].reset(uint64(i))
+		s := &r.slots[i]
+		s.pushed = make([]bool, workers)
+		s.recv = make([]int, workers)
+		s.pulled = make([]bool, workers)
+		s.count = make([]int32, r.chunks)
+		s.reset(uint64(i))
 		r.bufs[i] = make([]byte, decl.Bytes)
 	}
 	return r
@@ -117,66 +137,135 @@ type Failure struct {
 	Err  error
 }
 
-// Push accepts worker w's data for round. On success data belongs to the
-// key (it comes back through Result.Free). On error nothing changed and
-// data is still the caller's.
+// check validates the start of worker w's push for round.
+func (r *Rounds) check(w int, round uint64) error {
+	if err := r.checkWorker(w); err != nil {
+		return err
+	}
+	if r.decl.Root >= 0 && w != int(r.decl.Root) {
+		return fmt.Errorf("key %s: worker %d pushed to a broadcast key whose root is worker %d", r.decl.Key, w, r.decl.Root)
+	}
+	switch {
+	case round < r.base:
+		return fmt.Errorf("key %s: push for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
+	case round == r.base+2:
+		if r.heldPush(w, round) != nil {
+			return fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
+		}
+	case round > r.base+2:
+		return fmt.Errorf("key %s: push for round %d, more than one round ahead of round %d", r.decl.Key, round, r.base)
+	case r.slots[round%2].pushed[w]:
+		return fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
+	}
+	return nil
+}
+
+func (r *Rounds) heldPush(w int, round uint64) *op {
+	for i := range r.held {
+		if h := &r.held[i]; h.push && h.worker == w && h.round == round {
+			return h
+		}
+	}
+	return nil
+}
+
+// Push accepts worker w's whole data for round. On success data belongs to
+// the key (it comes back through Result.Free). On error nothing changed
+// and data is still the caller's.
 func (r *Rounds) Push(w int, round uint64, data []byte) (Result, error) {
 	var res Result
-	if err := r.checkWorker(w); err != nil {
+	if err := r.check(w, round); err != nil {
 		return res, err
 	}
 	if len(data) != int(r.decl.Bytes) {
 		return res, fmt.Errorf("key %s: push of %d bytes, declared %d", r.decl.Key, len(data), r.decl.Bytes)
 	}
-	if r.decl.Root >= 0 && w != int(r.decl.Root) {
-		return res, fmt.Errorf("key %s: worker %d pushed to a broadcast key whose root is worker %d", r.decl.Key, w, r.decl.Root)
-	}
-	switch {
-	case round < r.base:
-		return res, fmt.Errorf("key %s: push for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
-	case round == r.base+2:
-		for _, h := range r.held {
-			if h.push && h.worker == w && h.round == round {
-				return res, fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
-			}
-		}
-		r.held = append(r.held, op{push: true, worker: w, round: round, data: data})
+	if round == r.base+2 {
+		r.held = append(r.held, op{push: true, worker: w, round: round, data: data, got: len(data)})
 		return res, nil
-	case round > r.base+2:
-		return res, fmt.Errorf("key %s: push for round %d, more than one round ahead of round %d", r.decl.Key, round, r.base)
-	case r.slots[round%2].pushed[w]:
-		return res, fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
 	}
-	r.push(w, round, data, &res)
+	i := round % 2
+	s := &r.slots[i]
+	s.pushed[w] = true
+	if s.summed == 0 {
+		res.Free = append(res.Free, r.bufs[i])
+		r.bufs[i] = data
+		for c := range s.count {
+			s.count[c] = 1
+		}
+		s.summed = r.chunks
+		s.recv[w] = len(data)
+		r.pushDone(round, &res)
+		return res, nil
+	}
+	r.add(w, round, 0, data, &res)
+	res.Free = append(res.Free, data)
 	return res, nil
 }
 
-func (r *Rounds) checkWorker(w int) error {
-	if w < 0 || w >= r.workers {
-		return fmt.Errorf("key %s: worker %d is outside 0..%d", r.decl.Key, w, r.workers-1)
+// Begin starts worker w's chunked push for round. On error nothing changed
+// and the chunks that follow must be dropped by the caller.
+func (r *Rounds) Begin(w int, round uint64) error {
+	if err := r.check(w, round); err != nil {
+		return err
 	}
+	if round == r.base+2 {
+		r.held = append(r.held, op{push: true, worker: w, round: round, data: make([]byte, r.decl.Bytes)})
+		return nil
+	}
+	r.slots[round%2].pushed[w] = true
 	return nil
 }
 
-// push adds data to round, which is inside the window. If w already
-// pushed this round, the error is reported as an answer-less failure.
-func (r *Rounds) push(w int, round uint64, data []byte, res *Result) {
+// Chunk sums bytes [off, off+len(b)) of worker w's push for round, begun
+// with Begin. Chunks come in order, each ChunkBytes long but the last. b
+// stays the caller's. The last chunk completes the push.
+func (r *Rounds) Chunk(w int, round uint64, off int, b []byte) Result {
+	var res Result
+	if off%ChunkBytes != 0 || off+len(b) > int(r.decl.Bytes) || (len(b) != ChunkBytes && off+len(b) != int(r.decl.Bytes)) {
+		panic(fmt.Sprintf("summation: key %s: chunk of %d bytes at %d", r.decl.Key, len(b), off))
+	}
+	if h := r.heldPush(w, round); h != nil {
+		copy(h.data[off:], b)
+		h.got = off + len(b)
+		return res
+	}
+	r.add(w, round, off, b, &res)
+	return res
+}
+
+// add sums b into round's buffer at off, chunk by chunk, and completes w's
+// push when all of it is in. REQUIRES: round in the window, w's push begun.
+func (r *Rounds) add(w int, round uint64, off int, b []byte, res *Result) {
 	i := round % 2
 	s := &r.slots[i]
-	if s.pushed[w] {
-		// Only reachable from a held op that duplicates an accepted one;
-		// Push rejects direct duplicates before calling us. Drop the data.
-		res.Free = append(res.Free, data)
-		return
+	buf := r.bufs[i]
+	for len(b) > 0 {
+		c := off / ChunkBytes
+		n := min(len(b), ChunkBytes-off%ChunkBytes)
+		if s.count[c] == 0 {
+			copy(buf[off:off+n], b[:n])
+		} else {
+			kernel.Add(r.decl.DType, buf[off:off+n], b[:n])
+		}
+		if off%ChunkBytes+n == ChunkBytes || off+n == len(buf) {
+			s.count[c]++
+			s.summed++
+		}
+		s.recv[w] += n
+		off += n
+		b = b[n:]
 	}
-	s.pushed[w] = true
-	if s.pushes == 0 {
-		res.Free = append(res.Free, r.bufs[i])
-		r.bufs[i] = data
-	} else {
-		kernel.Add(r.decl.DType, r.bufs[i], data)
-		res.Free = append(res.Free, data)
+	if s.recv[w] == len(buf) {
+		r.pushDone(round, res)
 	}
+}
+
+// pushDone counts one complete push and answers the waiting pulls when the
+// round is complete.
+func (r *Rounds) pushDone(round uint64, res *Result) {
+	i := round % 2
+	s := &r.slots[i]
 	s.pushes++
 	if s.pushes == r.pushers() {
 		s.complete = true
@@ -185,6 +274,13 @@ func (r *Rounds) push(w int, round uint64, data []byte, res *Result) {
 		}
 		s.waiting = s.waiting[:0]
 	}
+}
+
+func (r *Rounds) checkWorker(w int) error {
+	if w < 0 || w >= r.workers {
+		return fmt.Errorf("key %s: worker %d is outside 0..%d", r.decl.Key, w, r.workers-1)
+	}
+	return nil
 }
 
 // Pull asks for the sum of round. It is answered at once if the round is
@@ -259,7 +355,11 @@ func (r *Rounds) replay(res *Result) {
 	r.held = keep
 	for _, h := range ready {
 		if h.push {
-			r.push(h.worker, h.round, h.data, res)
+			r.slots[h.round%2].pushed[h.worker] = true
+			if h.got > 0 {
+				r.add(h.worker, h.round, 0, h.data[:h.got], res)
+			}
+			res.Free = append(res.Free, h.data)
 		} else if err := r.pull(h.pull, h.round, res); err != nil {
 			// The pull's own push was refused earlier.
 			res.Failed = append(res.Failed, Failure{Pull: h.pull, Err: err})

@@ -137,3 +137,104 @@ func TestRoundsBroadcast(t *testing.T) {
 		t.Fatalf("broadcast %v", a.Buf)
 	}
 }
+
+// TestRoundsChunks interleaves the chunks of three workers' pushes of a key
+// several chunks long, in random orders of arrival across workers (each
+// worker's own chunks in order), with a whole push mixed in, and holds a
+// chunked push for round base+2 that is only half in when the window moves.
+// Every sum must equal the element-wise sum computed directly.
+func TestRoundsChunks(t *testing.T) {
+	const n = (3*ChunkBytes + 1000) / 4 // 3 full chunks and a short one
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 4 * n}
+	data := func(w, round int) []byte {
+		vs := make([]int32, n)
+		for i := range vs {
+			vs[i] = int32((i%1000)*(w+1) + round)
+		}
+		return i32s(vs...)
+	}
+	want := func(workers []int, round int) []byte {
+		vs := make([]int32, n)
+		for i := range vs {
+			for _, w := range workers {
+				vs[i] += int32((i%1000)*(w+1) + round)
+			}
+		}
+		return i32s(vs...)
+	}
+	chunksOf := func(b []byte) [][]byte {
+		var out [][]byte
+		for off := 0; off < len(b); off += ChunkBytes {
+			out = append(out, b[off:min(off+ChunkBytes, len(b))])
+		}
+		return out
+	}
+	r := NewRounds(d, 3)
+	rng := []int{0, 1, 0, 0, 1, 1, 0, 1} // arrival order of workers 0 and 1
+	// round 0: workers 0 and 1 chunked, interleaved; worker 2 whole
+	for _, w := range []int{0, 1} {
+		if err := r.Begin(w, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cs := [][][]byte{chunksOf(data(0, 0)), chunksOf(data(1, 0))}
+	next := []int{0, 0}
+	for _, w := range rng {
+		i := next[w]
+		next[w]++
+		if res := r.Chunk(w, 0, i*ChunkBytes, cs[w][i]); len(res.Answers) != 0 {
+			t.Fatal("answer before the round completed")
+		}
+	}
+	if _, err := r.Push(2, 0, data(2, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for w := 0; w < 3; w++ {
+		res, err := r.Pull(Pull{Worker: w, ReqID: uint64(w)}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = answerOf(t, res, uint64(w)).Buf
+	}
+	if string(got) != string(want([]int{0, 1, 2}, 0)) {
+		t.Fatal("round 0: chunked sum differs")
+	}
+	// round 1: everyone pushes whole; then worker 0 begins round 2 (held:
+	// round 0 is not served yet) and sends half of it.
+	for w := 0; w < 3; w++ {
+		if _, err := r.Push(w, 1, data(w, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Begin(0, 2); err != nil {
+		t.Fatalf("begin of round base+2: %v", err)
+	}
+	c2 := chunksOf(data(0, 2))
+	r.Chunk(0, 2, 0, c2[0])
+	r.Chunk(0, 2, ChunkBytes, c2[1])
+	for w := 0; w < 3; w++ {
+		r.Served(0)
+	}
+	if r.Base() != 1 {
+		t.Fatalf("base %d", r.Base())
+	}
+	// the held half was replayed; the rest arrives in the window
+	r.Chunk(0, 2, 2*ChunkBytes, c2[2])
+	r.Chunk(0, 2, 3*ChunkBytes, c2[3])
+	for w := 1; w < 3; w++ {
+		if _, err := r.Push(w, 2, data(w, 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := r.Pull(Pull{Worker: 0, ReqID: 9}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := answerOf(t, res, 9); string(a.Buf) != string(want([]int{0, 1, 2}, 2)) {
+		t.Fatal("round 2: sum with a held, half-replayed chunked push differs")
+	}
+	if err := r.Begin(0, 2); err == nil {
+		t.Fatal("second begin of the same round accepted")
+	}
+}

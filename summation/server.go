@@ -94,6 +94,44 @@ type peer struct {
 	conn   rdma.Conn
 	worker atomic.Int32 // -1 until hello
 	out    *outbox
+	chunks chunkPool
+}
+
+// chunkPool holds the chunk buffers a connection's reader receives pushes
+// into. It is bounded: when every buffer waits to be summed, the reader
+// waits too (back-pressure on the sender through TCP).
+type chunkPool struct {
+	free chan []byte
+	made atomic.Int32
+}
+
+const chunksPerConn = 8
+
+func (cp *chunkPool) get(done <-chan struct{}) []byte {
+	select {
+	case b := <-cp.free:
+		return b
+	default:
+	}
+	if cp.made.Add(1) <= chunksPerConn {
+		return make([]byte, rdma.ChunkBytes)
+	}
+	select {
+	case b := <-cp.free:
+		return b
+	case <-done:
+		return nil
+	}
+}
+
+func (cp *chunkPool) put(b []byte) {
+	if cap(b) != rdma.ChunkBytes {
+		return // a stand-in made while the server was closing
+	}
+	select {
+	case cp.free <- b[:cap(b)]:
+	default: // cannot happen: at most chunksPerConn buffers exist
+	}
 }
 
 // New starts a server listening on cfg.Addr.
@@ -172,7 +210,7 @@ func (s *Server) peer(c rdma.Conn) *peer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p = s.mu.peers[c]; p == nil {
-		p = &peer{conn: c, out: newOutbox(c)}
+		p = &peer{conn: c, out: newOutbox(c), chunks: chunkPool{free: make(chan []byte, chunksPerConn)}}
 		p.worker.Store(-1)
 		s.mu.peers[c] = p
 	}
@@ -230,29 +268,91 @@ func (s *Server) declare(ds []proto.Decl) error {
 // handler implements rdma.Handler for the server's connections.
 type handler Server
 
+// checkPush validates a push header against the key's declaration.
+func (s *Server) checkPush(p *peer, hd *proto.Header) (*key, error) {
+	if p.worker.Load() < 0 {
+		return nil, errors.New("push before hello")
+	}
+	k := s.lookup(hd.Key)
+	if k == nil {
+		return nil, fmt.Errorf("key %s was never declared", hd.Key)
+	}
+	if hd.DType != k.decl.DType {
+		return nil, fmt.Errorf("key %s: push of %s, declared %s", hd.Key, hd.DType, k.decl.DType)
+	}
+	if uint64(hd.Length) != k.decl.Bytes {
+		return nil, fmt.Errorf("key %s: push of %d bytes, declared %d", hd.Key, hd.Length, k.decl.Bytes)
+	}
+	return k, nil
+}
+
 func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
 	s := (*Server)(h)
 	switch hd.Op {
 	case proto.OpPush:
-		p := s.peer(c)
-		if p.worker.Load() < 0 {
-			return nil, errors.New("push before hello")
-		}
-		k := s.lookup(hd.Key)
-		if k == nil {
-			return nil, fmt.Errorf("key %s was never declared", hd.Key)
-		}
-		if hd.DType != k.decl.DType {
-			return nil, fmt.Errorf("key %s: push of %s, declared %s", hd.Key, hd.DType, k.decl.DType)
-		}
-		if uint64(hd.Length) != k.decl.Bytes {
-			return nil, fmt.Errorf("key %s: push of %d bytes, declared %d", hd.Key, hd.Length, k.decl.Bytes)
+		k, err := s.checkPush(s.peer(c), hd)
+		if err != nil {
+			return nil, err
 		}
 		return k.scratch(), nil
 	case proto.OpDeclare, proto.OpError:
 		return nil, nil
 	}
 	return nil, fmt.Errorf("unexpected %d-byte payload on %s", hd.Length, hd.Op)
+}
+
+// Chunks implements rdma.ChunkReceiver: a push is summed chunk by chunk by
+// its key's engine while the rest of it is still being received.
+func (h *handler) Chunks(c rdma.Conn, hd *proto.Header) (rdma.ChunkSink, bool, error) {
+	s := (*Server)(h)
+	if hd.Op != proto.OpPush {
+		return nil, false, nil
+	}
+	p := s.peer(c)
+	k, err := s.checkPush(p, hd)
+	if err != nil {
+		return nil, false, err
+	}
+	ps := &pushState{}
+	k.engine.submit(task{kind: taskBegin, key: k, peer: p, hdr: *hd, push: ps})
+	return &pushSink{s: s, p: p, k: k, hdr: *hd, state: ps}, true, nil
+}
+
+// pushState is shared by the tasks of one chunked push; only the key's
+// engine touches it.
+type pushState struct {
+	refused bool
+}
+
+// pushSink receives one push's chunks on the connection's reader goroutine.
+type pushSink struct {
+	s       *Server
+	p       *peer
+	k       *key
+	hdr     proto.Header
+	state   *pushState
+	pending []byte // handed out by Buffer, not yet Filled
+}
+
+func (ps *pushSink) Buffer(off, n int) []byte {
+	b := ps.p.chunks.get(ps.s.done)
+	if b == nil { // server closing
+		b = make([]byte, n)
+	}
+	ps.pending = b
+	return b[:n]
+}
+
+func (ps *pushSink) Filled(off int, b []byte) {
+	ps.pending = nil
+	ps.k.engine.submit(task{kind: taskChunk, key: ps.k, peer: ps.p, hdr: ps.hdr, push: ps.state, data: b, off: off})
+}
+
+func (ps *pushSink) Abort(error) {
+	if ps.pending != nil {
+		ps.p.chunks.put(ps.pending)
+		ps.pending = nil
+	}
 }
 
 func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err error) {
@@ -286,6 +386,9 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 		s.declares.Add(1)
 		p.out.send(proto.Header{Op: proto.OpDeclareAck, Sender: s.id.Load(), ReqID: hd.ReqID}, nil, nil)
 	case proto.OpPush:
+		if payload == nil {
+			return // chunked: its tasks are queued already
+		}
 		k := s.lookup(hd.Key) // Dest found it; keys are never removed
 		k.engine.submit(task{kind: taskPush, key: k, peer: p, hdr: *hd, data: payload})
 	case proto.OpPull:
@@ -325,6 +428,8 @@ type taskKind uint8
 
 const (
 	taskPush taskKind = iota
+	taskBegin
+	taskChunk
 	taskPull
 	taskServed
 )
@@ -336,6 +441,8 @@ type task struct {
 	hdr   proto.Header
 	data  []byte
 	round uint64
+	off   int
+	push  *pushState // chunked pushes
 }
 
 // engine sums the keys assigned to it, one task at a time.
@@ -375,6 +482,18 @@ func (e *engine) do(t task) {
 		} else {
 			s.pushes.Add(1)
 		}
+	case taskBegin:
+		if err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
+			t.push.refused = true
+		}
+	case taskChunk:
+		if !t.push.refused {
+			res = k.rounds.Chunk(int(t.peer.worker.Load()), t.hdr.Round, t.off, t.data)
+			if t.off+len(t.data) == int(k.decl.Bytes) {
+				s.pushes.Add(1)
+			}
+		}
+		t.peer.chunks.put(t.data)
 	case taskPull:
 		res, err = k.rounds.Pull(Pull{Worker: int(t.peer.worker.Load()), ReqID: t.hdr.ReqID, Reply: t.peer}, t.hdr.Round)
 	case taskServed:

@@ -24,7 +24,9 @@ type frame struct {
 	p []byte
 }
 
-func (c *client) Dest(rdma.Conn, *proto.Header) ([]byte, error) { return nil, nil }
+func (c *client) Dest(_ rdma.Conn, h *proto.Header) ([]byte, error) {
+	return make([]byte, h.Length), nil
+}
 func (c *client) Handle(_ rdma.Conn, h *proto.Header, p []byte, err error) {
 	c.frames <- frame{*h, p}
 }
@@ -189,5 +191,39 @@ func TestEnginesBalancedByBytes(t *testing.T) {
 	)
 	if got := s.Stats().EngineBytes; got[0] != 1000 || got[1] != 520 {
 		t.Fatalf("engine bytes %v, want [1000 520]", got)
+	}
+}
+
+// TestLargeKeyChunked sums a key several chunks long from three workers
+// over TCP for several rounds; the server receives each push in chunks and
+// sums them as they arrive.
+func TestLargeKeyChunked(t *testing.T) {
+	const n = (5*ChunkBytes + 4000) / 4
+	s := newServer(t, 3)
+	d := proto.Decl{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 4 * n}
+	cs := []*client{dial(t, s, 0), dial(t, s, 1), dial(t, s, 2)}
+	for _, c := range cs {
+		c.declare(d)
+	}
+	for r := uint64(0); r < 4; r++ {
+		want := make([]int32, n)
+		for w, c := range cs {
+			vs := make([]int32, n)
+			for i := range vs {
+				vs[i] = int32(i*(w+1)) + int32(r)
+				want[i] += vs[i]
+			}
+			c.send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: d.Key, Round: r, ReqID: r}, i32s(vs...))
+			c.send(proto.Header{Op: proto.OpPull, Key: d.Key, Round: r, ReqID: r}, nil)
+		}
+		for _, c := range cs {
+			f := c.next()
+			if f.h.Op != proto.OpPullResp || string(f.p) != string(i32s(want...)) {
+				t.Fatalf("round %d: wrong answer %v", r, &f.h)
+			}
+		}
+	}
+	if st := s.Stats(); st.Pushes != 12 {
+		t.Fatalf("%d pushes counted, want 12", st.Pushes)
 	}
 }

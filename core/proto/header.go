@@ -119,6 +119,10 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // Checksum is the CRC32C of b, as carried with FlagCRC.
 func Checksum(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
+// UpdateChecksum extends a CRC32C over b: Checksum(x+y) ==
+// UpdateChecksum(Checksum(x), y).
+func UpdateChecksum(crc uint32, b []byte) uint32 { return crc32.Update(crc, castagnoli, b) }
+
 // Encode writes h into b, which must hold HeaderSize bytes.
 func (h *Header) Encode(b []byte) {
 	_ = b[HeaderSize-1]

@@ -182,7 +182,7 @@ func hold(e *core.Engine, rounds int, timeout time.Duration) error {
 	for r := 0; r < rounds && time.Now().Before(deadline); r++ {
 		h, err := e.PushPull(t, buf, core.Sum)
 		if err != nil {
-			return fmt.Errorf("round %d: start: %w", r, err)
+			return fmt.Errorf("pushpull failed to start round %d: %w", r, err)
 		}
 		if r == 0 {
 			fmt.Println("first round started")
