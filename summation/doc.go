@@ -8,9 +8,11 @@
 //     no locks: double-buffered rounds, the zero-copy first push, held ops
 //     for the next round. It is tested step by step.
 //   - Server (server.go) wires Rounds to a transport. Each connection's
-//     reader goroutine receives a push straight into a scratch buffer from
-//     the key's pool (rdma.Handler.Dest) and hands it to the key's engine
-//     goroutine. Each key belongs to one engine, chosen at declaration as
+//     reader goroutine receives a push chunk by chunk into buffers from a
+//     bounded per-connection pool (rdma.ChunkReceiver) and hands each chunk
+//     to the key's engine goroutine, which sums it while the rest of the
+//     push is still arriving. (A transport without chunks hands over the
+//     whole push in a scratch buffer from the key's pool instead.) Each key belongs to one engine, chosen at declaration as
 //     the engine with the fewest declared bytes, so one key is never summed
 //     by two goroutines at once and no lock is held while summing.
 //   - Answers are sent by one sender goroutine per connection, straight from
