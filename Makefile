@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/...
 
-.PHONY: all build demo test vet race fuzz bench clean
+.PHONY: all build demo test test-noasm vet race fuzz bench clean
 
 all: build
 
@@ -18,8 +18,14 @@ demo: build
 # Everything CI runs: vet, the race detector on the concurrent packages,
 # then the whole suite (with the multi-process end-to-end tests), and a
 # short fuzz of the wire decoder.
-test: vet race fuzz
+test: vet race fuzz test-noasm
 	$(GO) test -count=1 -timeout 15m ./...
+
+# The pure-Go build (no assembly anywhere): the whole suite in its short
+# form, the end-to-end exact-sum run included, with the generic kernels.
+test-noasm:
+	$(GO) vet -tags noasm ./...
+	$(GO) test -tags noasm -short -count=1 ./...
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
@@ -30,9 +36,11 @@ race:
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 10s ./core/proto
+	$(GO) test -run '^$$' -fuzz FuzzKernels -fuzztime 10s ./summation/kernel
 
 bench: build
 	$(BIN)/bpsbench pushpull
+	$(BIN)/bpsbench sum
 
 clean:
 	rm -rf $(BIN)

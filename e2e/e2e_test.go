@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gobps/gobps/summation/kernel"
 )
 
 var bin string // directory with bpsrun and testjob
@@ -25,7 +27,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = dir
-	build := exec.Command("go", "build", "-o", dir+"/", "../cmd/bpsrun", "./testjob")
+	build := exec.Command("go", "build", "-tags="+buildTags, "-o", dir+"/", "../cmd/bpsrun", "./testjob")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build:", err)
@@ -164,7 +166,7 @@ func pids(t *testing.T, j *job) map[string]int {
 // every pulled sum is compared exactly with the sum computed locally (the
 // worker program does the comparison and exits non-zero on any mismatch).
 func TestExactSums(t *testing.T) {
-	args := []string{"--local", "-np", "4", "--servers", "2", "--", filepath.Join(bin, "testjob")}
+	args := []string{"--local", "-v", "-np", "4", "--servers", "2", "--", filepath.Join(bin, "testjob")}
 	if testing.Short() {
 		args = append(args, "-tensors", "40", "-rounds", "3", "-max", "1048576")
 	}
@@ -176,6 +178,15 @@ func TestExactSums(t *testing.T) {
 	}
 	exact := j.waitFor(regexp.MustCompile(`^\[worker \d\] rank \d: all \d+ rounds exact`), 4, time.Second)
 	for _, l := range exact {
+		t.Log(l.text)
+	}
+	// The servers say which kernels summed: the SIMD ones this CPU has
+	// (as this test process sees it), or generic when built with noasm.
+	wantKernels := kernel.Impl() + " kernels"
+	for _, l := range j.waitFor(regexp.MustCompile(`^\[server \d\] .*serving`), 2, time.Second) {
+		if !strings.Contains(l.text, wantKernels) {
+			t.Errorf("server line %q: want %q", l.text, wantKernels)
+		}
 		t.Log(l.text)
 	}
 	// every process's output carries its role and rank

@@ -1,9 +1,43 @@
-// Package kernel holds the summation kernels: dst += src over raw byte
-// slices of one dtype, and the in-place division used for averaging.
+// Package kernel holds the summation kernels: dst += src (Add) and
+// dst = a + b (AddTo) over raw byte slices of one dtype, and the in-place
+// division used for averaging (Div).
 //
-// This file set is the portable pure-Go code. Half-precision types
-// (float16, bfloat16) are accumulated in float32 and rounded to nearest
-// even when stored back. Integer types wrap on overflow, as two's-complement
-// hardware does. SIMD versions are separate work; they must agree with these
-// loops (bit for bit for the integer and full-precision float types).
+// # Implementations
+//
+// There are three implementations of the sums, chosen once at start from the
+// CPU's features (golang.org/x/sys/cpu); Impl names the one in use:
+//
+//   - "avx512": AVX-512 F+BW+VL kernels, 64-byte vectors;
+//   - "avx2": AVX2+F16C kernels, 32-byte vectors;
+//   - "generic": the scalar Go loops of generic.go, everywhere.
+//
+// The SIMD kernels are generated with avo by ./asmgen (go generate) into
+// sum_amd64.s. They run over the longest prefix that is a whole number of
+// vectors; the scalar code does the rest, so every length works, 0
+// included. The noasm build tag (and any platform other than amd64 with the
+// gc compiler) leaves only "generic". SetImpl forces one implementation, for
+// tests and benchmarks.
+//
+// # Results
+//
+// Every implementation gives the same bits as the scalar code, except that
+// where both inputs of an element are NaNs the result is a NaN carrying
+// either payload. Integer types wrap on overflow, as two's-complement
+// hardware does. float32 and float64 are IEEE 754 adds (round to nearest
+// even, denormals kept: Go never sets flush-to-zero). float16 and bfloat16
+// are widened to float32 (exactly), added in float32 and rounded to nearest
+// even when stored back, so a sum is within half an ulp of the dtype plus
+// half an ulp of float32 of the exact sum. float16 uses F16C (VCVTPH2PS,
+// VCVTPS2PH with rounding mode 0); its sums match those of the scalar code
+// (F16ToF32, F32ToF16) bit for bit, denormals and NaN payloads included.
+// bfloat16 is widened by
+// shifting and rounded with integer adds exactly as F32ToBF16 does; a NaN
+// stays a quiet NaN (see asmgen's bf16 for why no special case is needed).
+// The AVX-512 BF16 instruction VCVTNE2PS2BF16 is not used: it flushes
+// denormals to zero and would not match.
+//
+// Slices may start at any address. The server's buffers are aligned; the
+// scalar code bounces unaligned slices through an aligned buffer so that
+// checkptr (go test -race) accepts them. Div is scalar everywhere and
+// expects aligned slices.
 package kernel

@@ -163,15 +163,3 @@ func TestDiv(t *testing.T) {
 		t.Fatal("integer average accepted")
 	}
 }
-
-func BenchmarkAddGeneric(b *testing.B) {
-	for _, dt := range []proto.DType{proto.Float32, proto.Float16, proto.BFloat16} {
-		d, s := make([]byte, 4<<20), make([]byte, 4<<20)
-		b.Run(dt.String(), func(b *testing.B) {
-			b.SetBytes(3 * int64(len(d)))
-			for i := 0; i < b.N; i++ {
-				Add(dt, d, s)
-			}
-		})
-	}
-}

@@ -15,6 +15,7 @@ import (
 	"github.com/gobps/gobps/core/config"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/summation"
+	"github.com/gobps/gobps/summation/kernel"
 )
 
 // Logf is how roles report; bpsrun passes a logger.
@@ -93,7 +94,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	}
 	defer m.Leave()
 	srv.SetID(m.Self().ID)
-	logf("%s serving %s with %d engines", m.Self(), srv.Addr(), cfg.EngineThreads)
+	logf("%s serving %s with %d engines, %s kernels", m.Self(), srv.Addr(), cfg.EngineThreads, kernel.Impl())
 	select {
 	case <-m.ShutdownRequested():
 		st := srv.Stats()

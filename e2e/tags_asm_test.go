@@ -1,0 +1,5 @@
+//go:build !noasm
+
+package e2e
+
+const buildTags = ""
