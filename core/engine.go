@@ -582,10 +582,13 @@ func (l *lane) Closed(c rdma.Conn, err error) {
 		err = errors.New("connection closed")
 	}
 	l.e.failServer(l.srv, fmt.Errorf("connection lost: %w", err))
-	// The reader is gone: fail what it was receiving too.
+	// The reader is gone: fail what it was receiving too. (failServer
+	// skipped those: until now the reader might still have been writing
+	// into their buffers.)
 	l.e.mu.Lock()
 	for _, tk := range l.e.mu.reqs {
 		if tk.lane == l {
+			tk.receiving = false
 			l.e.finishLocked(tk, l.srv.failed)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -332,4 +333,86 @@ func TestPushesOverlapPulls(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServerDiesMidAnswer: a server that starts sending a pull answer and
+// dies half-way must fail the PushPull (the answer being received was the
+// part of it most easily forgotten), not leave it waiting.
+func TestServerDiesMidAnswer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{Addr: "127.0.0.1:0", NumWorkers: 1, NumServers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer coord.Close()
+	go coord.Run(ctx)
+	// The fake server: acknowledges declarations, and answers the first
+	// pull with a header promising the whole partition, half of it, and a
+	// closed connection.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				for {
+					h, _, err := proto.ReadFrame(c, proto.MaxPayload)
+					if err != nil {
+						return
+					}
+					switch h.Op {
+					case proto.OpDeclare:
+						proto.WriteFrame(c, proto.Header{Op: proto.OpDeclareAck, ReqID: h.ReqID}, nil)
+					case proto.OpPull:
+						var b [proto.HeaderSize]byte
+						(&proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: h.ReqID, Length: 8192}).Encode(b[:])
+						c.Write(b[:])
+						c.Write(make([]byte, 4096))
+						time.Sleep(50 * time.Millisecond)
+						return
+					}
+				}
+			}(c)
+		}
+	}()
+	go func() {
+		m, err := cluster.Join(ctx, coord.Addr(), cluster.Registration{Role: cluster.RoleServer, WorkerID: -1, Addr: ln.Addr().String(), PID: 1}, cluster.Options{})
+		if err == nil {
+			<-ctx.Done()
+			m.Leave()
+		}
+	}()
+	_, port, _ := strings.Cut(coord.Addr(), ":")
+	env := map[string]string{"DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "1", "DMLC_NUM_SERVER": "1",
+		"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": port, "BYTEPS_PARTITION_BYTES": "8192", "GOBPS_TCP_LANES": "1"}
+	cfg, err := config.Parse(func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := Init(ctx, Options{Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Shutdown()
+	x, err := e.Declare("x", proto.Float32, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.PushPull(x, make([]byte, x.Bytes()), Sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.WaitTimeout(10 * time.Second)
+	if err == nil || !strings.Contains(err.Error(), "server 0") {
+		t.Fatalf("PushPull whose answer was cut off: %v", err)
+	}
+	t.Log(err)
 }
