@@ -681,6 +681,10 @@ func (e *Engine) drainQueue(err error) {
 	}
 }
 
+// workerDeathSettle is how long a worker's death waits before it fails
+// everything, so that a server failure behind it is reported first.
+const workerDeathSettle = 500 * time.Millisecond
+
 // watch turns cluster events into failures.
 func (e *Engine) watch() {
 	defer e.wg.Done()
@@ -691,6 +695,16 @@ func (e *Engine) watch() {
 			if ev.Node.Role == cluster.RoleServer && ev.Node.Rank < len(e.servers) {
 				e.failServer(e.servers[ev.Node.Rank], fmt.Errorf("%s", ev.Reason))
 			} else {
+				// A worker's death is often the echo of a server's: the
+				// worker failed on the dead server and exited before our
+				// own connections to that server reported it. Give them
+				// a moment, so that pending work fails naming the root
+				// cause; everything still pending then fails with this.
+				select {
+				case <-time.After(workerDeathSettle):
+				case <-e.stop:
+					return
+				}
 				e.failAll(err)
 			}
 		case <-e.member.Done():

@@ -180,8 +180,16 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		}(p)
 	}
 
+	// The job's verdict. Until bpsrun itself starts stopping processes,
+	// every failure is recorded; the root cause is the first process
+	// killed by a signal bpsrun did not send (a crash or a kill from
+	// outside), else the first non-zero exit. Processes that fail because
+	// a peer died usually exit a moment before their dead peer is reaped,
+	// so "first reaped" alone would blame them.
+	var failures []exit
 	code := 0
-	var firstFail string
+	var verdict string
+	stopping := false
 	workersLeft := f.np
 	var deadline <-chan time.Time // set once the job is ending
 	killAt := time.Duration(0)
@@ -194,13 +202,14 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 			}
 			if ex.err != nil {
 				say("%s (pid %d) exited: %v", ex.p.name, ex.p.cmd.Process.Pid, ex.err)
-				if code == 0 {
-					code = exitCode(ex.err)
-					firstFail = fmt.Sprintf("%s exited: %v", ex.p.name, ex.err)
-					deadline = time.After(f.grace)
+				if !stopping {
+					failures = append(failures, ex)
+					if deadline == nil || len(failures) == 1 {
+						deadline = time.After(f.grace)
+					}
 				}
 			}
-			if code == 0 && workersLeft == 0 && deadline == nil {
+			if len(failures) == 0 && !stopping && workersLeft == 0 && deadline == nil {
 				// Every worker succeeded: the coordinator tells the
 				// servers to stop; give them time to do so.
 				deadline = time.After(10 * time.Second)
@@ -208,32 +217,59 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		case <-deadline:
 			if killAt == 0 {
 				say("stopping %d remaining processes", len(running))
+				if len(failures) == 0 && verdict == "" {
+					code, verdict = 1, "servers did not exit after the workers finished"
+				}
+				stopping = true
 				stopAll(syscall.SIGTERM)
 				killAt = 5 * time.Second
 				deadline = time.After(killAt)
-				if code == 0 {
-					code = 1
-					firstFail = "servers did not exit after the workers finished"
-				}
 			} else {
 				stopAll(syscall.SIGKILL)
 				deadline = nil
 			}
 		case s := <-sigs:
 			say("%v: stopping everything", s)
-			if code == 0 {
-				code = 130
-				firstFail = "interrupted"
+			if len(failures) == 0 && verdict == "" {
+				code, verdict = 130, "interrupted"
 			}
+			stopping = true
 			stopAll(syscall.SIGTERM)
 			killAt = 5 * time.Second
 			deadline = time.After(killAt)
 		}
 	}
+	if len(failures) > 0 {
+		root := rootCause(failures)
+		code = exitCode(root.err)
+		verdict = fmt.Sprintf("%s exited: %v", root.p.name, root.err)
+		var others []string
+		for _, ex := range failures {
+			if ex.p != root.p {
+				others = append(others, fmt.Sprintf("%s exited: %v", ex.p.name, ex.err))
+			}
+		}
+		if len(others) > 0 {
+			verdict += " (then " + strings.Join(others, "; ") + ")"
+		}
+	}
 	if code != 0 {
-		say("job failed: %s", firstFail)
+		say("job failed: %s", verdict)
 	}
 	return code
+}
+
+// rootCause picks the failure that ended the job: the first process killed
+// by a signal, else the first to exit non-zero.
+func rootCause(failures []exit) exit {
+	for _, ex := range failures {
+		if ee, ok := ex.err.(*exec.ExitError); ok {
+			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+				return ex
+			}
+		}
+	}
+	return failures[0]
 }
 
 func firstErr(errs ...error) error {

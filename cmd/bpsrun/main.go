@@ -33,9 +33,12 @@ const usage = `bpsrun: launch a gobps job.
 Usage:
   bpsrun --local [-np N] [--servers K] [flags] -- CMD [ARGS...]
       Start a coordinator, K summation servers and N copies of CMD on this
-      machine. Each output line is prefixed with its role and rank. bpsrun
-      exits with the first non-zero exit status and stops the rest; Ctrl-C
-      stops everything.
+      machine. Each output line is prefixed with its role and rank. When a
+      process fails, the rest get --grace to exit on their own and are then
+      stopped; bpsrun exits with the status of the failure that ended the
+      job (the first process killed by a signal bpsrun did not send, such
+      as a crash or an outside kill, else the first non-zero exit) and
+      names it. Ctrl-C stops everything.
 
   DMLC_ROLE=scheduler|server bpsrun
   DMLC_ROLE=worker bpsrun CMD [ARGS...]
