@@ -133,8 +133,11 @@ type task struct {
 	reqID   uint64
 	lane    *lane
 	// state, guarded by Engine.mu
-	sent      bool // handed out by the queue: credit taken
-	receiving bool // the reader is writing into out
+	sent      bool  // handed out by the queue: credit taken
+	credited  bool  // the credit taken when sent has been returned
+	sending   bool  // the lane's sender is reading in
+	failed    error // a failure that came while sending, applied after
+	receiving bool  // the reader is writing into out
 	finished  bool
 }
 
@@ -499,6 +502,15 @@ func (l *lane) send() {
 		case <-l.e.stop:
 			return
 		}
+		l.e.mu.Lock()
+		if tk.finished {
+			// Failed or abandoned before it left: its handle may have
+			// completed, so its buffer is the caller's again. Never touch it.
+			l.e.mu.Unlock()
+			continue
+		}
+		tk.sending = true
+		l.e.mu.Unlock()
 		h := proto.Header{Sender: l.e.self.ID, Key: tk.p.key, Round: tk.round, ReqID: tk.reqID, DType: tk.t.dtype}
 		var err error
 		if tk.push {
@@ -509,9 +521,35 @@ func (l *lane) send() {
 			h.Op, h.DType = proto.OpPull, 0
 			err = l.conn.Send(h, nil)
 		}
+		l.e.mu.Lock()
+		tk.sending = false
+		if tk.failed != nil {
+			l.e.finishLocked(tk, tk.failed)
+		}
+		l.e.mu.Unlock()
 		if err != nil {
 			l.e.failServer(l.srv, err)
+			continue
 		}
+		// The push is on the wire: return its credit now, not when the
+		// sum comes back. The sum waits for every worker's push, so credit
+		// held until then lets two workers that dispatched in different
+		// orders wait on each other forever (each holds the credit the
+		// other's missing push needs). BytePS also frees the credit when
+		// the push completes.
+		l.e.mu.Lock()
+		l.e.returnCreditLocked(tk)
+		l.e.mu.Unlock()
+	}
+}
+
+// returnCreditLocked gives back the credit tk took when it was handed
+// out, once. REQUIRES: e.mu.
+func (e *Engine) returnCreditLocked(tk *task) {
+	if tk.sent && !tk.credited {
+		tk.credited = true
+		e.mu.queue.Done(tk.p.rng.Len)
+		e.poke()
 	}
 }
 
@@ -602,14 +640,20 @@ func (e *Engine) finishLocked(tk *task, err error) {
 		// never under it.
 		return
 	}
+	if tk.sending && err != nil {
+		// The sender is reading the caller's buffer: it finishes the task
+		// with this error once the send has returned, so the handle never
+		// completes while its buffer is still being read.
+		if tk.failed == nil {
+			tk.failed = err
+		}
+		return
+	}
 	tk.finished = true
 	if tk.reqID != 0 {
 		delete(e.mu.reqs, tk.reqID)
 	}
-	if tk.sent {
-		e.mu.queue.Done(tk.p.rng.Len)
-		e.poke()
-	}
+	e.returnCreditLocked(tk)
 	tk.h.partDone(err)
 	if err != nil && !tk.h.abandoned {
 		// One partition failed: the handle fails now rather than wait for

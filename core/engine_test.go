@@ -292,16 +292,17 @@ func TestServerLossFailsPending(t *testing.T) {
 	}
 }
 
-// TestPushesOverlapPulls: with credit for 4 partitions, a worker pushes all
-// 4 partitions of a tensor while the pulls of the first ones are still
-// waiting (the other worker has not pushed yet); with credit for one
-// partition, it pushes one and waits. This is what lets the push of
-// partition i overlap the pull of partition i-1.
+// TestPushesOverlapPulls: a worker pushes all 4 partitions of a tensor
+// while the pulls of the first ones are still waiting (the other worker has
+// not pushed yet), whatever the credit: the credit bounds pushes on the
+// wire and is returned when a push has been sent, not when its sum comes
+// back (see TestCreditNoCrossWorkerDeadlock for why). This is what lets the
+// push of partition i overlap the pull of partition i-1.
 func TestPushesOverlapPulls(t *testing.T) {
 	for _, c := range []struct {
 		credit     string
 		wantPushes int64
-	}{{"32768", 4}, {"8192", 1}} {
+	}{{"32768", 4}, {"8192", 4}} {
 		t.Run("credit="+c.credit, func(t *testing.T) {
 			tc := startCluster(t, 2, 1, "BYTEPS_SCHEDULING_CREDIT", c.credit)
 			ts := make([]*Tensor, 2)
@@ -415,4 +416,42 @@ func TestServerDiesMidAnswer(t *testing.T) {
 		t.Fatalf("PushPull whose answer was cut off: %v", err)
 	}
 	t.Log(err)
+}
+
+// TestCreditNoCrossWorkerDeadlock: two workers dispatch the same tensors
+// in different orders. Worker 0 starts x (16 partitions) and at once y
+// (4 partitions, declared first, so higher priority); worker 1 starts x and
+// only later y. With credit held until the sum comes back, worker 0 ends up
+// with y's partitions in flight, waiting for worker 1's y, while worker 1
+// holds x's partitions, waiting for worker 0's x queued behind y: neither
+// handle ever completes.
+func TestCreditNoCrossWorkerDeadlock(t *testing.T) {
+	tc := startCluster(t, 2, 1) // 8 KiB partitions, credit 4 partitions
+	xs, ys := make([]*Tensor, 2), make([]*Tensor, 2)
+	tc.each(t, func(rank int, e *Engine) error {
+		var err error
+		if ys[rank], err = e.Declare("y", proto.Float32, 4*2048); err != nil {
+			return err
+		}
+		xs[rank], err = e.Declare("x", proto.Float32, 16*2048)
+		return err
+	})
+	var hs []*Handle
+	start := func(rank int, ts []*Tensor) {
+		h, err := tc.engines[rank].PushPull(ts[rank], make([]byte, ts[rank].Bytes()), Sum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs = append(hs, h)
+	}
+	start(0, xs)
+	start(0, ys)
+	start(1, xs)
+	time.Sleep(200 * time.Millisecond)
+	start(1, ys)
+	for _, h := range hs {
+		if err := h.WaitTimeout(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
