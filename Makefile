@@ -1,24 +1,52 @@
 # gobps: the README's two commands are `make demo` and `make test`.
 GO      ?= go
 BIN     := bin
-RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/...
+RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./cgo/...
+# Debian's python3-torch and python3-sklearn work with this interpreter only.
+PY      := /usr/bin/python3
+PYDEPS  := python3-torch python3-sklearn
+LIB     := build/libgobps.so
 
-.PHONY: all build demo test test-noasm vet race fuzz bench clean
+.PHONY: all build lib pydeps demo test test-noasm pytest vet race fuzz bench bench-torch clean
 
 all: build
 
-build:
+build: lib
 	$(GO) build -o $(BIN)/ ./cmd/bpsrun ./cmd/bpsbench
 	$(GO) build -o $(BIN)/gotrain ./examples/go
 
-# The main job: the Go training example under bpsrun, 4 workers, 2 servers.
-demo: build
-	$(BIN)/bpsrun --local -np 4 --servers 2 -- $(BIN)/gotrain -epochs 10
+# The C shared library (API: cgo/gobps.h) that the PyTorch plugin loads.
+lib:
+	$(GO) build -buildmode=c-shared -o $(LIB) ./cgo
+
+# Installs PyTorch and scikit-learn from Debian when run as root and they
+# are missing; otherwise only says what is missing (the PyTorch tests then
+# skip, and demo runs the Go example).
+pydeps:
+	@if ! $(PY) -c 'import torch, sklearn' 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y $(PYDEPS) || \
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(PYDEPS); }; \
+		else \
+			echo "PyTorch is missing: install it with 'apt-get install -y $(PYDEPS)' (as root)"; \
+		fi; \
+	fi
+
+# The main job: PyTorch on scikit-learn's digits under bpsrun, 2 workers,
+# 2 servers; without PyTorch, the Go training example.
+demo: build pydeps
+	@if $(PY) -c 'import torch, sklearn' 2>/dev/null; then \
+		echo $(BIN)/bpsrun --local -np 2 --servers 2 -- $(PY) examples/pytorch/train_digits.py; \
+		$(BIN)/bpsrun --local -np 2 --servers 2 -- $(PY) examples/pytorch/train_digits.py; \
+	else \
+		echo "make demo: no PyTorch for $(PY) (as root: apt-get install -y $(PYDEPS)); running the Go example instead"; \
+		$(BIN)/bpsrun --local -np 4 --servers 2 -- $(BIN)/gotrain -epochs 10; \
+	fi
 
 # Everything CI runs: vet, the race detector on the concurrent packages,
 # then the whole suite (with the multi-process end-to-end tests), and a
 # short fuzz of the wire decoder.
-test: vet race fuzz test-noasm
+test: vet race fuzz test-noasm pydeps
 	$(GO) test -count=1 -timeout 15m ./...
 
 # The pure-Go build (no assembly anywhere): the whole suite in its short
@@ -26,6 +54,10 @@ test: vet race fuzz test-noasm
 test-noasm:
 	$(GO) vet -tags noasm ./...
 	$(GO) test -tags noasm -short -count=1 ./...
+
+# The C API and PyTorch plugin tests alone (cgo/*_test.go, python/tests).
+pytest: pydeps
+	$(GO) test -count=1 -v -run 'TestCAPI|TestTorch' ./cgo
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
@@ -42,5 +74,9 @@ bench: build
 	$(BIN)/bpsbench pushpull
 	$(BIN)/bpsbench sum
 
+# gobps (2 workers, 2 servers) against torch DDP over gloo, same model, same run.
+bench-torch: build pydeps
+	$(PY) examples/pytorch/benchmark.py --mode compare --np 2 --servers 2 --repeats 3 --bpsrun $(BIN)/bpsrun
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) build

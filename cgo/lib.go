@@ -1,0 +1,409 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobps/gobps/core"
+	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/core/proto"
+)
+
+// apiVersion is GOBPS_API_VERSION of gobps.h.
+const apiVersion = 1
+
+// status is a C API status code; the values are those of gobps.h (exports.go
+// checks them against the header at compile time).
+type status int
+
+const (
+	statusOK status = iota
+	statusNotInitialized
+	statusInvalidArgument
+	statusBadHandle
+	statusTimeout
+	statusConfig
+	statusFailed
+	statusInternal
+)
+
+// reduce ops of gobps.h.
+const (
+	opSum     = 0
+	opAverage = 1
+)
+
+// callError is a failed call: the status the caller gets and the message of
+// gobps_last_error.
+type callError struct {
+	code status
+	err  error
+}
+
+func (e *callError) Error() string { return e.err.Error() }
+func (e *callError) Unwrap() error { return e.err }
+
+func fail(code status, format string, args ...any) error {
+	return &callError{code: code, err: fmt.Errorf(format, args...)}
+}
+
+// statusOf maps an error to its status code: a callError's own, or for an
+// engine error NOT_INITIALIZED when the engine was shut down and FAILED
+// otherwise.
+func statusOf(err error) status {
+	var ce *callError
+	switch {
+	case err == nil:
+		return statusOK
+	case errors.As(err, &ce):
+		return ce.code
+	case errors.Is(err, core.ErrNotInitialized):
+		return statusNotInitialized
+	}
+	return statusFailed
+}
+
+// library is the state behind the C API: one per process (lib).
+//
+// Locking: initMu serialises init and shutdown (init may block for as long
+// as the job takes to gather); nothing else takes it, so other calls never
+// wait for init. engine and shutDown are read without locks. tmu guards
+// tensors; handles has its own lock. No lock is held while waiting on a
+// handle.
+type library struct {
+	initMu   sync.Mutex
+	shutDown atomic.Bool // set once, by shutdown
+
+	engine atomic.Pointer[core.Engine] // nil before init and after shutdown
+
+	tmu     sync.Mutex
+	tensors map[string]*tensor
+
+	handles handleTable
+}
+
+// tensor is a declaration as the C caller made it.
+type tensor struct {
+	t     *core.Tensor
+	dtype proto.DType
+	count int
+	root  int // -1: for push_pull
+}
+
+func (t *tensor) describe() string {
+	if t.root >= 0 {
+		return fmt.Sprintf("%d elements of %s for broadcast from rank %d", t.count, t.dtype, t.root)
+	}
+	return fmt.Sprintf("%d elements of %s for push_pull", t.count, t.dtype)
+}
+
+var lib = newLibrary()
+
+func newLibrary() *library {
+	return &library{tensors: make(map[string]*tensor), handles: handleTable{m: make(map[int64]*core.Handle)}}
+}
+
+var errNotInit = fail(statusNotInitialized, "gobps: not initialized (call gobps_init first)")
+
+// live returns the engine, or NOT_INITIALIZED.
+func (l *library) live() (*core.Engine, error) {
+	e := l.engine.Load()
+	if e == nil {
+		if l.shutDown.Load() {
+			return nil, fail(statusNotInitialized, "gobps: shut down (gobps_shutdown was called)")
+		}
+		return nil, errNotInit
+	}
+	return e, nil
+}
+
+// init joins the job described by lookup, waiting at most timeout for it to
+// gather (no bound when timeout <= 0). Engine notices go to logw.
+func (l *library) init(timeout time.Duration, lookup func(string) (string, bool), logw io.Writer) error {
+	l.initMu.Lock()
+	defer l.initMu.Unlock()
+	if l.engine.Load() != nil {
+		return nil
+	}
+	if l.shutDown.Load() {
+		return fail(statusFailed, "gobps: init after shutdown: a process joins a job only once")
+	}
+	cfg, err := config.Parse(lookup)
+	if err != nil {
+		return fail(statusConfig, "gobps: init: %w (start workers with bpsrun, which sets the environment; see docs/env.md)", err)
+	}
+	if cfg.Role != config.Worker {
+		return fail(statusConfig, "gobps: init: DMLC_ROLE=%s; only a worker process calls gobps_init", cfg.Role)
+	}
+	ctx := context.Background()
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: newLogf(logw, cfg.LogLevel)})
+	if err != nil {
+		return fail(statusFailed, "gobps: init: %w", err)
+	}
+	l.engine.Store(e)
+	return nil
+}
+
+// newLogf logs the engine's notices to w at INFO, the way bpsrun logs its
+// roles: shown when BYTEPS_LOG_LEVEL is INFO or more verbose.
+func newLogf(w io.Writer, level string) func(string, ...any) {
+	lv := slog.LevelWarn
+	switch level {
+	case "TRACE", "DEBUG":
+		lv = slog.LevelDebug
+	case "INFO":
+		lv = slog.LevelInfo
+	case "ERROR", "FATAL":
+		lv = slog.LevelError
+	}
+	lg := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+	return func(format string, args ...any) { lg.Info(fmt.Sprintf(format, args...)) }
+}
+
+// shutdown leaves the job.
+func (l *library) shutdown() error {
+	l.initMu.Lock()
+	defer l.initMu.Unlock()
+	e := l.engine.Load()
+	if e == nil {
+		if l.shutDown.Load() {
+			return fail(statusNotInitialized, "gobps: shutdown: already shut down")
+		}
+		return fail(statusNotInitialized, "gobps: shutdown: not initialized (call gobps_init first)")
+	}
+	l.shutDown.Store(true)
+	l.engine.Store(nil)
+	l.tmu.Lock()
+	clear(l.tensors)
+	l.tmu.Unlock()
+	if err := e.Shutdown(); err != nil {
+		return fail(statusFailed, "gobps: shutdown: %w", err)
+	}
+	return nil
+}
+
+// info is rank, size, local rank or local size.
+func (l *library) info(f func(*core.Engine) int) (int, error) {
+	e, err := l.live()
+	if err != nil {
+		return 0, err
+	}
+	return f(e), nil
+}
+
+// checkDType converts a C dtype.
+func checkDType(what string, dtype int) (proto.DType, error) {
+	if dtype <= 0 || dtype > math.MaxUint8 || !proto.DType(dtype).Valid() {
+		return 0, fail(statusInvalidArgument, "gobps: %s: unknown dtype %d (see GOBPS_FLOAT32 ... in gobps.h)", what, dtype)
+	}
+	return proto.DType(dtype), nil
+}
+
+// checkCount checks an element count and returns the size in bytes.
+func checkCount(what string, dt proto.DType, count int64) (int, error) {
+	if count < 0 {
+		return 0, fail(statusInvalidArgument, "gobps: %s: negative element count %d", what, count)
+	}
+	if count > int64(math.MaxInt/dt.Size()) {
+		return 0, fail(statusInvalidArgument, "gobps: %s: %d elements of %s do not fit in memory", what, count, dt)
+	}
+	return int(count) * dt.Size(), nil
+}
+
+// declare declares name, or checks it against its earlier declaration.
+// root is -1 for push_pull.
+func (l *library) declare(name string, dtype int, count int64, root int) (*tensor, error) {
+	e, err := l.live()
+	if err != nil {
+		return nil, err
+	}
+	if name == "" {
+		return nil, fail(statusInvalidArgument, "gobps: declare: empty tensor name")
+	}
+	what := fmt.Sprintf("declare %q", name)
+	dt, err := checkDType(what, dtype)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := checkCount(what, dt, count); err != nil {
+		return nil, err
+	}
+	if root >= 0 && root >= e.Size() || root < -1 {
+		return nil, fail(statusInvalidArgument, "gobps: %s: broadcast root %d is not a rank (0..%d)", what, root, e.Size()-1)
+	}
+	want := &tensor{dtype: dt, count: int(count), root: root}
+	l.tmu.Lock()
+	defer l.tmu.Unlock()
+	if t, ok := l.tensors[name]; ok {
+		if t.dtype != want.dtype || t.count != want.count || t.root != want.root {
+			return nil, fail(statusInvalidArgument, "gobps: %q is declared as %s; now used as %s", name, t.describe(), want.describe())
+		}
+		return t, nil
+	}
+	if count == 0 {
+		// The engine has no use for an empty tensor; remember the
+		// declaration so that later uses are checked against it.
+		l.tensors[name] = want
+		return want, nil
+	}
+	if root >= 0 {
+		want.t, err = e.DeclareBroadcast(name, dt, int(count), root)
+	} else {
+		want.t, err = e.Declare(name, dt, int(count))
+	}
+	if err != nil {
+		return nil, err
+	}
+	l.tensors[name] = want
+	return want, nil
+}
+
+// pushPull starts reducing buf (count elements of dtype) with op.
+func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op int) (int64, error) {
+	if op != opSum && op != opAverage {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", name, op)
+	}
+	t, err := l.declare(name, dtype, count, -1)
+	if err != nil {
+		return 0, err
+	}
+	if op == opAverage && !t.dtype.IsFloat() {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull %q: cannot average %s; use GOBPS_SUM", name, t.dtype)
+	}
+	if t.t == nil { // no elements
+		return l.handles.add(nil), nil
+	}
+	e, err := l.live()
+	if err != nil {
+		return 0, err
+	}
+	rop := core.Sum
+	if op == opAverage {
+		rop = core.Average
+	}
+	h, err := e.PushPull(t.t, buf, rop)
+	if err != nil {
+		return 0, err
+	}
+	return l.handles.add(h), nil
+}
+
+// broadcast starts copying root's buf to every worker.
+func (l *library) broadcast(name string, buf []byte, dtype int, count int64, root int) (int64, error) {
+	e, err := l.live()
+	if err != nil {
+		return 0, err
+	}
+	if root < 0 || root >= e.Size() {
+		return 0, fail(statusInvalidArgument, "gobps: broadcast %q: root %d is not a rank (0..%d)", name, root, e.Size()-1)
+	}
+	t, err := l.declare(name, dtype, count, root)
+	if err != nil {
+		return 0, err
+	}
+	if t.t == nil {
+		return l.handles.add(nil), nil
+	}
+	h, err := e.Broadcast(t.t, buf)
+	if err != nil {
+		return 0, err
+	}
+	return l.handles.add(h), nil
+}
+
+// poll reports whether handle id has completed.
+func (l *library) poll(id int64) (bool, error) {
+	h, err := l.handle(id)
+	if err != nil {
+		return false, err
+	}
+	return h == nil || h.Poll(), nil
+}
+
+// wait waits at most timeout (forever if negative) for handle id, consumes
+// it if it completed, and returns the operation's error.
+func (l *library) wait(id int64, timeout time.Duration) error {
+	h, err := l.handle(id)
+	if err != nil {
+		return err
+	}
+	if h != nil && !h.Poll() {
+		if timeout == 0 {
+			return fail(statusTimeout, "gobps: handle %d: not done", id)
+		}
+		if timeout > 0 {
+			tm := time.NewTimer(timeout)
+			select {
+			case <-h.Done():
+				tm.Stop()
+			case <-tm.C:
+				return fail(statusTimeout, "gobps: handle %d: not done after %v", id, timeout)
+			}
+		} else {
+			<-h.Done()
+		}
+	}
+	l.handles.remove(id)
+	if h == nil {
+		return nil
+	}
+	return h.Wait()
+}
+
+func (l *library) handle(id int64) (*core.Handle, error) {
+	h, ok := l.handles.get(id)
+	if ok {
+		return h, nil
+	}
+	if _, err := l.live(); err != nil && l.handles.empty() {
+		return nil, err
+	}
+	return nil, fail(statusBadHandle, "gobps: unknown handle %d (never returned, or already consumed by gobps_wait)", id)
+}
+
+// handleTable maps the C API's handle ids to engine handles. A nil
+// *core.Handle is an operation on zero elements: complete from the start.
+type handleTable struct {
+	mu   sync.Mutex
+	next int64
+	m    map[int64]*core.Handle
+}
+
+func (t *handleTable) add(h *core.Handle) int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.next++
+	t.m[t.next] = h
+	return t.next
+}
+
+func (t *handleTable) get(id int64) (*core.Handle, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h, ok := t.m[id]
+	return h, ok
+}
+
+func (t *handleTable) remove(id int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.m, id)
+}
+
+func (t *handleTable) empty() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.next == 0
+}

@@ -1,0 +1,238 @@
+"""Tensor operations of gobps.torch: push_pull, broadcast, handles.
+
+A CPU tensor is handed to the library by its ``data_ptr()``, without a copy.
+The library reduces it in place, from its own threads, after the call has
+returned: until ``synchronize(handle)`` returns (or ``poll(handle)`` is
+true), the tensor must be left alone. This module keeps a reference to every
+tensor in flight, so that it is not freed under the library.
+"""
+
+import atexit
+import itertools
+import threading
+
+import torch
+
+from gobps import _lib
+from gobps._lib import (InvalidArgumentError, NotInitializedError,
+                        UnsupportedDTypeError)
+from gobps.torch.compression import Compression
+
+_DTYPES = {
+    torch.float32: _lib.FLOAT32,
+    torch.float64: _lib.FLOAT64,
+    torch.float16: _lib.FLOAT16,
+    torch.bfloat16: _lib.BFLOAT16,
+    torch.int32: _lib.INT32,
+    torch.int64: _lib.INT64,
+    torch.uint8: _lib.UINT8,
+}
+
+_SUPPORTED = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
+
+# handle -> (tensors kept alive until it completes, output tensor)
+_handle_map = {}
+
+_noname = itertools.count()
+_atexit_lock = threading.Lock()
+_atexit_registered = False
+
+
+def init(lazy=True, timeout=600.0):
+    """Joins the job that the environment describes (bpsrun sets it) and
+    waits until every worker and server is there, at most ``timeout``
+    seconds (None: no bound). Calling it again does nothing. ``lazy`` is
+    accepted for byteps compatibility and ignored."""
+    global _atexit_registered
+    _lib.init(timeout)
+    with _atexit_lock:
+        if not _atexit_registered:
+            # Leave the job cleanly at exit: a worker that vanishes without
+            # leaving is reported dead to the others.
+            atexit.register(_shutdown_at_exit)
+            _atexit_registered = True
+
+
+def _shutdown_at_exit():
+    try:
+        _lib.shutdown()
+    except _lib.GobpsError:
+        pass
+
+
+def shutdown():
+    """Leaves the job. Pending operations fail."""
+    _lib.shutdown()
+
+
+def suspend():
+    raise NotImplementedError("gobps: suspend/resume (elastic training) is not implemented")
+
+
+resume = suspend
+
+
+def size():
+    """The number of workers."""
+    return _lib.size()
+
+
+def local_size():
+    """The number of workers on this machine."""
+    return _lib.local_size()
+
+
+def rank():
+    """This worker's rank, 0 .. size()-1."""
+    return _lib.rank()
+
+
+def local_rank():
+    """This worker's rank on its machine."""
+    return _lib.local_rank()
+
+
+def _check_tensor(tensor, what, any_dtype=False):
+    """Returns (address, dtype code, element count) of a tensor the library
+    may read and write in place, or raises a clear exception. With
+    any_dtype, a tensor of a dtype gobps cannot reduce is described as raw
+    bytes (good for broadcast: a copy is a copy)."""
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError("gobps: %s: expected a torch.Tensor, got %s" % (what, type(tensor).__name__))
+    if tensor.is_sparse:
+        raise InvalidArgumentError("gobps: %s: sparse tensors are not supported; pass a dense tensor" % what)
+    if tensor.device.type != "cpu":
+        raise InvalidArgumentError(
+            "gobps: %s: the tensor is on %s; this version of gobps reduces CPU tensors only" % (what, tensor.device))
+    code = _DTYPES.get(tensor.dtype)
+    if code is None and not any_dtype:
+        raise UnsupportedDTypeError(
+            "gobps: %s: dtype %s is not supported (supported: %s)" % (what, tensor.dtype, _SUPPORTED))
+    if not tensor.is_contiguous():
+        raise InvalidArgumentError(
+            "gobps: %s: the tensor is not contiguous (shape %s, strides %s); pass tensor.contiguous() "
+            "and copy the result back" % (what, tuple(tensor.shape), tensor.stride()))
+    if code is None:
+        return tensor.data_ptr(), _lib.UINT8, tensor.numel() * tensor.element_size()
+    return tensor.data_ptr(), code, tensor.numel()
+
+
+def _name(name, what):
+    if name is None:
+        return "%s.noname.%d" % (what, next(_noname))
+    if not isinstance(name, str) or not name:
+        raise InvalidArgumentError("gobps: %s: the name must be a non-empty string, got %r" % (what, name))
+    return name
+
+
+def declare(name, tensor=None):
+    """Declares the tensor that ``name`` will push_pull, fixing its place in
+    the order: every worker must declare in the same order, and the earlier
+    a tensor is declared the higher its priority. gobps needs the tensor's
+    dtype and size to declare it, so ``tensor`` (or one shaped like it) must
+    be given; without it, the name is declared on first use instead (byteps
+    accepts a bare name). DistributedOptimizer declares every gradient, in
+    model order, when it is built."""
+    if tensor is None:
+        return
+    _, code, n = _check_tensor(tensor, "declare %r" % name)
+    _lib.declare(_name(name, "declare"), code, n)
+
+
+def _push_pull_start(tensor, output, average, name, what):
+    ptr, code, n = _check_tensor(output, what)
+    if average and code not in _lib.FLOAT_DTYPES:
+        raise InvalidArgumentError(
+            "gobps: %s: cannot average a %s tensor; use average=False" % (what, output.dtype))
+    h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, _lib.AVERAGE if average else _lib.SUM)
+    _handle_map[h] = ((tensor, output), output)
+    return h
+
+
+def push_pull_async_inplace(tensor, average=True, name=None, version=0, priority=0, staleness=0):
+    """Starts averaging (or summing) ``tensor`` over all workers, in place;
+    returns a handle for ``poll`` and ``synchronize``. The reduction is keyed
+    by ``name``; every worker must use the same names, shapes and dtypes, and
+    the same number of calls per name. ``version``, ``priority`` and
+    ``staleness`` are accepted for byteps compatibility and ignored: the
+    priority comes from the declaration order."""
+    return _push_pull_start(tensor, tensor, average, name, "push_pull %r" % (name,))
+
+
+def push_pull_async(tensor, average=True, name=None, version=0, priority=0):
+    """Like push_pull_async_inplace, into a new tensor (``tensor`` is not
+    modified); synchronize returns it."""
+    _check_tensor(tensor, "push_pull %r" % (name,))
+    output = tensor.detach().clone()
+    return _push_pull_start(tensor, output, average, name, "push_pull %r" % (name,))
+
+
+def poll(handle):
+    """Whether the operation of ``handle`` has completed; synchronize does
+    not block once it has."""
+    if handle not in _handle_map:
+        raise InvalidArgumentError("gobps: poll: unknown handle %r" % (handle,))
+    return _lib.poll(handle)
+
+
+def synchronize(handle):
+    """Waits for the operation of ``handle`` and returns its output tensor
+    (the tensor itself for in-place operations)."""
+    entry = _handle_map.get(handle)
+    if entry is None:
+        raise InvalidArgumentError("gobps: synchronize: unknown handle %r (already synchronized?)" % (handle,))
+    try:
+        _lib.wait(handle)
+    except KeyboardInterrupt:
+        raise  # the handle stays valid: synchronize may be called again
+    except BaseException:
+        _handle_map.pop(handle, None)
+        raise
+    _handle_map.pop(handle, None)
+    return entry[1]
+
+
+def push_pull_inplace(tensor, average=True, name=None, version=0, priority=0, staleness=0):
+    """push_pull_async_inplace, then synchronize."""
+    return synchronize(push_pull_async_inplace(tensor, average, name, version, priority, staleness))
+
+
+class _PushPull(torch.autograd.Function):
+    """push_pull as an autograd function: the gradient of an average over
+    workers is the average of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor, average, name):
+        ctx.average = average
+        ctx.name = name
+        return synchronize(push_pull_async(tensor, average, name))
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad = grad_output.contiguous()
+        return synchronize(push_pull_async(grad, ctx.average, ctx.name + ".grad")), None, None
+
+
+def push_pull(tensor, average=True, name=None, version=0, priority=0, compression=Compression.none):
+    """Returns the average (or sum) of ``tensor`` over all workers as a new
+    tensor; differentiable. As in byteps, ``name`` is required."""
+    if name is None:
+        raise InvalidArgumentError("gobps: push_pull needs a name (push_pull(tensor, name=...))")
+    compressed, ctx = compression.compress(tensor)
+    reduced = _PushPull.apply(compressed, average, name)
+    return compression.decompress(reduced, ctx)
+
+
+def broadcast_async_inplace(tensor, root_rank, name=None):
+    """Starts copying root_rank's ``tensor`` into every worker's ``tensor``;
+    returns a handle for ``synchronize``. A tensor of a dtype push_pull does
+    not support (bool, int8, complex, ...) is sent as raw bytes."""
+    ptr, code, n = _check_tensor(tensor, "broadcast %r" % (name,), any_dtype=True)
+    h = _lib.broadcast(_name(name, "broadcast"), ptr, code, n, root_rank)
+    _handle_map[h] = ((tensor,), tensor)
+    return h
+
+
+def broadcast_(tensor, root_rank, name=None):
+    """broadcast_async_inplace, then synchronize; returns ``tensor``."""
+    return synchronize(broadcast_async_inplace(tensor, root_rank, name))
