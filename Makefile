@@ -7,7 +7,7 @@ PY      := /usr/bin/python3
 PYDEPS  := python3-torch python3-sklearn
 LIB     := build/libgobps.so
 
-.PHONY: all build lib pydeps demo test test-noasm pytest vet race fuzz bench bench-torch clean
+.PHONY: all build lib pydeps demo test test-noasm pytest vet race fuzz bench bench-torch bench-net clean
 
 all: build
 
@@ -77,6 +77,11 @@ bench: build
 # gobps (2 workers, 2 servers) against torch DDP over gloo, same model, same run.
 bench-torch: build pydeps
 	$(PY) examples/pytorch/benchmark.py --mode compare --np 2 --servers 2 --repeats 3 --bpsrun $(BIN)/bpsrun
+
+# Ring all-reduce (and gloo) against gobps on an emulated cluster of network
+# namespaces with rate-limited links (needs root; see docs/benchmarks.md).
+bench-net: build
+	scripts/bench_allreduce_vs_ps.sh --no-build
 
 clean:
 	rm -rf $(BIN) build

@@ -3,8 +3,18 @@
 //	bpsbench pushpull [flags]   push+pull goodput on loopback, swept over
 //	                            tensor size × workers × servers, against a
 //	                            raw TCP loopback stream measured in the same run
+//	bpsbench sum [flags]        summation kernels (dst += src) per
+//	                            implementation × dtype × size, against copy()
+//	                            and a non-temporal copy measured in the same run
+//	bpsbench allreduce [flags]  one rank of a ring all-reduce over gobps's TCP
+//	                            transport: the baseline of the allreduce-vs-PS
+//	                            benchmark (scripts/bench_allreduce_vs_ps.sh)
+//	bpsbench psworker [flags]   a worker that times push_pull of one tensor
+//	                            (run under bpsrun, DMLC_ROLE=worker)
+//	bpsbench netperf [flags]    TCP goodput of one link (netcluster.sh verify)
+//	bpsbench report [flags]     table, bounds and plot from the benchmark's results
 //
-// Run "bpsbench pushpull -h" for the flags.
+// Run "bpsbench pushpull -h" or "bpsbench sum -h" for the flags.
 package main
 
 import (
@@ -14,18 +24,28 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report [flags]")
 		os.Exit(2)
 	}
 	var err error
 	switch os.Args[1] {
 	case "pushpull":
 		err = pushPull(os.Args[2:])
+	case "sum":
+		err = sum(os.Args[2:])
+	case "allreduce":
+		err = allReduce(os.Args[2:])
+	case "psworker":
+		err = psWorker(os.Args[2:])
+	case "netperf":
+		err = netperf(os.Args[2:])
+	case "report":
+		err = report(os.Args[2:])
 	case "-h", "--help", "help":
-		fmt.Println("usage: bpsbench pushpull [flags]   (bpsbench pushpull -h for flags)")
+		fmt.Println("usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report [flags]   (bpsbench NAME -h for flags)")
 		return
 	default:
-		err = fmt.Errorf("unknown benchmark %q (want pushpull)", os.Args[1])
+		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, allreduce, psworker, netperf or report)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bpsbench:", err)

@@ -87,6 +87,13 @@ var rules = []rule{
 		forbids: onlyProtoAndOwn("rdma"),
 	},
 	{
+		desc:    "cmd/internal/ring (the all-reduce baseline) imports from gobps only core/proto and rdma",
+		applies: is("cmd/internal/ring"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && imp != "core/proto" && !under(imp, "rdma")
+		},
+	},
+	{
 		desc:    "core/config imports from gobps only core/proto (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "core/config") },
 		forbids: onlyProtoAndOwn("core/config"),
