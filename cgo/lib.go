@@ -148,7 +148,7 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: newLogf(logw, cfg.LogLevel)})
+	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: newLogf(logw, cfg.SlogLevel())})
 	if err != nil {
 		return fail(statusFailed, "gobps: init: %w", err)
 	}
@@ -158,17 +158,8 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 
 // newLogf logs the engine's notices to w at INFO, the way bpsrun logs its
 // roles: shown when BYTEPS_LOG_LEVEL is INFO or more verbose.
-func newLogf(w io.Writer, level string) func(string, ...any) {
-	lv := slog.LevelWarn
-	switch level {
-	case "TRACE", "DEBUG":
-		lv = slog.LevelDebug
-	case "INFO":
-		lv = slog.LevelInfo
-	case "ERROR", "FATAL":
-		lv = slog.LevelError
-	}
-	lg := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+func newLogf(w io.Writer, level slog.Level) func(string, ...any) {
+	lg := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 	return func(format string, args ...any) { lg.Info(fmt.Sprintf(format, args...)) }
 }
 

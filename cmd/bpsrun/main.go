@@ -129,15 +129,7 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 }
 
 func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
-	level := slog.LevelWarn
-	switch cfg.LogLevel {
-	case "TRACE", "DEBUG":
-		level = slog.LevelDebug
-	case "INFO":
-		level = slog.LevelInfo
-	case "ERROR", "FATAL":
-		level = slog.LevelError
-	}
+	level := cfg.SlogLevel()
 	if verbose {
 		level = slog.LevelDebug
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"net"
 	"os"
@@ -466,6 +467,21 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 // NumWorkerProcs returns the number of worker processes that push:
 // NumWorker × LocalSize.
 func (c *Config) NumWorkerProcs() int { return c.NumWorker * c.LocalSize }
+
+// SlogLevel maps BYTEPS_LOG_LEVEL onto log/slog's levels, for the
+// programs that log (cmd/ and the C library): TRACE and DEBUG are Debug,
+// INFO is Info, WARNING is Warn (the default), ERROR and FATAL are Error.
+func (c *Config) SlogLevel() slog.Level {
+	switch c.LogLevel {
+	case "TRACE", "DEBUG":
+		return slog.LevelDebug
+	case "INFO":
+		return slog.LevelInfo
+	case "ERROR", "FATAL":
+		return slog.LevelError
+	}
+	return slog.LevelWarn
+}
 
 // RootAddr returns the coordinator's address, host:port.
 func (c *Config) RootAddr() string {
