@@ -59,6 +59,18 @@ type Config struct {
 	Checksum          bool          // GOBPS_CHECKSUM: CRC32C on every payload
 	ServerPort        int           // GOBPS_SERVER_PORT: data port of a server; 0 picks a free one
 	ServerID          int           // GOBPS_SERVER_ID: rank of this server; -1 when unset (ranks by arrival)
+	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
+	GPU               string        // GOBPS_GPU: auto, off or fake (lower-case)
+	GPUTimeout        time.Duration // GOBPS_GPU_TIMEOUT: bound of each wait on a device copy
+	GPUFakeDelay      time.Duration // GOBPS_GPU_FAKE_DELAY: the fake device's copy delay (and jitter)
+
+	EnableRDMA       string // BYTEPS_ENABLE_RDMA: "" (unset: verbs when usable), "0" or "1"; see RDMAMode
+	DMLCEnableRDMA   string // DMLC_ENABLE_RDMA (ps-lite): "" (unset), "0" or "ibverbs"; see RDMAMode
+	RDMADevice       string // GOBPS_RDMA_DEVICE: verbs device; "" takes the first with an active port
+	RDMAGIDIndex     int    // GOBPS_RDMA_GID_INDEX: RoCE GID table index; -1 (auto) picks one
+	RDMASendDepth    int    // GOBPS_RDMA_SEND_DEPTH: frames in flight per verbs connection
+	RDMARecvDepth    int    // GOBPS_RDMA_RECV_DEPTH: receive buffers per verbs connection
+	RDMAMRCacheBytes int    // GOBPS_RDMA_MR_CACHE_BYTES: bound of the verbs MR cache
 }
 
 // Variable describes one environment variable of the contract.
@@ -95,6 +107,17 @@ const (
 	envChecksum      = "GOBPS_CHECKSUM"
 	envServerPort    = "GOBPS_SERVER_PORT"
 	envServerID      = "GOBPS_SERVER_ID"
+	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
+	envGPU           = "GOBPS_GPU"
+	envGPUTimeout    = "GOBPS_GPU_TIMEOUT"
+	envGPUFakeDelay  = "GOBPS_GPU_FAKE_DELAY"
+	envEnableRDMA    = "BYTEPS_ENABLE_RDMA"
+	envDMLCRDMA      = "DMLC_ENABLE_RDMA"
+	envRDMADevice    = "GOBPS_RDMA_DEVICE"
+	envRDMAGIDIndex  = "GOBPS_RDMA_GID_INDEX"
+	envRDMASend      = "GOBPS_RDMA_SEND_DEPTH"
+	envRDMARecv      = "GOBPS_RDMA_RECV_DEPTH"
+	envRDMAMRCache   = "GOBPS_RDMA_MR_CACHE_BYTES"
 )
 
 // Limits that Validate enforces.
@@ -110,6 +133,13 @@ const (
 	defaultCreditParts = 4
 	maxEngineThreads   = 1024
 	maxLanes           = 64
+	// maxRDMADepth bounds GOBPS_RDMA_SEND_DEPTH and GOBPS_RDMA_RECV_DEPTH
+	// (the transport's limit too); maxGIDIndex the GID table index.
+	maxRDMADepth   = 4096
+	maxGIDIndex    = 255
+	minMRCacheSize = 1 << 20
+	// rdmaAuto is how GOBPS_RDMA_GID_INDEX asks for automatic choice.
+	rdmaAuto = "auto"
 )
 
 // logLevels are the accepted values of BYTEPS_LOG_LEVEL, most verbose first.
@@ -133,6 +163,13 @@ var (
 		HeartbeatInterval: time.Second,
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
+		LocalAggregation:  true,
+		GPU:               "auto",
+		GPUTimeout:        time.Minute,
+		RDMAGIDIndex:      -1,
+		RDMASendDepth:     128,
+		RDMARecvDepth:     64,
+		RDMAMRCacheBytes:  4 << 30,
 	}
 )
 
@@ -240,6 +277,16 @@ var table = []spec{
 		field: func(c *Config) any { return &c.LogLevel },
 	},
 	{
+		Variable: Variable{Name: envEnableRDMA, Roles: serverWorker,
+			Doc: "Transport choice: 1 requires RDMA verbs, 0 uses TCP, unset uses verbs when a usable RDMA device exists."},
+		field: func(c *Config) any { return &c.EnableRDMA },
+	},
+	{
+		Variable: Variable{Name: envDMLCRDMA, Roles: serverWorker,
+			Doc: "ps-lite's switch: ibverbs (or 1) requires RDMA verbs like BYTEPS_ENABLE_RDMA=1; 0 or unset changes nothing."},
+		field: func(c *Config) any { return &c.DMLCEnableRDMA },
+	},
+	{
 		Variable: Variable{Name: envHBInterval, Default: defaultConfig.HeartbeatInterval.String(), Roles: allRoles,
 			Doc: "How often each node sends the coordinator a heartbeat."},
 		field: func(c *Config) any { return &c.HeartbeatInterval },
@@ -268,6 +315,51 @@ var table = []spec{
 		Variable: Variable{Name: envServerID, Roles: serverOnly,
 			Doc: "Rank of this server, 0 to DMLC_NUM_SERVER-1; unset lets the coordinator assign ranks in order of arrival."},
 		field: func(c *Config) any { return &c.ServerID },
+	},
+	{
+		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
+			Doc: "Sum the workers of one machine in shared memory first, so that one push per machine reaches the servers (as BytePS does); 0 makes every worker push."},
+		field: func(c *Config) any { return &c.LocalAggregation },
+	},
+	{
+		Variable: Variable{Name: envGPU, Default: defaultConfig.GPU, Roles: workerOnly,
+			Doc: "Device tensors: auto uses CUDA (libcuda.so.1, loaded at run time) when present, off refuses them, fake stages them through the fake device over host memory (tests)."},
+		field: func(c *Config) any { return &c.GPU },
+	},
+	{
+		Variable: Variable{Name: envGPUTimeout, Default: defaultConfig.GPUTimeout.String(), Roles: workerOnly,
+			Doc: "How long a worker waits for one device-to-host or host-to-device copy before it fails the tensor."},
+		field: func(c *Config) any { return &c.GPUTimeout },
+	},
+	{
+		Variable: Variable{Name: envGPUFakeDelay, Default: "0s", Roles: workerOnly,
+			Doc: "With GOBPS_GPU=fake, each copy sleeps this long plus a random part up to as long again, to shake out ordering bugs."},
+		field: func(c *Config) any { return &c.GPUFakeDelay },
+	},
+	{
+		Variable: Variable{Name: envRDMADevice, Roles: serverWorker,
+			Doc: "RDMA device to use, such as mlx5_0 or rxe0; unset takes the first with an active port."},
+		field: func(c *Config) any { return &c.RDMADevice },
+	},
+	{
+		Variable: Variable{Name: envRDMAGIDIndex, Default: rdmaAuto, Roles: serverWorker,
+			Doc: "GID table index used on RoCE ports, 0 to 255; auto prefers a RoCE v2 GID holding an IPv4 address."},
+		field: func(c *Config) any { return &c.RDMAGIDIndex },
+	},
+	{
+		Variable: Variable{Name: envRDMASend, Default: strconv.Itoa(defaultConfig.RDMASendDepth), Roles: serverWorker,
+			Doc: "Frames a verbs connection may have in flight before Send waits, 1 to 4096."},
+		field: func(c *Config) any { return &c.RDMASendDepth },
+	},
+	{
+		Variable: Variable{Name: envRDMARecv, Default: strconv.Itoa(defaultConfig.RDMARecvDepth), Roles: serverWorker,
+			Doc: "Receive buffers (4 KiB each) a verbs connection keeps posted, 1 to 4096."},
+		field: func(c *Config) any { return &c.RDMARecvDepth },
+	},
+	{
+		Variable: Variable{Name: envRDMAMRCache, Default: strconv.Itoa(defaultConfig.RDMAMRCacheBytes), Roles: serverWorker,
+			Doc: "Bytes of memory the verbs transport keeps registered for reuse, at least 1048576; idle registrations beyond it are dropped, least recently used first."},
+		field: func(c *Config) any { return &c.RDMAMRCacheBytes },
 	},
 }
 
@@ -309,6 +401,9 @@ func Parse(lookup func(string) (string, bool)) (*Config, error) {
 			continue
 		}
 		raw[s.Name] = v
+		if s.Name == envRDMAGIDIndex && strings.EqualFold(v, rdmaAuto) {
+			continue // the default, -1
+		}
 		if err := parseValue(s.field(&c), v); err != nil {
 			p.add(s.Name, fmt.Errorf("config: %s=%q: %w", s.Name, v, err))
 			bad[s.Name] = true
@@ -317,6 +412,13 @@ func Parse(lookup func(string) (string, bool)) (*Config, error) {
 
 	c.Role = Role(strings.ToLower(string(c.Role)))
 	c.LogLevel = strings.ToUpper(c.LogLevel)
+	c.GPU = strings.ToLower(c.GPU)
+	c.EnableRDMA = normalizeSwitch(c.EnableRDMA, "1")
+	c.DMLCEnableRDMA = normalizeSwitch(c.DMLCEnableRDMA, "ibverbs")
+	if v, ok := raw[envRDMAGIDIndex]; ok && !bad[envRDMAGIDIndex] && c.RDMAGIDIndex < 0 && !strings.EqualFold(v, rdmaAuto) {
+		p.add(envRDMAGIDIndex, valueErr(envRDMAGIDIndex, v, "must be at least 0, or auto"))
+		bad[envRDMAGIDIndex] = true
+	}
 	if v, ok := raw[envWorkerID]; ok && !bad[envWorkerID] && c.WorkerID < 0 {
 		p.add(envWorkerID, valueErr(envWorkerID, v, "must be at least 0 (leave it unset to let the coordinator assign ranks)"))
 		bad[envWorkerID] = true
@@ -462,11 +564,87 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	inRange(envLanes, c.Lanes, 1, maxLanes)
 	inRange(envServerPort, c.ServerPort, 0, math.MaxUint16)
+	c.validateRDMA(fail, inRange)
+	switch c.GPU {
+	case "auto", "off", "fake":
+	default:
+		fail(envGPU, "must be auto, off or fake")
+	}
+	if c.GPUTimeout <= 0 {
+		fail(envGPUTimeout, "must be positive")
+	}
+	if c.GPUFakeDelay < 0 {
+		fail(envGPUFakeDelay, "must not be negative")
+	}
+}
+
+// validateRDMA checks the RDMA variables; fail and inRange are validate's.
+func (c *Config) validateRDMA(fail func(name, format string, args ...any), inRange func(name string, v, lo, hi int)) {
+	if c.EnableRDMA != "" && c.EnableRDMA != "0" && c.EnableRDMA != "1" {
+		fail(envEnableRDMA, "must be 1 (require RDMA) or 0 (use TCP); leave it unset to use RDMA when a device is usable")
+	}
+	switch c.DMLCEnableRDMA {
+	case "", "0", "ibverbs":
+	default:
+		fail(envDMLCRDMA, "must be ibverbs (or 1) or 0: ibverbs is the only RDMA transport gobps has")
+	}
+	if c.EnableRDMA == "0" && c.DMLCEnableRDMA == "ibverbs" {
+		fail(envEnableRDMA, "contradicts %s=%s, which requires RDMA", envDMLCRDMA, c.DMLCEnableRDMA)
+	}
+	if strings.ContainsFunc(c.RDMADevice, func(r rune) bool { return r <= ' ' || r == '/' || r == 0x7f }) {
+		fail(envRDMADevice, "must be a device name such as mlx5_0 (no slashes or white space)")
+	}
+	if c.RDMAGIDIndex < -1 {
+		fail(envRDMAGIDIndex, "must be at least 0, or auto")
+	} else if c.RDMAGIDIndex > maxGIDIndex {
+		fail(envRDMAGIDIndex, "must be at most %d", maxGIDIndex)
+	}
+	inRange(envRDMASend, c.RDMASendDepth, 1, maxRDMADepth)
+	inRange(envRDMARecv, c.RDMARecvDepth, 1, maxRDMADepth)
+	if c.RDMAMRCacheBytes < minMRCacheSize {
+		fail(envRDMAMRCache, "must be at least %d", minMRCacheSize)
+	}
+}
+
+// RDMAMode says how the transport is chosen, from BYTEPS_ENABLE_RDMA and
+// DMLC_ENABLE_RDMA: "force" (verbs or an error), "off" (TCP) or "auto"
+// (verbs when a usable device exists, else TCP). The values are those of
+// rdma.Mode, with "auto" for its zero value.
+func (c *Config) RDMAMode() string {
+	switch {
+	case c.EnableRDMA == "1" || c.DMLCEnableRDMA == "ibverbs":
+		return "force"
+	case c.EnableRDMA == "0":
+		return "off"
+	}
+	return "auto"
+}
+
+// normalizeSwitch maps the accepted spellings of an on/off variable to
+// "0" and on, and leaves anything else for validate to refuse.
+func normalizeSwitch(v, on string) string {
+	switch strings.ToLower(v) {
+	case "0", "false":
+		return "0"
+	case "1", "true", on:
+		return on
+	}
+	return v
 }
 
 // NumWorkerProcs returns the number of worker processes that push:
 // NumWorker × LocalSize.
 func (c *Config) NumWorkerProcs() int { return c.NumWorker * c.LocalSize }
+
+// PushesPerRound is how many pushes a server gets per sum key per round:
+// one per machine (DMLC_NUM_WORKER) with local aggregation, one per worker
+// process without.
+func (c *Config) PushesPerRound() int {
+	if c.LocalAggregation {
+		return c.NumWorker
+	}
+	return c.NumWorkerProcs()
+}
 
 // SlogLevel maps BYTEPS_LOG_LEVEL onto log/slog's levels, for the
 // programs that log (cmd/ and the C library): TRACE and DEBUG are Debug,
@@ -500,6 +678,9 @@ func (c *Config) Environ() []string {
 		v := formatValue(s.field(c))
 		if (s.Name == envWorkerID && c.WorkerID == -1) || (s.Name == envServerID && c.ServerID == -1) {
 			v = "" // unset
+		}
+		if s.Name == envRDMAGIDIndex && c.RDMAGIDIndex == -1 {
+			v = rdmaAuto
 		}
 		out[i] = s.Name + "=" + v
 	}

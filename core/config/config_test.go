@@ -65,6 +65,13 @@ func wantDefaults() Config {
 		HeartbeatInterval: time.Second,
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
+		LocalAggregation:  true,
+		GPU:               "auto",
+		GPUTimeout:        time.Minute,
+		RDMAGIDIndex:      -1,
+		RDMASendDepth:     128,
+		RDMARecvDepth:     64,
+		RDMAMRCacheBytes:  4 << 30,
 	}
 }
 
@@ -78,6 +85,14 @@ func TestDefaults(t *testing.T) {
 	}
 	if got := c.NumWorkerProcs(); got != 2 {
 		t.Errorf("NumWorkerProcs = %d, want 2", got)
+	}
+	c.LocalSize = 4
+	if got := c.PushesPerRound(); got != 2 {
+		t.Errorf("PushesPerRound with local aggregation = %d, want 2 (one per machine)", got)
+	}
+	c.LocalAggregation = false
+	if got := c.PushesPerRound(); got != 8 {
+		t.Errorf("PushesPerRound without local aggregation = %d, want 8 (one per process)", got)
 	}
 	if got := c.RootAddr(); got != "10.0.0.1:9000" {
 		t.Errorf("RootAddr = %q", got)
@@ -210,6 +225,19 @@ func TestBadValues(t *testing.T) {
 		{"server port not integer", "GOBPS_SERVER_PORT", "http", "not an integer"},
 		{"server port negative", "GOBPS_SERVER_PORT", "-1", "between 0 and 65535"},
 		{"server port too big", "GOBPS_SERVER_PORT", "70000", "between 0 and 65535"},
+		{"enable rdma not a switch", "BYTEPS_ENABLE_RDMA", "yes", "must be 1 (require RDMA) or 0 (use TCP)"},
+		{"enable rdma 2", "BYTEPS_ENABLE_RDMA", "2", "must be 1 (require RDMA) or 0"},
+		{"dmlc rdma unknown transport", "DMLC_ENABLE_RDMA", "ucx", "ibverbs is the only RDMA transport"},
+		{"rdma device with a path", "GOBPS_RDMA_DEVICE", "/dev/infiniband/uverbs0", "must be a device name"},
+		{"gid index not integer", "GOBPS_RDMA_GID_INDEX", "first", "not an integer"},
+		{"gid index negative", "GOBPS_RDMA_GID_INDEX", "-1", "at least 0, or auto"},
+		{"gid index too big", "GOBPS_RDMA_GID_INDEX", "256", "at most 255"},
+		{"send depth zero", "GOBPS_RDMA_SEND_DEPTH", "0", "between 1 and 4096"},
+		{"send depth too big", "GOBPS_RDMA_SEND_DEPTH", "4097", "between 1 and 4096"},
+		{"recv depth not integer", "GOBPS_RDMA_RECV_DEPTH", "lots", "not an integer"},
+		{"recv depth zero", "GOBPS_RDMA_RECV_DEPTH", "0", "between 1 and 4096"},
+		{"mr cache tiny", "GOBPS_RDMA_MR_CACHE_BYTES", "4096", "at least 1048576"},
+		{"mr cache with unit", "GOBPS_RDMA_MR_CACHE_BYTES", "4GiB", "not an integer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -270,6 +298,24 @@ func TestGoodValues(t *testing.T) {
 		{"trace dir", with("BYTEPS_TRACE_DIR=/tmp/t"), func(c *Config) bool { return c.TraceDir == "/tmp/t" }},
 		{"interface and node host", with("DMLC_INTERFACE=eth0", "DMLC_NODE_HOST=node-1.example"),
 			func(c *Config) bool { return c.Interface == "eth0" && c.NodeHost == "node-1.example" }},
+		{"rdma auto by default", base(), func(c *Config) bool { return c.RDMAMode() == "auto" }},
+		{"rdma forced", with("BYTEPS_ENABLE_RDMA=1"), func(c *Config) bool { return c.RDMAMode() == "force" }},
+		{"rdma forced, true", with("BYTEPS_ENABLE_RDMA=True"), func(c *Config) bool { return c.EnableRDMA == "1" && c.RDMAMode() == "force" }},
+		{"rdma off", with("BYTEPS_ENABLE_RDMA=0"), func(c *Config) bool { return c.RDMAMode() == "off" }},
+		{"rdma off, false", with("BYTEPS_ENABLE_RDMA=false"), func(c *Config) bool { return c.EnableRDMA == "0" }},
+		{"ps-lite ibverbs", with("DMLC_ENABLE_RDMA=ibverbs"), func(c *Config) bool { return c.RDMAMode() == "force" }},
+		{"ps-lite IBVERBS", with("DMLC_ENABLE_RDMA=IBVerbs"), func(c *Config) bool { return c.DMLCEnableRDMA == "ibverbs" }},
+		{"ps-lite 1", with("DMLC_ENABLE_RDMA=1"), func(c *Config) bool { return c.RDMAMode() == "force" }},
+		{"ps-lite 0 changes nothing", with("DMLC_ENABLE_RDMA=0"), func(c *Config) bool { return c.RDMAMode() == "auto" }},
+		{"both force", with("BYTEPS_ENABLE_RDMA=1", "DMLC_ENABLE_RDMA=ibverbs"), func(c *Config) bool { return c.RDMAMode() == "force" }},
+		{"bytePS off, ps-lite 0", with("BYTEPS_ENABLE_RDMA=0", "DMLC_ENABLE_RDMA=0"), func(c *Config) bool { return c.RDMAMode() == "off" }},
+		{"rdma device", with("GOBPS_RDMA_DEVICE=mlx5_1"), func(c *Config) bool { return c.RDMADevice == "mlx5_1" }},
+		{"gid index auto", with("GOBPS_RDMA_GID_INDEX=AUTO"), func(c *Config) bool { return c.RDMAGIDIndex == -1 }},
+		{"gid index 3", with("GOBPS_RDMA_GID_INDEX=3"), func(c *Config) bool { return c.RDMAGIDIndex == 3 }},
+		{"rdma depths and cache", with("GOBPS_RDMA_SEND_DEPTH=4096", "GOBPS_RDMA_RECV_DEPTH=1", "GOBPS_RDMA_MR_CACHE_BYTES=1048576"),
+			func(c *Config) bool {
+				return c.RDMASendDepth == 4096 && c.RDMARecvDepth == 1 && c.RDMAMRCacheBytes == 1<<20
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.desc, func(t *testing.T) {
@@ -397,6 +443,9 @@ func TestEnvironRoundTrip(t *testing.T) {
 			"GOBPS_HEARTBEAT_INTERVAL=0.25", "GOBPS_HEARTBEAT_TIMEOUT=1m1.5s", "GOBPS_TCP_LANES=8",
 			"GOBPS_CHECKSUM=1", "GOBPS_SERVER_PORT=7000")},
 		{"credit in bytes", with("BYTEPS_SCHEDULING_CREDIT=99999999")},
+		{"rdma set", with("BYTEPS_ENABLE_RDMA=true", "DMLC_ENABLE_RDMA=IBVERBS", "GOBPS_RDMA_DEVICE=rxe0",
+			"GOBPS_RDMA_GID_INDEX=1", "GOBPS_RDMA_SEND_DEPTH=16", "GOBPS_RDMA_RECV_DEPTH=8", "GOBPS_RDMA_MR_CACHE_BYTES=99999999")},
+		{"rdma off", with("BYTEPS_ENABLE_RDMA=False", "DMLC_ENABLE_RDMA=0", "GOBPS_RDMA_GID_INDEX=auto")},
 		{"odd durations", with("GOBPS_HEARTBEAT_INTERVAL=1ns", "GOBPS_HEARTBEAT_TIMEOUT=2562047h")},
 	}
 	for _, tt := range tests {
@@ -472,6 +521,11 @@ func TestValidate(t *testing.T) {
 			`config: GOBPS_HEARTBEAT_INTERVAL="0s": must be positive`,
 			`config: GOBPS_HEARTBEAT_TIMEOUT="0s": must be positive`,
 			`config: GOBPS_TCP_LANES="0": must be between 1 and 64`,
+			`config: GOBPS_GPU="": must be auto, off or fake`,
+			`config: GOBPS_GPU_TIMEOUT="0s": must be positive`,
+			`config: GOBPS_RDMA_SEND_DEPTH="0": must be between 1 and 4096`,
+			`config: GOBPS_RDMA_RECV_DEPTH="0": must be between 1 and 4096`,
+			`config: GOBPS_RDMA_MR_CACHE_BYTES="0": must be at least 1048576`,
 		}},
 		{"partition not a page multiple", mod(func(c *Config) { c.PartitionBytes = 5000 }),
 			[]string{`config: BYTEPS_PARTITION_BYTES="5000": must be a multiple of 4096`}},
@@ -485,6 +539,10 @@ func TestValidate(t *testing.T) {
 			[]string{`config: BYTEPS_TRACE_DIR="": must be set when BYTEPS_TRACE_ON=1`}},
 		{"worker id below -1", mod(func(c *Config) { c.WorkerID = -2 }),
 			[]string{`config: DMLC_WORKER_ID="-2": must be at least 0 (or unset)`}},
+		{"unknown GPU mode", mod(func(c *Config) { c.GPU = "cuda" }),
+			[]string{`config: GOBPS_GPU="cuda": must be auto, off or fake`}},
+		{"negative fake delay", mod(func(c *Config) { c.GPUFakeDelay = -time.Second }),
+			[]string{`config: GOBPS_GPU_FAKE_DELAY="-1s": must not be negative`}},
 		{"role upper-case", mod(func(c *Config) { c.Role = "WORKER" }),
 			[]string{`config: DMLC_ROLE="WORKER": must be scheduler, server or worker`}},
 	}
@@ -677,5 +735,20 @@ func TestSlogLevel(t *testing.T) {
 		if got := (&Config{LogLevel: c.level}).SlogLevel(); got != c.want {
 			t.Errorf("%s: %v, want %v", c.level, got, c.want)
 		}
+	}
+}
+
+// TestRDMAContradiction: BYTEPS_ENABLE_RDMA=0 with DMLC_ENABLE_RDMA=ibverbs
+// asks for TCP and for verbs at once, and is refused.
+func TestRDMAContradiction(t *testing.T) {
+	_, err := parse(with("BYTEPS_ENABLE_RDMA=0", "DMLC_ENABLE_RDMA=ibverbs"))
+	errs := unjoin(err)
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), `config: BYTEPS_ENABLE_RDMA="0": contradicts DMLC_ENABLE_RDMA=ibverbs`) {
+		t.Fatalf("got %v", err)
+	}
+	c := wantDefaults()
+	c.EnableRDMA, c.DMLCEnableRDMA = "0", "ibverbs"
+	if err := c.Validate(); err == nil {
+		t.Fatal("Validate accepted the contradiction")
 	}
 }
