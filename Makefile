@@ -1,7 +1,7 @@
 # gobps: the README's two commands are `make demo` and `make test`.
 GO      ?= go
 BIN     := bin
-RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./cgo/...
+RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./gpu/... ./cgo/...
 # Debian's python3-torch and python3-sklearn work with this interpreter only.
 PY      := /usr/bin/python3
 PYDEPS  := python3-torch python3-sklearn
@@ -58,6 +58,14 @@ test-noasm:
 # The C API and PyTorch plugin tests alone (cgo/*_test.go, python/tests).
 pytest: pydeps
 	$(GO) test -count=1 -v -run 'TestCAPI|TestTorch' ./cgo
+
+# The real-GPU tests (gpu/cuda: copies, events and the Stager on device
+# memory). Without a CUDA driver and GPU they skip, saying why (this
+# project's CI has none); the GPU pipeline is tested on the fake device by
+# `make test`.
+.PHONY: test-gpu
+test-gpu:
+	$(GO) test -count=1 -v -run 'TestGPU|TestOpen' ./gpu/cuda
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }

@@ -17,9 +17,10 @@ import (
 const modulePath = "github.com/gobps/gobps"
 
 // cgoAllowed lists the packages (module-relative, e.g. "rdma/verbs") allowed
-// to `import "C"`: the C shared library. The verbs transport and the CUDA
-// shims will be added here when they land; nothing else should need cgo.
-var cgoAllowed = map[string]bool{"cgo": true}
+// to `import "C"`: the C shared library, the verbs shims (rdma/ibv) and the
+// CUDA driver shims (gpu/cuda). The shims dlopen their libraries; nothing
+// else should need cgo.
+var cgoAllowed = map[string]bool{"cgo": true, "rdma/ibv": true, "gpu/cuda": true}
 
 // pkgInfo is the part of `go list -json` output the rules look at.
 type pkgInfo struct {
@@ -92,6 +93,18 @@ var rules = []rule{
 		forbids: func(pkg, imp string, inModule bool) bool {
 			return inModule && imp != "core/proto" && !under(imp, "rdma")
 		},
+	},
+	{
+		desc:    "core/local imports from gobps only core/proto and summation/kernel",
+		applies: func(pkg string) bool { return under(pkg, "core/local") },
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && imp != "core/proto" && imp != "summation/kernel" && !under(imp, "core/local")
+		},
+	},
+	{
+		desc:    "gpu and gpu/... import from gobps only core/proto (and gpu/...)",
+		applies: func(pkg string) bool { return under(pkg, "gpu") },
+		forbids: onlyProtoAndOwn("gpu"),
 	},
 	{
 		desc:    "core/config imports from gobps only core/proto (and its own subpackages)",
