@@ -36,6 +36,7 @@ const (
 	_ = uint(C.GOBPS_ERR_CONFIG-statusConfig) + uint(statusConfig-C.GOBPS_ERR_CONFIG)
 	_ = uint(C.GOBPS_ERR_FAILED-statusFailed) + uint(statusFailed-C.GOBPS_ERR_FAILED)
 	_ = uint(C.GOBPS_ERR_INTERNAL-statusInternal) + uint(statusInternal-C.GOBPS_ERR_INTERNAL)
+	_ = uint(C.GOBPS_ERR_NOT_SUPPORTED-statusNotSupported) + uint(statusNotSupported-C.GOBPS_ERR_NOT_SUPPORTED)
 	_ = uint(C.GOBPS_SUM-opSum) + uint(opSum-C.GOBPS_SUM)
 	_ = uint(C.GOBPS_AVERAGE-opAverage) + uint(opAverage-C.GOBPS_AVERAGE)
 	_ = uint(C.GOBPS_API_VERSION-apiVersion) + uint(apiVersion-C.GOBPS_API_VERSION)
@@ -201,6 +202,24 @@ func gobps_push_pull(name *C.gobps_cchar, data unsafe.Pointer, dtype C.int, coun
 		return result(err)
 	}
 	id, err := lib.pushPull(n, buf, int(dtype), int64(count), int(op))
+	if err == nil {
+		*handle = C.gobps_handle_t(id)
+	}
+	return result(err)
+}
+
+//export gobps_push_pull_cuda
+func gobps_push_pull_cuda(name *C.gobps_cchar, data unsafe.Pointer, dtype C.int, count C.int64_t, op C.int, device C.int, stream unsafe.Pointer, handle *C.gobps_handle_t) (rc C.int) {
+	defer guard(&rc)
+	n, err := goName("push_pull_cuda", name)
+	if err != nil {
+		return result(err)
+	}
+	if handle == nil {
+		return result(fail(statusInvalidArgument, "gobps: push_pull_cuda %q: NULL handle pointer", n))
+	}
+	// data and stream are CUDA handles, never dereferenced here.
+	id, err := lib.pushPullCUDA(n, uintptr(data), int(dtype), int64(count), int(op), int(device), uintptr(stream))
 	if err == nil {
 		*handle = C.gobps_handle_t(id)
 	}

@@ -59,7 +59,7 @@ extern "C" {
 /* GOBPS_API_VERSION changes whenever a signature or a meaning in this file
  * changes; gobps_api_version() returns the version the library was built
  * with, so a binding can check that it matches. */
-#define GOBPS_API_VERSION 1
+#define GOBPS_API_VERSION 2
 
 /* Status codes. */
 enum {
@@ -84,7 +84,11 @@ enum {
 	 * in time. The message names the node and the cause. */
 	GOBPS_ERR_FAILED = 6,
 	/* A bug in gobps (a recovered Go panic). Please report the message. */
-	GOBPS_ERR_INTERNAL = 7
+	GOBPS_ERR_INTERNAL = 7,
+	/* The call needs something this process lacks, such as a CUDA driver
+	 * for a tensor in GPU memory; the message says what. Nothing was
+	 * started. */
+	GOBPS_ERR_NOT_SUPPORTED = 8
 };
 
 /* Element types. The values are those of the wire protocol (core/proto). */
@@ -163,6 +167,19 @@ int gobps_declare_broadcast(const char *name, int dtype, int64_t count, int root
  * be NULL): the handle is complete at once. */
 int gobps_push_pull(const char *name, void *data, int dtype, int64_t count,
                     int op, gobps_handle_t *handle);
+
+/* gobps_push_pull_cuda is gobps_push_pull for a tensor in GPU memory:
+ * data is a device pointer on CUDA device `device`, and stream is the
+ * framework's CUDA stream (a CUstream; NULL for the default stream) on
+ * which the kernels that write the gradient were queued. gobps copies the
+ * gradient out on its own high-priority stream once that queued work is
+ * done (the caller does not synchronize), reduces it, and copies the result
+ * back into data before the handle completes. Each such tensor gets a
+ * pinned host staging buffer of its size, allocated on first use and kept.
+ * Without a CUDA driver (libcuda.so.1) it fails with
+ * GOBPS_ERR_NOT_SUPPORTED. Added in API version 2. */
+int gobps_push_pull_cuda(const char *name, void *data, int dtype, int64_t count,
+                         int op, int device, void *stream, gobps_handle_t *handle);
 
 /* gobps_broadcast starts copying root's count elements at data into every
  * worker's data, in place and asynchronously, like gobps_push_pull. The

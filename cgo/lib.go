@@ -14,10 +14,11 @@ import (
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/core/config"
 	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/gpu"
 )
 
 // apiVersion is GOBPS_API_VERSION of gobps.h.
-const apiVersion = 1
+const apiVersion = 2
 
 // status is a C API status code; the values are those of gobps.h (exports.go
 // checks them against the header at compile time).
@@ -32,6 +33,7 @@ const (
 	statusConfig
 	statusFailed
 	statusInternal
+	statusNotSupported
 )
 
 // reduce ops of gobps.h.
@@ -66,6 +68,8 @@ func statusOf(err error) status {
 		return ce.code
 	case errors.Is(err, core.ErrNotInitialized):
 		return statusNotInitialized
+	case errors.Is(err, gpu.ErrNotSupported):
+		return statusNotSupported
 	}
 	return statusFailed
 }
@@ -285,6 +289,43 @@ func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op i
 		rop = core.Average
 	}
 	h, err := e.PushPull(t.t, buf, rop)
+	if err != nil {
+		return 0, err
+	}
+	return l.handles.add(h), nil
+}
+
+// pushPullCUDA is pushPull for count elements at device pointer ptr on a
+// CUDA device, written by work queued on stream.
+func (l *library) pushPullCUDA(name string, ptr uintptr, dtype int, count int64, op, device int, stream uintptr) (int64, error) {
+	if op != opSum && op != opAverage {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", name, op)
+	}
+	if device < 0 {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: device %d is not a CUDA device index", name, device)
+	}
+	t, err := l.declare(name, dtype, count, -1)
+	if err != nil {
+		return 0, err
+	}
+	if op == opAverage && !t.dtype.IsFloat() {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: cannot average %s; use GOBPS_SUM", name, t.dtype)
+	}
+	if t.t == nil { // no elements
+		return l.handles.add(nil), nil
+	}
+	if ptr == 0 {
+		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: NULL device pointer for %d elements", name, count)
+	}
+	e, err := l.live()
+	if err != nil {
+		return 0, err
+	}
+	rop := core.Sum
+	if op == opAverage {
+		rop = core.Average
+	}
+	h, err := e.PushPullDevice(t.t, device, ptr, stream, rop)
 	if err != nil {
 		return 0, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -145,7 +146,9 @@ func job(t *testing.T, workers, servers int) []*library {
 		cancel()
 	})
 	for i := range servers {
-		s, err := summation.New(summation.Config{Workers: workers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
+		// One machine of workers: with local aggregation (the default) one
+		// push per key per round reaches the server.
+		s, err := summation.New(summation.Config{Workers: workers, Pushers: 1, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -304,4 +307,16 @@ func TestJob(t *testing.T) {
 	wantStatus(t, "push_pull after shutdown", err, statusNotInitialized, "shut down")
 	wantStatus(t, "unknown handle after shutdown", libs[0].wait(9999, 0), statusBadHandle, "unknown handle")
 	wantStatus(t, "init again", libs[0].init(time.Second, envLookup(nil), io.Discard), statusFailed, "only once")
+}
+
+// TestNoNVMLInLibrary: the library must not link go-nvml, whose unresolved
+// NVML symbols would make ctypes (which loads with RTLD_NOW) refuse it.
+func TestNoNVMLInLibrary(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	if strings.Contains(string(out), "go-nvml") {
+		t.Fatalf("libgobps.so would link go-nvml:\n%s", out)
+	}
 }

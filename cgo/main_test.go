@@ -74,7 +74,7 @@ func binaries(t *testing.T) string {
 			{"go", "build", "-buildmode=c-shared", "-o", lib, "./cgo"},
 			{"go", "build", "-o", binDir + string(filepath.Separator), "./cmd/bpsrun"},
 			{env[1], "-Wall", "-Werror", "-O1", "-Icgo", "-o", filepath.Join(binDir, "capi"), "cgo/testdata/capi.c",
-				lib, "-Wl,-rpath," + binDir, "-lpthread"},
+				lib, "-Wl,-rpath," + binDir, "-lpthread", "-ldl"},
 		}
 		for _, s := range steps {
 			cmd := exec.CommandContext(ctx, s[0], s[1:]...)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/gobps/gobps/core/cluster"
 	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/core/local"
 	"github.com/gobps/gobps/core/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/scheduler"
@@ -54,6 +55,11 @@ type Engine struct {
 	kick    chan struct{}
 	stop    chan struct{}
 	wg      sync.WaitGroup
+	local   *local.Group // nil without local aggregation
+	gpu     gpuState
+
+	broken     chan struct{} // closed when the engine fails as a whole
+	brokenOnce sync.Once
 
 	declMu sync.Mutex // serialises declaration flushes
 
@@ -77,7 +83,8 @@ type server struct {
 	rank   int
 	node   cluster.Node
 	lanes  []*lane
-	failed error // guarded by Engine.mu
+	failed error         // guarded by Engine.mu
+	dead   chan struct{} // closed when failed is set
 }
 
 func (s *server) String() string { return s.node.String() }
@@ -99,6 +106,7 @@ type Tensor struct {
 	root     int32
 	priority int
 	parts    []part
+	local    []*localPart // per part; nil without local aggregation
 
 	round uint64 // guarded by Engine.mu
 }
@@ -175,7 +183,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	}
 	e := &Engine{
 		cfg: cfg, logf: logf, member: m, tr: tr, self: m.Self(), book: m.Book(),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}),
+		kick: make(chan struct{}, 1), stop: make(chan struct{}), broken: make(chan struct{}),
 	}
 	e.mu.tensors = make(map[string]*Tensor)
 	e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
@@ -187,6 +195,11 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		e.close()
 		return nil, err
 	}
+	if err := e.joinLocal(ctx); err != nil {
+		e.close()
+		return nil, err
+	}
+	e.discoverGPUs()
 	e.wg.Add(2)
 	go e.dispatch()
 	go e.watch()
@@ -196,7 +209,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 func (e *Engine) connect(ctx context.Context) error {
 	lanes := max(e.cfg.Lanes, 1)
 	for i, n := range e.book.Servers {
-		s := &server{rank: i, node: n}
+		s := &server{rank: i, node: n, dead: make(chan struct{})}
 		e.servers = append(e.servers, s)
 		for j := 0; j < lanes; j++ {
 			l := &lane{e: e, srv: s, sendq: make(chan *task, 1024)}
@@ -276,11 +289,18 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 		return nil, fmt.Errorf("gobps: declare %q: %w", name, err)
 	}
 	t := &Tensor{name: name, index: e.mu.ntensors, dtype: dtype, nbytes: nbytes, root: root, priority: -int(e.mu.ntensors)}
-	e.mu.ntensors++
 	for i, r := range rs {
-		p := part{key: proto.MakeKey(t.index, uint32(i)), rng: r, srv: e.mu.balancer.Assign(uint64(r.Len))}
-		t.parts = append(t.parts, p)
-		e.mu.pending[p.srv] = append(e.mu.pending[p.srv], proto.Decl{Key: p.key, DType: dtype, Root: root, Bytes: uint64(r.Len)})
+		t.parts = append(t.parts, part{key: proto.MakeKey(t.index, uint32(i)), rng: r})
+	}
+	// The local segments first: a failure there leaves nothing declared.
+	if err := e.declareLocalLocked(t); err != nil {
+		return nil, err
+	}
+	e.mu.ntensors++
+	for i := range t.parts {
+		p := &t.parts[i]
+		p.srv = e.mu.balancer.Assign(uint64(p.rng.Len))
+		e.mu.pending[p.srv] = append(e.mu.pending[p.srv], proto.Decl{Key: p.key, DType: dtype, Root: root, Bytes: uint64(p.rng.Len)})
 	}
 	e.mu.tensors[name] = t
 	return t, nil
@@ -357,6 +377,7 @@ func (e *Engine) flush() error {
 		if e.mu.failed == nil {
 			e.mu.failed = err // the servers disagree with us: nothing can be summed safely
 		}
+		e.brokenOnce.Do(func() { close(e.broken) })
 		e.mu.Unlock()
 		return err
 	}
@@ -422,6 +443,10 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 	}
 	round := t.round
 	t.round++
+	if e.local != nil && push && t.root < 0 {
+		e.startLocalLocked(h, t, buf, op, round)
+		return h, nil
+	}
 	for _, p := range t.parts {
 		b := buf[p.rng.Off : p.rng.Off+p.rng.Len]
 		tk := &task{h: h, t: t, p: p, round: round, in: b, out: b, op: op, push: push}
@@ -436,10 +461,14 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 			e.finishLocked(tk, errAbandoned)
 			continue
 		}
-		e.mu.queue.Push(scheduler.Item[*task]{Key: p.key, Priority: t.priority, Bytes: p.rng.Len, Value: tk})
+		e.mu.queue.Push(schedItem(t, p, tk))
 	}
 	e.poke()
 	return h, nil
+}
+
+func schedItem(t *Tensor, p part, tk *task) scheduler.Item[*task] {
+	return scheduler.Item[*task]{Key: p.key, Priority: t.priority, Bytes: p.rng.Len, Value: tk}
 }
 
 func (e *Engine) poke() {
@@ -680,6 +709,7 @@ func (e *Engine) failServer(s *server, cause error) {
 		return
 	}
 	s.failed = fmt.Errorf("gobps: %s failed: %w", s, cause)
+	close(s.dead)
 	for _, tk := range e.mu.reqs {
 		if tk.lane.srv == s {
 			e.finishLocked(tk, s.failed)
@@ -704,6 +734,7 @@ func (e *Engine) failAll(err error) {
 	if e.mu.failed == nil {
 		e.mu.failed = err
 	}
+	e.brokenOnce.Do(func() { close(e.broken) })
 	for _, tk := range e.mu.reqs {
 		e.finishLocked(tk, err)
 	}
@@ -796,7 +827,17 @@ func (e *Engine) close() {
 	if e.member != nil {
 		e.member.Leave()
 	}
+	// Fail what is still queued or waiting, so the goroutines waiting on
+	// it (local aggregation, GPU staging) end.
+	e.failAll(ErrNotInitialized)
 	e.wg.Wait()
+	e.closeGPUs()
+	if e.local != nil {
+		// Only now: nothing reads or writes the shared segments any more.
+		if err := e.local.Close(); err != nil {
+			e.logf("gobps: leave the local group: %v", err)
+		}
+	}
 }
 
 // Handle is the completion of one PushPull or Broadcast.

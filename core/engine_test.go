@@ -46,15 +46,21 @@ func startCluster(t *testing.T, workers, servers int, extra ...string) *testClus
 		"DMLC_ROLE": "worker", "DMLC_NUM_WORKER": "1", "BYTEPS_LOCAL_SIZE": strconv.Itoa(workers),
 		"DMLC_NUM_SERVER": strconv.Itoa(servers), "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": port,
 		"DMLC_WORKER_ID": "0", "GOBPS_HEARTBEAT_INTERVAL": "100ms", "BYTEPS_PARTITION_BYTES": "8192",
+		// Every worker pushes, unless a test turns local aggregation on.
+		"GOBPS_LOCAL_AGGREGATION": "0",
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
+	}
+	pushers := workers
+	if env["GOBPS_LOCAL_AGGREGATION"] == "1" {
+		pushers = 1 // all the workers are on one machine
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, workers+servers)
 	tc.members = make([]*cluster.Member, servers)
 	for i := 0; i < servers; i++ {
-		s, err := summation.New(summation.Config{Workers: workers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
+		s, err := summation.New(summation.Config{Workers: workers, Pushers: pushers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +135,19 @@ func (tc *testCluster) each(t *testing.T, f func(rank int, e *Engine) error) {
 }
 
 func TestPushPullSumAverageBroadcast(t *testing.T) {
-	tc := startCluster(t, 3, 2)
+	for _, tc := range []struct {
+		name     string
+		localAgg string
+		pushers  int
+	}{{"every worker pushes", "0", 3}, {"local aggregation", "1", 1}} {
+		t.Run(tc.name, func(t *testing.T) { testPushPullSumAverageBroadcast(t, tc.localAgg, tc.pushers) })
+	}
+}
+
+// testPushPullSumAverageBroadcast runs 3 workers and 2 servers; with local
+// aggregation the 3 workers are one machine and push once per key.
+func testPushPullSumAverageBroadcast(t *testing.T, localAgg string, pushers int) {
+	tc := startCluster(t, 3, 2, "GOBPS_LOCAL_AGGREGATION", localAgg)
 	const n = 10000 // 40000 bytes: 5 partitions of 8 KiB over 2 servers
 	tc.each(t, func(rank int, e *Engine) error {
 		if e.Size() != 3 || e.NumServers() != 2 {
@@ -207,8 +225,8 @@ func TestPushPullSumAverageBroadcast(t *testing.T) {
 			t.Errorf("server got %d declaration frames, want 3 (one per worker)", st.Declares)
 		}
 	}
-	// a: 5 keys x 3 workers, b: 1 key x 3 workers, c: 5 keys x root only; 5 rounds
-	if want := int64(5 * (15 + 3 + 5)); pushes != want {
+	// a: 5 keys x pushers, b: 1 key x pushers, c: 5 keys x root only; 5 rounds
+	if want := int64(5 * (5*pushers + pushers + 5)); pushes != want {
 		t.Errorf("servers accepted %d pushes, want %d", pushes, want)
 	}
 }

@@ -197,6 +197,65 @@ func TestExactSums(t *testing.T) {
 	}
 }
 
+// TestLocalAggregation emulates 2 machines of 2 workers each: the workers
+// of a machine sum in shared memory, and the servers must count exactly
+// one push per machine per key per round, with every sum still exact. With
+// GOBPS_LOCAL_AGGREGATION=0 every worker pushes.
+func TestLocalAggregation(t *testing.T) {
+	const rounds = 3
+	for _, tc := range []struct {
+		name      string
+		env       []string
+		perMember int // pushes per key per round
+	}{
+		{"on", nil, 2},
+		{"off", []string{"GOBPS_LOCAL_AGGREGATION=0"}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			j := start(t, ctx, tc.env, "--local", "-v", "-np", "4", "--local-size", "2", "--servers", "2", "--",
+				filepath.Join(bin, "testjob"), "-tensors", "30", "-rounds", strconv.Itoa(rounds), "-max", "1048576")
+			if code := j.wait(3 * time.Minute); code != 0 {
+				t.Fatalf("bpsrun exited %d:\n%s", code, j.output())
+			}
+			j.waitFor(regexp.MustCompile(`^\[worker \d\] rank \d: all \d+ rounds exact`), 4, time.Second)
+			re := regexp.MustCompile(`^\[server \d\] .*job over: (\d+) keys, (\d+) pushes`)
+			keys, pushes := 0, 0
+			for _, l := range j.waitFor(re, 2, time.Second) {
+				m := re.FindStringSubmatch(l.text)
+				k, _ := strconv.Atoi(m[1])
+				p, _ := strconv.Atoi(m[2])
+				keys, pushes = keys+k, pushes+p
+				t.Log(l.text)
+			}
+			if want := keys * rounds * tc.perMember; keys == 0 || pushes != want {
+				t.Fatalf("servers counted %d pushes for %d keys × %d rounds (want %d: %d per key per round)", pushes, keys, rounds, want, tc.perMember)
+			}
+		})
+	}
+}
+
+// TestFakeGPUJob is a whole multi-process job with half the tensors in GPU
+// memory on the fake device: each gradient is written late by a simulated
+// backprop on the framework's stream, every copy is delayed at random, and
+// the sums read back from device memory must be exact. It runs with local
+// aggregation (2 machines of 2 workers), as GPU machines would.
+func TestFakeGPUJob(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	j := start(t, ctx, []string{"GOBPS_GPU=fake", "GOBPS_GPU_FAKE_DELAY=200us"},
+		"--local", "-np", "4", "--local-size", "2", "--servers", "2", "--",
+		filepath.Join(bin, "testjob"), "-device", "-tensors", "30", "-rounds", "3", "-max", "1048576")
+	if code := j.wait(3 * time.Minute); code != 0 {
+		t.Fatalf("bpsrun exited %d:\n%s", code, j.output())
+	}
+	j.waitFor(regexp.MustCompile(`^\[worker \d\] rank \d: device tensors staged through gobps fake GPU`), 4, time.Second)
+	for _, l := range j.waitFor(regexp.MustCompile(`^\[worker \d\] rank \d: all \d+ rounds exact`), 4, time.Second) {
+		t.Log(l.text)
+	}
+}
+
 // TestDeadServerFailsFast kills one server mid-run: every worker's pending
 // PushPull must fail with an error naming that server within 10 s, and
 // bpsrun must exit non-zero saying so.

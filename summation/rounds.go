@@ -88,7 +88,8 @@ type op struct {
 // without any copy, and the old buffer is handed back through Result.Free.
 type Rounds struct {
 	decl    proto.Decl
-	workers int // pulls per round, and pushes per round for a sum key
+	workers int // worker ranks 0..workers-1; pulls per round of a broadcast key
+	pushers int // pushes and pulls per round of a sum key
 	chunks  int // chunks per buffer
 	base    uint64
 	slots   [2]slot
@@ -96,9 +97,16 @@ type Rounds struct {
 	held    []op
 }
 
-// NewRounds returns the state of a freshly declared key.
-func NewRounds(decl proto.Decl, workers int) *Rounds {
-	r := &Rounds{decl: decl, workers: workers, chunks: int((decl.Bytes + ChunkBytes - 1) / ChunkBytes)}
+// NewRounds returns the state of a freshly declared key that every one of
+// workers pushes to and pulls from each round.
+func NewRounds(decl proto.Decl, workers int) *Rounds { return NewRoundsOf(decl, workers, workers) }
+
+// NewRoundsOf returns the state of a freshly declared key when only pushers
+// of the workers push to (and pull from) a sum key each round: one per
+// machine under local aggregation, whichever local rank owns the key. All
+// workers still pull a broadcast key.
+func NewRoundsOf(decl proto.Decl, workers, pushers int) *Rounds {
+	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + ChunkBytes - 1) / ChunkBytes)}
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.pushed = make([]bool, workers)
@@ -114,11 +122,18 @@ func NewRounds(decl proto.Decl, workers int) *Rounds {
 // Base is the oldest round not yet retired.
 func (r *Rounds) Base() uint64 { return r.base }
 
-func (r *Rounds) pushers() int {
+func (r *Rounds) pushersPerRound() int {
 	if r.decl.Root >= 0 {
 		return 1
 	}
-	return r.workers
+	return r.pushers
+}
+
+func (r *Rounds) pullersPerRound() int {
+	if r.decl.Root >= 0 {
+		return r.workers
+	}
+	return r.pushers
 }
 
 // Result is what one step produced.
@@ -267,7 +282,7 @@ func (r *Rounds) pushDone(round uint64, res *Result) {
 	i := round % 2
 	s := &r.slots[i]
 	s.pushes++
-	if s.pushes == r.pushers() {
+	if s.pushes == r.pushersPerRound() {
 		s.complete = true
 		for _, p := range s.waiting {
 			res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: r.bufs[i]})
@@ -331,7 +346,7 @@ func (r *Rounds) Served(round uint64) Result {
 	r.slots[round%2].served++
 	for {
 		s := &r.slots[r.base%2]
-		if !s.complete || s.served < r.workers {
+		if !s.complete || s.served < r.pullersPerRound() {
 			break
 		}
 		s.reset(r.base + 2)

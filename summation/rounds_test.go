@@ -238,3 +238,40 @@ func TestRoundsChunks(t *testing.T) {
 		t.Fatal("second begin of the same round accepted")
 	}
 }
+
+// Under local aggregation only one rank per machine pushes a sum key: 4
+// worker ranks on 2 machines, and a different local rank owns the key on
+// each machine.
+func TestRoundsOnePusherPerMachine(t *testing.T) {
+	d := proto.Decl{Key: 7, DType: proto.Int32, Root: proto.NoRoot, Bytes: 4}
+	r := NewRoundsOf(d, 4, 2)
+	for round := uint64(0); round < 3; round++ {
+		if _, err := r.Push(1, round, i32s(int32(round)+1)); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := r.Pull(Pull{Worker: 1, ReqID: 1}, round); err != nil || len(res.Answers) != 0 {
+			t.Fatalf("round %d: pull answered after one of two pushes (%v)", round, err)
+		}
+		if _, err := r.Push(2, round, i32s(10)); err != nil {
+			t.Fatal(err)
+		}
+		res, err := r.Pull(Pull{Worker: 2, ReqID: 2}, round)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a := answerOf(t, res, 2); string(a.Buf) != string(i32s(int32(round)+11)) {
+			t.Fatalf("round %d: sum %v", round, a.Buf)
+		}
+		if _, err := r.Pull(Pull{Worker: 0, ReqID: 3}, round); err == nil {
+			t.Fatal("a rank that did not push pulled a sum key")
+		}
+		r.Served(round)
+		if r.Base() != round {
+			t.Fatalf("round %d retired after one of two answers", round)
+		}
+		r.Served(round)
+		if r.Base() != round+1 {
+			t.Fatalf("round %d not retired after both machines' answers (base %d)", round, r.Base())
+		}
+	}
+}

@@ -12,8 +12,12 @@ import (
 
 // Config configures a Server.
 type Config struct {
-	// Workers is the number of worker processes that push to every key.
+	// Workers is the number of worker processes (ranks 0..Workers-1).
 	Workers int
+	// Pushers is how many of them push to (and pull from) every sum key
+	// each round: Workers without local aggregation, one per machine with
+	// it. 0 means Workers.
+	Pushers int
 	// Engines is the number of engine goroutines that sum.
 	Engines int
 	// Transport carries the data.
@@ -139,6 +143,12 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Workers < 1 {
 		return nil, fmt.Errorf("summation: %d workers", cfg.Workers)
 	}
+	if cfg.Pushers == 0 {
+		cfg.Pushers = cfg.Workers
+	}
+	if cfg.Pushers < 1 || cfg.Pushers > cfg.Workers {
+		return nil, fmt.Errorf("summation: %d pushers per round for %d workers", cfg.Pushers, cfg.Workers)
+	}
 	if cfg.Engines < 1 {
 		return nil, fmt.Errorf("summation: %d engines", cfg.Engines)
 	}
@@ -260,7 +270,7 @@ func (s *Server) declare(ds []proto.Decl) error {
 			}
 		}
 		s.mu.load[best] += d.Bytes
-		s.mu.keys[d.Key] = &key{decl: d, engine: s.engines[best], rounds: NewRounds(d, s.cfg.Workers)}
+		s.mu.keys[d.Key] = &key{decl: d, engine: s.engines[best], rounds: NewRoundsOf(d, s.cfg.Workers, s.cfg.Pushers)}
 	}
 	return nil
 }

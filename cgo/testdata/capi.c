@@ -6,6 +6,7 @@
 //   capi job      under bpsrun --local -np 2: reductions, broadcasts,
 //                 timeouts, bad calls, threads, shutdown.
 #include <math.h>
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -67,6 +68,7 @@ static int noinit(void) {
 	EXPECT(gobps_push_pull("a", x, GOBPS_FLOAT32, 4, GOBPS_SUM, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	CHECK(h == 99, "push_pull wrote handle %lld on failure", (long long)h);
 	EXPECT(gobps_broadcast("a", x, GOBPS_FLOAT32, 4, 0, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_push_pull_cuda("a", (void *)0x1000, GOBPS_FLOAT32, 4, GOBPS_SUM, 0, NULL, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_poll(1, &done), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	CHECK(done == 7, "poll wrote %d on failure", done);
 	EXPECT(gobps_wait(1, -1), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
@@ -187,6 +189,17 @@ static int job(void) {
 	CHECK(i32[0] == 3 && i32[1] == -10 && i32[2] == 2 << 20, "i32 sum %d %d %d", i32[0], i32[1], i32[2]);
 	EXPECT(gobps_push_pull("i64", i32, GOBPS_INT64, 1, GOBPS_AVERAGE, &h), GOBPS_ERR_INVALID_ARGUMENT, "cannot average int64");
 	EXPECT(gobps_push_pull("i32", i32, GOBPS_INT32, 3, 7, &h), GOBPS_ERR_INVALID_ARGUMENT, "unknown reduce op 7");
+
+	// Tensors in GPU memory: bad arguments, and (where this machine has no
+	// CUDA driver, as in CI) a clear NOT_SUPPORTED naming the library.
+	EXPECT(gobps_push_pull_cuda("gpu", (void *)0x1000, GOBPS_FLOAT32, 4, GOBPS_SUM, -1, NULL, &h), GOBPS_ERR_INVALID_ARGUMENT, "not a CUDA device");
+	EXPECT(gobps_push_pull_cuda("gpu", NULL, GOBPS_FLOAT32, 4, GOBPS_SUM, 0, NULL, &h), GOBPS_ERR_INVALID_ARGUMENT, "NULL device pointer");
+	EXPECT(gobps_push_pull_cuda("gpu", (void *)0x1000, GOBPS_FLOAT32, 4, GOBPS_SUM, 0, NULL, NULL), GOBPS_ERR_INVALID_ARGUMENT, "NULL handle");
+	void *cuda = dlopen("libcuda.so.1", RTLD_NOW);
+	if (cuda == NULL)
+		EXPECT(gobps_push_pull_cuda("gpu", (void *)0x1000, GOBPS_FLOAT32, 4, GOBPS_SUM, 0, NULL, &h), GOBPS_ERR_NOT_SUPPORTED, "libcuda.so.1");
+	else
+		dlclose(cuda);
 
 	// Zero elements: complete at once, NULL data allowed.
 	EXPECT(gobps_push_pull("empty", NULL, GOBPS_FLOAT32, 0, GOBPS_SUM, &h), GOBPS_OK, "");

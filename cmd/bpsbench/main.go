@@ -20,6 +20,9 @@ package main
 import (
 	"fmt"
 	"os"
+
+	// NVML device discovery for the worker engine (see gpu.Discover).
+	_ "github.com/gobps/gobps/gpu/nvml"
 )
 
 func main() {

@@ -87,6 +87,14 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpsrun: -np %d --servers %d: both must be at least 1\n", f.np, f.servers)
 		return 2
 	}
+	local := f.localSz
+	if local == 0 {
+		local = f.np
+	}
+	if local < 1 || f.np%local != 0 {
+		fmt.Fprintf(stderr, "bpsrun: --local-size %d must be at least 1 and divide -np %d\n", f.localSz, f.np)
+		return 2
+	}
 	port := f.port
 	if port == 0 {
 		var err error
@@ -101,8 +109,8 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	common := map[string]string{
-		"DMLC_NUM_WORKER":   "1",
-		"BYTEPS_LOCAL_SIZE": strconv.Itoa(f.np),
+		"DMLC_NUM_WORKER":   strconv.Itoa(f.np / local),
+		"BYTEPS_LOCAL_SIZE": strconv.Itoa(local),
 		"DMLC_NUM_SERVER":   strconv.Itoa(f.servers),
 		"DMLC_PS_ROOT_URI":  "127.0.0.1",
 		"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
@@ -132,7 +140,7 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	}
 	for i := 0; i < f.np; i++ {
 		p := &proc{name: fmt.Sprintf("worker %d", i), cmd: exec.Command(f.commands[0], f.commands[1:]...)}
-		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", "0", "BYTEPS_LOCAL_RANK", strconv.Itoa(i)))
+		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
 	}
 

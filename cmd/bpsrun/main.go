@@ -31,9 +31,11 @@ import (
 const usage = `bpsrun: launch a gobps job.
 
 Usage:
-  bpsrun --local [-np N] [--servers K] [flags] -- CMD [ARGS...]
+  bpsrun --local [-np N] [--servers K] [--local-size L] [flags] -- CMD [ARGS...]
       Start a coordinator, K summation servers and N copies of CMD on this
-      machine. Each output line is prefixed with its role and rank. When a
+      machine. By default the N workers form one machine (BYTEPS_LOCAL_SIZE
+      N); --local-size L splits them into N/L emulated machines of L
+      workers each (DMLC_NUM_WORKER N/L), as a multi-machine job would be. Each output line is prefixed with its role and rank. When a
       process fails, the rest get --grace to exit on their own and are then
       stopped; bpsrun exits with the status of the failure that ended the
       job (the first process killed by a signal bpsrun did not send, such
@@ -57,6 +59,7 @@ type flags struct {
 	local    bool
 	np       int
 	servers  int
+	localSz  int
 	port     int
 	grace    time.Duration
 	verbose  bool
@@ -71,6 +74,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.local, "local", false, "start the whole job on this machine, on loopback")
 	fs.IntVar(&f.np, "np", 1, "number of worker processes (copies of CMD) in --local mode")
 	fs.IntVar(&f.servers, "servers", 1, "number of summation servers in --local mode")
+	fs.IntVar(&f.localSz, "local-size", 0, "workers per emulated machine in --local mode; must divide -np (0: all -np workers on one machine)")
 	fs.IntVar(&f.port, "port", 0, "coordinator port in --local mode (0: pick a free one)")
 	fs.DurationVar(&f.grace, "grace", 3*time.Second, "after the first failure, how long the other processes get to exit on their own before they are stopped")
 	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")

@@ -23,7 +23,12 @@ import (
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/core/config"
 	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/gpu/fake"
 	"github.com/gobps/gobps/summation/kernel"
+
+	// NVML device discovery for the worker engine (see gpu.Discover).
+	_ "github.com/gobps/gobps/gpu/nvml"
 )
 
 func main() {
@@ -33,6 +38,7 @@ func main() {
 	maxBytes := flag.Int("max", 16<<20, "largest tensor in bytes")
 	seed := flag.Int64("seed", 1, "seed shared by every worker")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
+	device := flag.Bool("device", false, "keep every other tensor in GPU memory (run with GOBPS_GPU=fake: the fake device), written late by a simulated backprop")
 	flag.Parse()
 	cfg, err := config.FromEnv()
 	if err != nil {
@@ -48,7 +54,7 @@ func main() {
 	}
 	switch *mode {
 	case "exactsum":
-		err = exactSum(e, *tensors, *rounds, *maxBytes, *seed)
+		err = exactSum(e, *tensors, *rounds, *maxBytes, *seed, *device)
 	case "hold":
 		err = hold(e, *rounds, *timeout)
 	default:
@@ -104,10 +110,26 @@ type tensor struct {
 	buf   []byte
 	want  []byte
 	count int
+	dev   gpu.DevPtr // nonzero: the tensor lives in (fake) device memory
 }
 
-func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64) error {
-	rng := rand.New(rand.NewSource(seed)) // same on every worker: same declarations
+func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64, device bool) error {
+	var dev *fake.Device
+	var fw *fake.Stream
+	if device {
+		d, err := e.GPUDevice(0)
+		if err != nil {
+			return err
+		}
+		var ok bool
+		if dev, ok = d.(*fake.Device); !ok {
+			return fmt.Errorf("-device needs GOBPS_GPU=fake, got %s", d.Name())
+		}
+		fw = dev.NewFrameworkStream()
+		defer fw.Close()
+	}
+	late := rand.New(rand.NewSource(seed + int64(e.Rank()))) // backprop's timing differs per worker
+	rng := rand.New(rand.NewSource(seed))                    // same on every worker: same declarations
 	dtypes := proto.AllDTypes()
 	var ts []tensor
 	total := 0
@@ -126,7 +148,13 @@ func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64) error 
 		if err != nil {
 			return err
 		}
-		ts = append(ts, tensor{t: t, buf: make([]byte, t.Bytes()), want: make([]byte, t.Bytes()), count: count})
+		x := tensor{t: t, buf: make([]byte, t.Bytes()), want: make([]byte, t.Bytes()), count: count}
+		if dev != nil && i%2 == 1 {
+			if x.dev, err = dev.Malloc(t.Bytes()); err != nil {
+				return err
+			}
+		}
+		ts = append(ts, x)
 		total += t.Bytes()
 	}
 	rank, n := e.Rank(), e.Size()
@@ -144,8 +172,20 @@ func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64) error 
 			}
 		}
 		// Start every tensor, then wait: the scheduler orders the traffic.
+		// A device tensor's gradient is written by "backprop" on the
+		// framework stream a little later; PushPullDevice must wait for it.
 		for ti := range ts {
-			h, err := e.PushPull(ts[ti].t, ts[ti].buf, core.Sum)
+			x := &ts[ti]
+			var h *core.Handle
+			var err error
+			if x.dev != 0 {
+				if err := fw.WriteAfter(time.Duration(late.Intn(300))*time.Microsecond, x.dev, x.buf); err != nil {
+					return err
+				}
+				h, err = e.PushPullDevice(x.t, 0, uintptr(x.dev), fw.Handle(), core.Sum)
+			} else {
+				h, err = e.PushPull(x.t, x.buf, core.Sum)
+			}
 			if err != nil {
 				return err
 			}
@@ -156,6 +196,13 @@ func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64) error 
 				return fmt.Errorf("round %d: %w", r, err)
 			}
 			x := &ts[ti]
+			if x.dev != 0 {
+				// WriteAfter copied x.buf when it was called; read the
+				// result back from device memory.
+				if err := dev.Read(x.dev, x.buf); err != nil {
+					return err
+				}
+			}
 			if string(x.buf) != string(x.want) {
 				for i := range x.buf {
 					if x.buf[i] != x.want[i] {
@@ -167,6 +214,9 @@ func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64) error 
 		}
 	}
 	el := time.Since(start)
+	if dev != nil {
+		fmt.Printf("rank %d: device tensors staged through %s\n", rank, dev.Name())
+	}
 	fmt.Printf("rank %d: all %d rounds exact (%d tensors, %.1f MiB per round) in %v\n", rank, rounds, ntensors, float64(total)/(1<<20), el.Round(time.Millisecond))
 	return nil
 }

@@ -37,6 +37,9 @@ import (
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/core/config"
 	"github.com/gobps/gobps/core/proto"
+
+	// NVML device discovery for the worker engine (see gpu.Discover).
+	_ "github.com/gobps/gobps/gpu/nvml"
 )
 
 // The problem's fixed shape.

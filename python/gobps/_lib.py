@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 
-API_VERSION = 1  # GOBPS_API_VERSION of gobps.h
+API_VERSION = 2  # GOBPS_API_VERSION of gobps.h
 
 # Status codes (gobps.h).
 OK = 0
@@ -27,6 +27,7 @@ ERR_TIMEOUT = 4
 ERR_CONFIG = 5
 ERR_FAILED = 6
 ERR_INTERNAL = 7
+ERR_NOT_SUPPORTED = 8
 
 # Element types (gobps.h).
 FLOAT32 = 1
@@ -74,6 +75,11 @@ class JobFailedError(GobpsError):
     gather in time."""
 
 
+class NotSupportedError(GobpsError):
+    """The call needs something this process lacks, such as a CUDA driver
+    for a tensor in GPU memory."""
+
+
 class LibraryNotFoundError(GobpsError):
     """libgobps.so could not be found or loaded."""
 
@@ -90,6 +96,7 @@ _ERRORS = {
     ERR_CONFIG: ConfigError,
     ERR_FAILED: JobFailedError,
     ERR_INTERNAL: GobpsError,
+    ERR_NOT_SUPPORTED: NotSupportedError,
 }
 
 _lock = threading.Lock()
@@ -123,6 +130,8 @@ def _declare(lib):
         "gobps_declare": ([ctypes.c_char_p, ctypes.c_int, ctypes.c_int64], ctypes.c_int),
         "gobps_declare_broadcast": ([ctypes.c_char_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int], ctypes.c_int),
         "gobps_push_pull": ([ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, c_handle_p], ctypes.c_int),
+        "gobps_push_pull_cuda": ([ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int,
+                                  ctypes.c_int, ctypes.c_void_p, c_handle_p], ctypes.c_int),
         "gobps_broadcast": ([ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, c_handle_p], ctypes.c_int),
         "gobps_poll": ([ctypes.c_int64, c_int_p], ctypes.c_int),
         "gobps_wait": ([ctypes.c_int64, ctypes.c_int64], ctypes.c_int),
@@ -230,6 +239,16 @@ def push_pull(name, ptr, dtype, count, op):
     returns the handle."""
     h = ctypes.c_int64()
     check(lib().gobps_push_pull(name.encode(), ptr, dtype, count, op, ctypes.byref(h)))
+    return h.value
+
+
+def push_pull_cuda(name, ptr, dtype, count, op, device, stream):
+    """Starts an in-place push_pull of count elements at device pointer ptr
+    on CUDA device `device`, written by work queued on the CUDA stream
+    `stream` (a CUstream as an int; 0 for the default stream); returns the
+    handle."""
+    h = ctypes.c_int64()
+    check(lib().gobps_push_pull_cuda(name.encode(), ptr, dtype, count, op, device, stream or None, ctypes.byref(h)))
     return h.value
 
 

@@ -27,6 +27,7 @@ import time
 import torch
 
 import gobps.torch as bps
+from gobps import _lib
 
 torch.set_num_threads(1)
 
@@ -143,6 +144,15 @@ def case_errors():
     expect_raises(bps.InvalidArgumentError, "sparse", bps.push_pull_async_inplace,
                   torch.eye(3).to_sparse(), name="sparse")
     expect_raises(bps.InvalidArgumentError, "root 3 is not a rank", bps.broadcast_, torch.ones(2), 3, "root3")
+    # Device tensors: only CPU and CUDA ones are taken. This torch has no
+    # CUDA, so the CUDA path is reached through the binding: without a
+    # driver the library says what is missing.
+    expect_raises(bps.InvalidArgumentError, "CPU and CUDA tensors", bps.push_pull_async_inplace,
+                  torch.ones(2, device="meta"), name="meta")
+    expect_raises(bps.InvalidArgumentError, "CPU tensors only", bps.broadcast_,
+                  torch.ones(2, device="meta"), 0, "meta.b")
+    expect_raises(bps.NotSupportedError, "libcuda.so.1", _lib.push_pull_cuda,
+                  "cuda.x", 0x1000, _lib.FLOAT32, 4, _lib.SUM, 0, 0)
     expect_raises(ValueError, "tuples", bps.DistributedOptimizer,
                   torch.optim.SGD(model.parameters(), lr=0.1), list(model.parameters()))
     expect_raises(ValueError, "duplicates", bps.DistributedOptimizer,

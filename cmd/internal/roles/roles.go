@@ -77,6 +77,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	}
 	srv, err := summation.New(summation.Config{
 		Workers:   cfg.NumWorkerProcs(),
+		Pushers:   cfg.PushesPerRound(),
 		Engines:   cfg.EngineThreads,
 		Transport: tr,
 		Addr:      net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),

@@ -35,7 +35,8 @@ import torch
 from gobps import _lib
 from gobps._lib import (ConfigError, GobpsError, InvalidArgumentError,
                         JobFailedError, LibraryNotFoundError,
-                        NotInitializedError, UnsupportedDTypeError)
+                        NotInitializedError, NotSupportedError,
+                        UnsupportedDTypeError)
 from gobps.torch import ops
 from gobps.torch.compression import Compression
 from gobps.torch.ops import (broadcast_, broadcast_async_inplace, declare,
@@ -52,7 +53,7 @@ __all__ = [
     "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object",
     "Compression", "GobpsError", "NotInitializedError", "InvalidArgumentError",
     "UnsupportedDTypeError", "ConfigError", "JobFailedError",
-    "LibraryNotFoundError",
+    "LibraryNotFoundError", "NotSupportedError",
 ]
 
 

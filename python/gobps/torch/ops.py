@@ -1,6 +1,12 @@
 """Tensor operations of gobps.torch: push_pull, broadcast, handles.
 
 A CPU tensor is handed to the library by its ``data_ptr()``, without a copy.
+A CUDA tensor's push_pull is handed over with its device pointer, its
+device index and the current CUDA stream: the library copies the gradient
+out on its own stream once the work queued on that stream (backprop) is
+done, and copies the result back before the handle completes (see
+``docs/architecture.md``, "GPU path"; never run on a GPU in this project's
+CI).
 The library reduces it in place, from its own threads, after the call has
 returned: until ``synchronize(handle)`` returns (or ``poll(handle)`` is
 true), the tensor must be left alone. This module keeps a reference to every
@@ -92,18 +98,20 @@ def local_rank():
     return _lib.local_rank()
 
 
-def _check_tensor(tensor, what, any_dtype=False):
+def _check_tensor(tensor, what, any_dtype=False, cuda_ok=False):
     """Returns (address, dtype code, element count) of a tensor the library
     may read and write in place, or raises a clear exception. With
     any_dtype, a tensor of a dtype gobps cannot reduce is described as raw
-    bytes (good for broadcast: a copy is a copy)."""
+    bytes (good for broadcast: a copy is a copy). With cuda_ok, a CUDA
+    tensor is accepted (its address is a device pointer)."""
     if not isinstance(tensor, torch.Tensor):
         raise TypeError("gobps: %s: expected a torch.Tensor, got %s" % (what, type(tensor).__name__))
     if tensor.is_sparse:
         raise InvalidArgumentError("gobps: %s: sparse tensors are not supported; pass a dense tensor" % what)
-    if tensor.device.type != "cpu":
+    if tensor.device.type != "cpu" and not (cuda_ok and tensor.device.type == "cuda"):
+        supported = "CPU and CUDA tensors" if cuda_ok else "CPU tensors"
         raise InvalidArgumentError(
-            "gobps: %s: the tensor is on %s; this version of gobps reduces CPU tensors only" % (what, tensor.device))
+            "gobps: %s: the tensor is on %s; this operation takes %s only" % (what, tensor.device, supported))
     code = _DTYPES.get(tensor.dtype)
     if code is None and not any_dtype:
         raise UnsupportedDTypeError(
@@ -135,16 +143,27 @@ def declare(name, tensor=None):
     model order, when it is built."""
     if tensor is None:
         return
-    _, code, n = _check_tensor(tensor, "declare %r" % name)
+    _, code, n = _check_tensor(tensor, "declare %r" % name, cuda_ok=True)
     _lib.declare(_name(name, "declare"), code, n)
 
 
+def _cuda_stream(tensor):
+    """The CUstream handle (an int) of the current stream of the tensor's
+    device: the stream the framework queued the gradient's kernels on."""
+    return torch.cuda.current_stream(tensor.device).cuda_stream
+
+
 def _push_pull_start(tensor, output, average, name, what):
-    ptr, code, n = _check_tensor(output, what)
+    ptr, code, n = _check_tensor(output, what, cuda_ok=True)
     if average and code not in _lib.FLOAT_DTYPES:
         raise InvalidArgumentError(
             "gobps: %s: cannot average a %s tensor; use average=False" % (what, output.dtype))
-    h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, _lib.AVERAGE if average else _lib.SUM)
+    op = _lib.AVERAGE if average else _lib.SUM
+    if output.device.type == "cuda":
+        h = _lib.push_pull_cuda(_name(name, "push_pull"), ptr, code, n, op, output.device.index,
+                                _cuda_stream(output))
+    else:
+        h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, op)
     _handle_map[h] = ((tensor, output), output)
     return h
 
@@ -162,7 +181,7 @@ def push_pull_async_inplace(tensor, average=True, name=None, version=0, priority
 def push_pull_async(tensor, average=True, name=None, version=0, priority=0):
     """Like push_pull_async_inplace, into a new tensor (``tensor`` is not
     modified); synchronize returns it."""
-    _check_tensor(tensor, "push_pull %r" % (name,))
+    _check_tensor(tensor, "push_pull %r" % (name,), cuda_ok=True)
     output = tensor.detach().clone()
     return _push_pull_start(tensor, output, average, name, "push_pull %r" % (name,))
 
