@@ -6,17 +6,34 @@ RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./gpu/... ./c
 PY      := /usr/bin/python3
 PYDEPS  := python3-torch python3-sklearn
 LIB     := build/libgobps.so
+# Build dependencies from Debian: the verbs headers the rdma/ibv shims
+# compile against (the library itself is loaded at run time, if present).
+DEPS    := libibverbs-dev
+GUEST   := build/rdma-guest
 
-.PHONY: all build lib pydeps demo test test-noasm pytest vet race fuzz bench bench-torch bench-net clean
+.PHONY: all deps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net clean
 
 all: build
 
-build: lib
+# Installs the build dependencies from Debian when run as root and they are
+# missing; otherwise says what is missing (or build with -tags noverbs,
+# which leaves the verbs transport out).
+deps:
+	@if [ ! -f /usr/include/infiniband/verbs.h ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 $(DEPS) || \
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 $(DEPS); }; \
+		else \
+			echo "missing <infiniband/verbs.h>: install it with 'apt-get install -y $(DEPS)' (as root), or build with -tags noverbs"; exit 1; \
+		fi; \
+	fi
+
+build: deps lib
 	$(GO) build -o $(BIN)/ ./cmd/bpsrun ./cmd/bpsbench
 	$(GO) build -o $(BIN)/gotrain ./examples/go
 
 # The C shared library (API: cgo/gobps.h) that the PyTorch plugin loads.
-lib:
+lib: deps
 	$(GO) build -buildmode=c-shared -o $(LIB) ./cgo
 
 # Installs PyTorch and scikit-learn from Debian when run as root and they
@@ -46,12 +63,12 @@ demo: build pydeps
 # Everything CI runs: vet, the race detector on the concurrent packages,
 # then the whole suite (with the multi-process end-to-end tests), and a
 # short fuzz of the wire decoder.
-test: vet race fuzz test-noasm pydeps
+test: deps vet race fuzz test-noasm pydeps test-rdma
 	$(GO) test -count=1 -timeout 15m ./...
 
 # The pure-Go build (no assembly anywhere): the whole suite in its short
 # form, the end-to-end exact-sum run included, with the generic kernels.
-test-noasm:
+test-noasm: deps
 	$(GO) vet -tags noasm ./...
 	$(GO) test -tags noasm -short -count=1 ./...
 
@@ -67,11 +84,11 @@ pytest: pydeps
 test-gpu:
 	$(GO) test -count=1 -v -run 'TestGPU|TestOpen' ./gpu/cuda
 
-vet:
+vet: deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
-race:
+race: deps
 	$(GO) test -race -short -count=1 -timeout 10m $(RACE_PKGS)
 
 # Fuzz for a fixed number of inputs rather than a duration: with
@@ -80,6 +97,18 @@ race:
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 300000x ./core/proto
 	$(GO) test -run '^$$' -fuzz FuzzKernels -fuzztime 100000x ./summation/kernel
+
+# The verbs transport over real RC queue pairs, and a job of 2 servers and
+# 2 workers with exact sums, inside a QEMU guest with Soft-RoCE (rdma_rxe on
+# the guest's loopback): scripts/rdma_qemu.sh fetches the kernel and
+# rdma-core from Debian once, into .cache/rdma-qemu. Needs root to install
+# qemu the first time.
+test-rdma: deps
+	@mkdir -p $(GUEST)
+	$(GO) test -c -o $(GUEST)/rdma.test ./rdma
+	$(GO) build -o $(GUEST)/ ./cmd/bpsrun ./e2e/testjob
+	cp scripts/rdma_qemu/guest_tests.sh $(GUEST)/
+	scripts/rdma_qemu.sh run --add $(GUEST):guest --timeout 900 -- sh guest/guest_tests.sh
 
 bench: build
 	$(BIN)/bpsbench pushpull

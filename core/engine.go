@@ -168,7 +168,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	if tr == nil {
 		var why string
 		var err error
-		tr, why, err = rdma.Open(rdma.Options{Checksum: cfg.Checksum})
+		tr, why, err = rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes})
 		if err != nil {
 			return nil, fmt.Errorf("gobps: %w", err)
 		}

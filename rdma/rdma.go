@@ -93,15 +93,106 @@ type Transport interface {
 	Register(b []byte) (Region, error)
 }
 
+// Mode says whether Open may, must or must not use RDMA verbs.
+type Mode string
+
+// Modes. The zero value, "", means ModeAuto too.
+const (
+	// ModeAuto uses verbs when a usable device with an active port exists,
+	// TCP otherwise (BYTEPS_ENABLE_RDMA unset).
+	ModeAuto Mode = "auto"
+	// ModeForce uses verbs, or fails with the reason they cannot be used
+	// (BYTEPS_ENABLE_RDMA=1, DMLC_ENABLE_RDMA=ibverbs).
+	ModeForce Mode = "force"
+	// ModeOff uses TCP (BYTEPS_ENABLE_RDMA=0).
+	ModeOff Mode = "off"
+)
+
+// Defaults of the verbs settings in Options.
+const (
+	// DefaultSendDepth bounds the frames a verbs Conn has in flight.
+	DefaultSendDepth = 128
+	// DefaultRecvDepth is the number of receive buffers a verbs Conn posts.
+	DefaultRecvDepth = 64
+	// DefaultMRCacheBytes bounds the memory the verbs MR cache keeps
+	// registered while unused (see Options.MRCacheBytes).
+	DefaultMRCacheBytes = 4 << 30
+)
+
 // Options configure Open.
 type Options struct {
 	// Checksum adds a CRC32C of every payload to its header. Receivers
 	// always verify a CRC that is present.
 	Checksum bool
+
+	// Mode chooses between verbs and TCP (BYTEPS_ENABLE_RDMA,
+	// DMLC_ENABLE_RDMA).
+	Mode Mode
+	// Device names the verbs device to use (GOBPS_RDMA_DEVICE); "" takes the
+	// first with an active port.
+	Device string
+	// GIDIndex is the GID table index used on RoCE ports
+	// (GOBPS_RDMA_GID_INDEX); negative picks one automatically (a RoCE v2
+	// GID holding an IPv4 address first). Note that the zero value is
+	// index 0: callers that do not set it from the configuration should set
+	// it to -1.
+	GIDIndex int
+	// SendDepth bounds the frames a verbs Conn has in flight: Send blocks
+	// while that many are outstanding (GOBPS_RDMA_SEND_DEPTH; 0 means
+	// DefaultSendDepth).
+	SendDepth int
+	// RecvDepth is the number of receive buffers each verbs Conn posts
+	// (GOBPS_RDMA_RECV_DEPTH; 0 means DefaultRecvDepth).
+	RecvDepth int
+	// MRCacheBytes bounds the bytes the verbs MR cache keeps registered
+	// (GOBPS_RDMA_MR_CACHE_BYTES; 0 means DefaultMRCacheBytes). Regions in
+	// use by a transfer are never evicted, so the bound can be exceeded
+	// while they are.
+	MRCacheBytes int
+	// Logf, if set, receives one line per notable transport event (an MR
+	// cache that overflows its bound, say). The transport never logs
+	// otherwise.
+	Logf func(format string, args ...any)
 }
 
-// Open chooses the transport for this process and says why. Today only TCP
-// exists, so the reason says verbs are not built.
-func Open(opt Options) (Transport, string, error) {
-	return NewTCP(opt), "RDMA verbs transport is not implemented in this build; using TCP", nil
+// Counters are a transport's work counts, for tests and benchmarks: how
+// often it registered memory and copied payloads, and what it put on the
+// wire. Sub gives the work of an interval.
+type Counters struct {
+	Registrations   uint64 // memory registrations (ibv_reg_mr)
+	Deregistrations uint64 // ibv_dereg_mr
+	CacheHits       uint64 // payload buffers found registered in the MR cache
+	Evictions       uint64 // registrations the MR cache dropped to stay under its bound
+	Copies          uint64 // payloads the transport copied (eager frames, in and out)
+	CopiedBytes     uint64 // bytes of those copies
+	Writes          uint64 // RDMA writes with immediate posted: one per rendezvous frame
+	Sends           uint64 // SENDs posted: eager frames, RTS and CTS messages
+	Eager           uint64 // frames sent eagerly (header and payload in one SEND)
+	Rendezvous      uint64 // frames sent by rendezvous (RTS, CTS, write)
+	Refused         uint64 // rendezvous the receiver refused (Dest error)
+}
+
+// Sub returns c − o, field by field: the work done since o was taken.
+func (c Counters) Sub(o Counters) Counters {
+	return Counters{
+		Registrations: c.Registrations - o.Registrations, Deregistrations: c.Deregistrations - o.Deregistrations,
+		CacheHits: c.CacheHits - o.CacheHits, Evictions: c.Evictions - o.Evictions,
+		Copies: c.Copies - o.Copies, CopiedBytes: c.CopiedBytes - o.CopiedBytes,
+		Writes: c.Writes - o.Writes, Sends: c.Sends - o.Sends, Eager: c.Eager - o.Eager,
+		Rendezvous: c.Rendezvous - o.Rendezvous, Refused: c.Refused - o.Refused,
+	}
+}
+
+// Counting is implemented by transports that count their work (verbs).
+type Counting interface {
+	Counters() Counters
+}
+
+// CountersOf returns t's counters, and false for a transport that does not
+// count (TCP, whose copies are the kernel's).
+func CountersOf(t Transport) (Counters, bool) {
+	if c, ok := t.(Counting); ok {
+		return c.Counters(), true
+	}
+	return Counters{}, false
 }

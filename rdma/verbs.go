@@ -1,0 +1,1204 @@
+package rdma
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/rdma/ibv"
+)
+
+// Verbs is the RDMA verbs transport: RC queue pairs bootstrapped over TCP,
+// eager SENDs for small control frames, and a rendezvous followed by one
+// RDMA write with immediate, straight between registered buffers, for
+// tensors. See the package documentation for the protocol.
+//
+// It runs on any ibv.Library: libibverbs (ibv.Load) or the emulation
+// (ibv.NewEmulator).
+type Verbs struct {
+	opt      Options
+	ctx      ibv.Context
+	port     int
+	attr     ibv.PortAttr
+	global   bool // RoCE: use the GRH
+	gidIndex int
+	gid      ibv.GID
+	pd       ibv.PD
+	maxQPWR  int // the device's limit of work requests per queue
+	cache    *mrCache
+	cnt      counters
+	desc     string
+
+	mu struct {
+		sync.Mutex
+		closed bool
+		conns  map[*verbsConn]struct{}
+		lns    map[*verbsListener]struct{}
+	}
+	wg sync.WaitGroup // accept loops, handshakes and connection goroutines
+}
+
+// counters are the transport's Counters, counted atomically.
+type counters struct {
+	registrations, deregistrations, cacheHits, evictions  atomic.Uint64
+	copies, copiedBytes, writes, sends, eager, rendezvous atomic.Uint64
+	refused                                               atomic.Uint64
+}
+
+// Counters implements Counting.
+func (t *Verbs) Counters() Counters {
+	c := &t.cnt
+	return Counters{
+		Registrations: c.registrations.Load(), Deregistrations: c.deregistrations.Load(),
+		CacheHits: c.cacheHits.Load(), Evictions: c.evictions.Load(),
+		Copies: c.copies.Load(), CopiedBytes: c.copiedBytes.Load(), Writes: c.writes.Load(),
+		Sends: c.sends.Load(), Eager: c.eager.Load(), Rendezvous: c.rendezvous.Load(), Refused: c.refused.Load(),
+	}
+}
+
+// Timing of the verbs transport.
+const (
+	// handshakeTimeout bounds the TCP bootstrap of a connection.
+	handshakeTimeout = 10 * time.Second
+	// pollWait is how long the completion goroutine sleeps on the channel
+	// before looking at the connection's state again.
+	pollWait = 100 * time.Millisecond
+	// drainTimeout bounds the wait for flushed completions after a
+	// connection failed, before its QP is destroyed regardless.
+	drainTimeout = 2 * time.Second
+)
+
+// Name implements Transport.
+func (t *Verbs) Name() string { return "verbs" }
+
+// Describe names the device, port and addressing in use, e.g. "rxe0 port 1
+// (RoCE v2, GID index 1 ::ffff:127.0.0.1, MTU 1024)".
+func (t *Verbs) Describe() string { return t.desc }
+
+// Register implements Transport: b is registered through the MR cache (or
+// found there) and stays registered until the Region is deregistered.
+func (t *Verbs) Register(b []byte) (Region, error) {
+	e, err := t.cache.get(b)
+	if err != nil {
+		return nil, err
+	}
+	return &verbsRegion{c: t.cache, e: e, b: b}, nil
+}
+
+// Close closes every connection and listener, waits for their goroutines,
+// and releases the device. The transport cannot be used afterwards.
+func (t *Verbs) Close() error {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.mu.closed = true
+	conns := slices.Collect(maps.Keys(t.mu.conns))
+	lns := slices.Collect(maps.Keys(t.mu.lns))
+	t.mu.Unlock()
+	for _, l := range lns {
+		l.Close()
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	t.wg.Wait()
+	t.cache.close()
+	return errors.Join(t.pd.Close(), t.ctx.Close())
+}
+
+func (t *Verbs) logf(format string, args ...any) {
+	if t.opt.Logf != nil {
+		t.opt.Logf(format, args...)
+	}
+}
+
+// Listen implements Transport. Peers dial addr over TCP, as with the TCP
+// transport, and the connection's queue pairs are set up over that socket.
+func (t *Verbs) Listen(addr string, h Handler) (Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: verbs listen %s: %w", addr, err)
+	}
+	l := &verbsListener{t: t, ln: ln, pending: map[net.Conn]struct{}{}}
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		ln.Close()
+		return nil, errors.New("rdma: verbs transport closed")
+	}
+	t.mu.lns[l] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go l.accept(h)
+	return l, nil
+}
+
+type verbsListener struct {
+	t  *Verbs
+	ln net.Listener
+
+	mu      sync.Mutex
+	closed  bool
+	pending map[net.Conn]struct{} // sockets still in their handshake
+}
+
+func (l *verbsListener) Addr() string { return l.ln.Addr().String() }
+
+// Close implements Listener; handshakes in progress are abandoned.
+func (l *verbsListener) Close() error {
+	l.mu.Lock()
+	l.closed = true
+	for nc := range l.pending {
+		nc.Close()
+	}
+	l.mu.Unlock()
+	l.t.mu.Lock()
+	delete(l.t.mu.lns, l)
+	l.t.mu.Unlock()
+	return l.ln.Close()
+}
+
+func (l *verbsListener) accept(h Handler) {
+	defer l.t.wg.Done()
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			return
+		}
+		l.mu.Lock()
+		if l.closed {
+			l.mu.Unlock()
+			nc.Close()
+			return
+		}
+		l.pending[nc] = struct{}{}
+		l.t.wg.Add(1)
+		l.mu.Unlock()
+		go func() {
+			defer l.t.wg.Done()
+			c, err := l.t.handshake(context.Background(), nc, h)
+			l.mu.Lock()
+			delete(l.pending, nc)
+			closed := l.closed
+			l.mu.Unlock()
+			if err != nil {
+				if !closed {
+					// Tell the handler, as a bad first frame on TCP
+					// would: a peer that speaks another protocol, or
+					// a broken device.
+					h.Closed(&deadConn{remote: nc.RemoteAddr().String()}, err)
+				}
+				return
+			}
+			c.start()
+		}()
+	}
+}
+
+// deadConn stands for a connection whose handshake failed.
+type deadConn struct {
+	remote string
+}
+
+func (d *deadConn) Send(h proto.Header, _ []byte) error {
+	return fmt.Errorf("rdma: send %s to %s: %w", h.Op, d.remote, net.ErrClosed)
+}
+func (d *deadConn) Close() error       { return nil }
+func (d *deadConn) RemoteAddr() string { return d.remote }
+
+// Dial implements Transport.
+func (t *Verbs) Dial(ctx context.Context, addr string, h Handler) (Conn, error) {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		return nil, errors.New("rdma: verbs transport closed")
+	}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	defer t.wg.Done()
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: verbs dial %s: %w", addr, err)
+	}
+	c, err := t.handshake(ctx, nc, h)
+	if err != nil {
+		return nil, err
+	}
+	c.start()
+	return c, nil
+}
+
+// verbsConn is one connection: an RC queue pair with its own CQ and
+// completion channel, a registered slab of receive buffers, eager send
+// buffers and control slots, and the TCP socket it was bootstrapped over,
+// kept open as a liveness channel.
+//
+// Goroutines: poll (completions; never calls the Handler), serve (the
+// Handler's goroutine: Dest, Handle, Closed) and watch (the TCP socket).
+// Sends run on the callers' goroutines.
+type verbsConn struct {
+	t        *Verbs
+	h        Handler
+	nc       net.Conn
+	remote   string
+	checksum bool
+	peer     qpInfo
+
+	ch  ibv.CompChannel
+	cq  ibv.CQ
+	qp  ibv.QP
+	mr  ibv.MR // the slab
+	inl int    // QP's inline limit
+
+	// slab layout: nRecv receive buffers, nEager eager send buffers (each
+	// eagerBytes), nCtl control slots (each ctlSlotBytes).
+	slab             []byte
+	nRecv, nEager    int
+	nCtl             int
+	eagerOff, ctlOff int
+
+	tokens    chan struct{} // one per frame in flight (SendDepth)
+	eagerFree chan int
+	ctlFree   chan int
+	events    chan event // poll → serve
+
+	// qpMu orders posting against destruction: posters hold it shared and
+	// check qpGone; the poller destroys the QP holding it exclusively.
+	qpMu   sync.RWMutex
+	qpGone bool
+	// outstanding counts posted work requests not yet completed.
+	outstanding atomic.Int64
+
+	mu struct {
+		sync.Mutex
+		failed   bool
+		err      error // why; nil when this side closed
+		graceful bool  // the peer closed its end: deliver what has arrived
+		sends    map[uint32]*sendOp
+		nextSID  uint32
+	}
+	done       chan struct{} // closed when the connection starts failing
+	pollerDone chan struct{} // the poller exited
+	dead       chan struct{} // the QP is destroyed: the NIC touches nothing of ours any more
+
+	// Owned by serve.
+	slots    map[uint32]*recvSlot
+	nextSlot uint32
+}
+
+// sendOp is a rendezvous send waiting for its CTS and its write.
+type sendOp struct {
+	cts   chan cts          // the receiver's answer
+	wrote chan ibv.WCStatus // the write's completion
+}
+
+// recvSlot is a rendezvous receive: a destination offered to the peer,
+// awaiting its write.
+type recvSlot struct {
+	hdr proto.Header
+	dst []byte
+	ent *mrEntry // from the MR cache, or
+	tmp ibv.MR   // a registration of a buffer the transport allocated
+}
+
+type eventKind uint8
+
+const (
+	evEager eventKind = iota + 1 // a whole frame in receive buffer buf
+	evRTS                        // the peer announces frame sid with header hdr
+	evWrite                      // the peer's write into slot landed: n bytes
+)
+
+type event struct {
+	kind eventKind
+	buf  int
+	n    uint32
+	sid  uint32
+	slot uint32
+	hdr  [proto.HeaderSize]byte
+}
+
+// Work request ids: kind in the top byte, an index or send id below.
+const (
+	wrRecv  = 1
+	wrEager = 2
+	wrRTS   = 3
+	wrCTS   = 4
+	wrWrite = 5
+)
+
+func wrID(kind int, idx uint32) uint64 { return uint64(kind)<<56 | uint64(idx) }
+
+var wrKindNames = [...]string{wrRecv: "receive", wrEager: "eager send", wrRTS: "RTS send", wrCTS: "CTS send", wrWrite: "RDMA write"}
+
+func (c *verbsConn) recvBuf(i int) []byte {
+	return c.slab[i*eagerBytes : (i+1)*eagerBytes]
+}
+func (c *verbsConn) eagerBuf(i int) []byte {
+	return c.slab[c.eagerOff+i*eagerBytes : c.eagerOff+(i+1)*eagerBytes]
+}
+func (c *verbsConn) ctlBuf(i int) []byte {
+	return c.slab[c.ctlOff+i*ctlSlotBytes : c.ctlOff+(i+1)*ctlSlotBytes]
+}
+
+// slabAddr is the NIC address of b, a piece of the slab.
+func (c *verbsConn) slabAddr(b []byte) uint64 {
+	return c.mr.Addr() + uint64(cap(c.slab)-cap(b))
+}
+
+// handshake sets up a connection over nc: creates the QP and its buffers,
+// exchanges qpInfo with the peer, connects the QP (INIT → RTR → RTS) and
+// waits until the peer has done the same. On error nc is closed and
+// everything made is released.
+func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbsConn, err error) {
+	remote := nc.RemoteAddr().String()
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &verbsConn{
+		t: t, h: h, nc: nc, remote: remote, checksum: t.opt.Checksum,
+		done: make(chan struct{}), pollerDone: make(chan struct{}), dead: make(chan struct{}),
+		slots: map[uint32]*recvSlot{},
+	}
+	c.mu.sends = map[uint32]*sendOp{}
+	defer func() {
+		if err != nil {
+			nc.Close()
+			c.release()
+			err = fmt.Errorf("rdma: verbs connection with %s: %w", remote, err)
+		}
+	}()
+	deadline := time.Now().Add(handshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = nc.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	// Hello first: the QP is sized from both sides' depths.
+	sd, rd := t.opt.SendDepth, t.opt.RecvDepth
+	mine := qpInfo{
+		LinkLayer: t.attr.LinkLayer, MTU: t.attr.ActiveMTU, LID: t.attr.LID, GID: t.gid,
+		SendDepth: uint32(sd), RecvDepth: uint32(rd), EagerBytes: eagerBytes,
+	}
+	if _, err = nc.Write(mine.encodeHello()); err != nil {
+		return nil, fmt.Errorf("send bootstrap: %w", err)
+	}
+	var b [helloSize]byte
+	// The magic first: a peer speaking another protocol may send less than
+	// a whole hello and wait for an answer.
+	if _, err = io.ReadFull(nc, b[:4]); err == nil {
+		if err = checkMagic(b[:]); err != nil {
+			return nil, err
+		}
+		_, err = io.ReadFull(nc, b[4:])
+	}
+	if err != nil {
+		return nil, fmt.Errorf("receive bootstrap: %w", err)
+	}
+	if c.peer, err = decodeHello(b[:]); err != nil {
+		return nil, err
+	}
+	if ours, theirs := isEthernet(t.attr.LinkLayer), isEthernet(c.peer.LinkLayer); ours != theirs {
+		return nil, fmt.Errorf("link layers differ: ours is %s, the peer's %s", t.attr.LinkLayer, c.peer.LinkLayer)
+	}
+
+	// Control slots (RTS and CTS messages being sent): our frames in
+	// flight, plus one CTS per peer frame in flight, plus spare. With that
+	// many, sendCTS can wait only for a slot whose message has reached the
+	// peer and awaits its ACK, which the peer's NIC sends whatever its
+	// software does: the two sides' serve goroutines cannot wait on each
+	// other. The send queue holds every control message and, per frame in
+	// flight, a write or an eager SEND.
+	c.nRecv, c.nEager, c.nCtl = rd, min(sd, 16), sd+int(c.peer.SendDepth)+4
+	sq := c.nCtl + sd + 4
+	if t.maxQPWR > 0 && sq > t.maxQPWR {
+		return nil, fmt.Errorf("%d work requests per queue needed (send depths %d and %d), the device allows %d: lower GOBPS_RDMA_SEND_DEPTH",
+			sq, sd, c.peer.SendDepth, t.maxQPWR)
+	}
+	if c.ch, err = t.ctx.NewCompChannel(); err != nil {
+		return nil, err
+	}
+	if c.cq, err = t.ctx.NewCQ(sq+rd+16, c.ch); err != nil {
+		return nil, err
+	}
+	if c.qp, err = t.pd.NewQP(c.cq, ibv.QPCaps{MaxSendWR: sq, MaxRecvWR: rd, MaxInline: inlineBytes}); err != nil {
+		return nil, err
+	}
+	c.inl = c.qp.MaxInline()
+	if err = c.qp.Init(t.port, ibv.AccessRemoteWrite|ibv.AccessLocalWrite); err != nil {
+		return nil, err
+	}
+	c.eagerOff = c.nRecv * eagerBytes
+	c.ctlOff = c.eagerOff + c.nEager*eagerBytes
+	c.slab = make([]byte, c.ctlOff+c.nCtl*ctlSlotBytes)
+	if c.mr, err = t.pd.Register(c.slab, ibv.AccessLocalWrite); err != nil {
+		return nil, fmt.Errorf("register %d bytes of connection buffers: %w", len(c.slab), err)
+	}
+	t.cnt.registrations.Add(1)
+	for i := 0; i < c.nRecv; i++ {
+		if err = c.postRecv(i); err != nil {
+			return nil, err
+		}
+	}
+
+	// Then the QP addresses, and connect.
+	mine.QPN, mine.PSN = c.qp.Num(), rand.Uint32()&0xffffff
+	if _, err = nc.Write(mine.encodeQPAddr()); err != nil {
+		return nil, fmt.Errorf("send bootstrap: %w", err)
+	}
+	if _, err = io.ReadFull(nc, b[:qpAddrSize]); err != nil {
+		return nil, fmt.Errorf("receive bootstrap: %w", err)
+	}
+	if err = decodeQPAddr(b[:qpAddrSize], &c.peer); err != nil {
+		return nil, err
+	}
+	if err = c.qp.ReadyToReceive(ibv.RTRAttr{
+		Port: t.port, MTU: min(t.attr.ActiveMTU, c.peer.MTU), DestQPN: c.peer.QPN, RecvPSN: c.peer.PSN,
+		DestLID: c.peer.LID, Global: t.global, DestGID: c.peer.GID, SGIDIndex: t.gidIndex, HopLimit: 64,
+		MinRNRTimer: 12, // 0.64 ms
+	}); err != nil {
+		return nil, err
+	}
+	if err = c.qp.ReadyToSend(ibv.RTSAttr{SendPSN: mine.PSN, Timeout: 14, RetryCnt: 7, RNRRetry: 7}); err != nil {
+		return nil, err
+	}
+	// Neither side sends before both QPs are ready: a packet reaching a QP
+	// still in INIT is dropped and costs a retry timeout.
+	if _, err = nc.Write([]byte{1}); err != nil {
+		return nil, fmt.Errorf("send ready: %w", err)
+	}
+	if _, err = io.ReadFull(nc, b[:1]); err != nil || b[0] != 1 {
+		if err == nil {
+			err = fmt.Errorf("%w: ready byte %d", proto.ErrBadFrame, b[0])
+		}
+		return nil, fmt.Errorf("receive ready: %w", err)
+	}
+	if !stop() && ctx.Err() != nil {
+		return nil, ctx.Err() // too late: the deadline may be in the past now
+	}
+	_ = nc.SetDeadline(time.Time{})
+
+	c.tokens = make(chan struct{}, sd)
+	c.eagerFree = make(chan int, c.nEager)
+	for i := 0; i < c.nEager; i++ {
+		c.eagerFree <- i
+	}
+	c.ctlFree = make(chan int, c.nCtl)
+	for i := 0; i < c.nCtl; i++ {
+		c.ctlFree <- i
+	}
+	// Events are bounded by the protocol: eager frames by our receive
+	// buffers, RTSs and writes by the peer's frames in flight (an RTS and a
+	// write per frame at most, as a frame's write completes before its
+	// token is reused).
+	c.events = make(chan event, rd+2*int(c.peer.SendDepth)+8)
+
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.closed {
+		return nil, errors.New("transport closed")
+	}
+	t.mu.conns[c] = struct{}{}
+	t.wg.Add(3)
+	return c, nil
+}
+
+func isEthernet(l ibv.LinkLayer) bool { return l == ibv.LinkEthernet }
+
+// release frees what handshake made, in reverse order. Only for a
+// connection that never started.
+func (c *verbsConn) release() {
+	if c.qp != nil {
+		c.qp.Close()
+	}
+	if c.mr != nil {
+		c.mr.Deregister()
+		c.t.cnt.deregistrations.Add(1)
+	}
+	if c.cq != nil {
+		c.cq.Close()
+	}
+	if c.ch != nil {
+		c.ch.Close()
+	}
+}
+
+// start runs the connection's goroutines (counted in t.wg by handshake).
+func (c *verbsConn) start() {
+	go c.poll()
+	go c.serve()
+	go c.watch()
+}
+
+func (c *verbsConn) RemoteAddr() string { return c.remote }
+
+// Close implements Conn.
+func (c *verbsConn) Close() error {
+	c.fail(nil, false)
+	return nil
+}
+
+// fail ends the connection with err (nil: closed by this side). graceful
+// says the peer closed its end, so frames that arrived before are still
+// handed over.
+func (c *verbsConn) fail(err error, graceful bool) {
+	c.mu.Lock()
+	if c.mu.failed {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.failed, c.mu.err, c.mu.graceful = true, err, graceful
+	c.mu.Unlock()
+	close(c.done)
+	c.nc.Close()
+	c.qpMu.RLock()
+	if !c.qpGone {
+		_ = c.qp.Fail() // flush: every outstanding work request completes
+	}
+	c.qpMu.RUnlock()
+}
+
+func (c *verbsConn) failed() (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.failed, c.mu.err
+}
+
+// sendErr is what Send returns once the connection has failed.
+func (c *verbsConn) sendErr(op proto.Op) error {
+	_, err := c.failed()
+	if err == nil {
+		err = net.ErrClosed
+	}
+	return fmt.Errorf("rdma: send %s to %s: %w", op, c.remote, err)
+}
+
+func (c *verbsConn) postSend(wr *ibv.SendWR) error {
+	c.qpMu.RLock()
+	defer c.qpMu.RUnlock()
+	if c.qpGone {
+		return net.ErrClosed
+	}
+	// Count first: once posted, the peer may see the message before
+	// PostSend returns, and a test reading both sides' counters must find
+	// it counted.
+	n := &c.t.cnt.sends
+	if wr.Op != ibv.OpSend {
+		n = &c.t.cnt.writes
+	}
+	n.Add(1)
+	c.outstanding.Add(1)
+	if err := c.qp.PostSend(wr); err != nil {
+		c.outstanding.Add(-1)
+		n.Add(^uint64(0))
+		return err
+	}
+	return nil
+}
+
+func (c *verbsConn) postRecv(i int) error {
+	c.qpMu.RLock()
+	defer c.qpMu.RUnlock()
+	if c.qpGone {
+		return net.ErrClosed
+	}
+	b := c.recvBuf(i)
+	c.outstanding.Add(1)
+	if err := c.qp.PostRecv(&ibv.RecvWR{ID: wrID(wrRecv, uint32(i)), Addr: c.slabAddr(b), Len: uint32(len(b)), LKey: c.mr.LKey()}); err != nil {
+		c.outstanding.Add(-1)
+		return err
+	}
+	return nil
+}
+
+// repost gives receive buffer i back to the QP, unless the connection is
+// going away.
+func (c *verbsConn) repost(i int) {
+	if err := c.postRecv(i); err != nil && !errors.Is(err, net.ErrClosed) {
+		c.fail(fmt.Errorf("rdma: %s: repost receive: %w", c.remote, err), false)
+	}
+}
+
+// protoErr fails the connection for a message the peer should not have sent.
+func (c *verbsConn) protoErr(format string, args ...any) {
+	c.fail(fmt.Errorf("rdma: from %s: %w: %s", c.remote, proto.ErrBadFrame, fmt.Sprintf(format, args...)), false)
+}
+
+// watch fails the connection when its TCP socket ends: the peer closed it,
+// died, or the network did. This is what makes a dead peer an error rather
+// than a hang (RNR retries are infinite while the peer's NIC answers).
+func (c *verbsConn) watch() {
+	defer c.t.wg.Done()
+	var b [1]byte
+	_, err := c.nc.Read(b[:])
+	switch {
+	case err == nil:
+		c.protoErr("unexpected data on the bootstrap socket")
+	case errors.Is(err, io.EOF):
+		c.fail(fmt.Errorf("rdma: %s closed the connection: %w", c.remote, io.EOF), true)
+	default:
+		c.fail(fmt.Errorf("rdma: connection to %s lost: %w", c.remote, err), false)
+	}
+}
+
+// Send implements Conn. A frame without a tensor payload that fits a
+// receive buffer goes eagerly, in one SEND (the payload is copied into a
+// registered send buffer, so Send returns at once). Others go by
+// rendezvous: an RTS with the header, the receiver's CTS with a destination,
+// and one RDMA write with immediate straight from payload, which is
+// registered through the MR cache; Send returns when the write completed.
+func (c *verbsConn) Send(h proto.Header, payload []byte) error {
+	if len(payload) > proto.MaxPayload {
+		return fmt.Errorf("rdma: payload of %d bytes exceeds %d", len(payload), proto.MaxPayload)
+	}
+	h.Length = uint32(len(payload))
+	if c.checksum && len(payload) > 0 {
+		h.Flags |= proto.FlagCRC
+		h.CRC = proto.Checksum(payload)
+	}
+	if failed, _ := c.failed(); failed {
+		return c.sendErr(h.Op)
+	}
+	// A token per frame in flight: blocks while SendDepth frames are.
+	select {
+	case c.tokens <- struct{}{}:
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
+	if len(payload) == 0 || (h.Op != proto.OpPush && h.Op != proto.OpPullResp &&
+		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes)) {
+		return c.sendEager(&h, payload) // the token is returned on completion
+	}
+	defer func() { <-c.tokens }()
+	return c.sendRendezvous(&h, payload)
+}
+
+func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
+	var i int
+	select {
+	case i = <-c.eagerFree:
+	case <-c.done:
+		<-c.tokens
+		return c.sendErr(h.Op)
+	}
+	if failed, _ := c.failed(); failed {
+		c.eagerFree <- i
+		<-c.tokens
+		return c.sendErr(h.Op)
+	}
+	b := c.eagerBuf(i)
+	putMsgHeader(b, msgEager, 0, 0)
+	h.Encode(b[msgHeaderSize:])
+	n := msgHeaderSize + proto.HeaderSize + copy(b[msgHeaderSize+proto.HeaderSize:], payload)
+	if len(payload) > 0 {
+		c.t.cnt.copies.Add(1)
+		c.t.cnt.copiedBytes.Add(uint64(len(payload)))
+	}
+	wr := ibv.SendWR{ID: wrID(wrEager, uint32(i)), Op: ibv.OpSend, Signaled: true,
+		Addr: c.slabAddr(b), Len: uint32(n), LKey: c.mr.LKey(), Inline: n <= c.inl}
+	c.t.cnt.eager.Add(1)
+	if err := c.postSend(&wr); err != nil {
+		c.t.cnt.eager.Add(^uint64(0))
+		c.eagerFree <- i
+		<-c.tokens
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	return nil
+}
+
+func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
+	ent, err := c.t.cache.get(payload)
+	if err != nil {
+		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+	}
+	op := &sendOp{cts: make(chan cts, 1), wrote: make(chan ibv.WCStatus, 1)}
+	c.mu.Lock()
+	if c.mu.failed {
+		c.mu.Unlock()
+		c.t.cache.put(ent)
+		return c.sendErr(h.Op)
+	}
+	c.mu.nextSID++
+	for c.mu.sends[c.mu.nextSID] != nil {
+		c.mu.nextSID++
+	}
+	sid := c.mu.nextSID
+	c.mu.sends[sid] = op
+	c.mu.Unlock()
+	writing := false
+	defer func() {
+		c.mu.Lock()
+		delete(c.mu.sends, sid)
+		c.mu.Unlock()
+		if writing {
+			// The write may still be reading payload: wait until the
+			// QP is gone before the memory may be reused or evicted.
+			<-c.dead
+		}
+		c.t.cache.put(ent)
+	}()
+
+	var slot int
+	select {
+	case slot = <-c.ctlFree:
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
+	b := c.ctlBuf(slot)
+	putMsgHeader(b, msgRTS, 0, sid)
+	h.Encode(b[msgHeaderSize:])
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrRTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
+		Addr: c.slabAddr(b), Len: rtsSize, LKey: c.mr.LKey(), Inline: rtsSize <= c.inl}); err != nil {
+		c.ctlFree <- slot
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: send %s RTS to %s: %w", h.Op, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	var m cts
+	select {
+	case m = <-op.cts:
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
+	c.t.cnt.rendezvous.Add(1)
+	if m.refused {
+		c.t.cnt.refused.Add(1)
+		return nil // the receiver discarded it and told its handler, as TCP does
+	}
+	if m.n != h.Length {
+		c.protoErr("CTS for %d bytes, the frame has %d", m.n, h.Length)
+		return c.sendErr(h.Op)
+	}
+	writing = true
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
+		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: m.addr, RKey: m.rkey, Imm: m.slot}); err != nil {
+		writing = false
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: write %s to %s: %w", h.Op, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	select {
+	case st := <-op.wrote:
+		if st != ibv.StatusSuccess {
+			return c.sendErr(h.Op)
+		}
+		writing = false
+		return nil
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
+}
+
+// poll takes completions off the CQ, waiting on the completion channel,
+// until the connection has failed and every posted work request has
+// completed (flushed) or drainTimeout has passed. Then it destroys the QP
+// and the connection's verbs objects, and closes dead.
+func (c *verbsConn) poll() {
+	defer c.t.wg.Done()
+	defer close(c.dead)
+	defer close(c.pollerDone)
+	defer c.destroy()
+	wcs := make([]ibv.WC, 32)
+	var failedAt time.Time
+	for {
+		n, err := c.cq.Poll(wcs)
+		if err != nil {
+			c.fail(fmt.Errorf("rdma: %s: %w", c.remote, err), false)
+			return
+		}
+		for i := range wcs[:n] {
+			c.complete(&wcs[i])
+		}
+		if n == len(wcs) {
+			continue
+		}
+		if failed, _ := c.failed(); failed {
+			if c.outstanding.Load() <= 0 {
+				return
+			}
+			if failedAt.IsZero() {
+				failedAt = time.Now()
+			} else if time.Since(failedAt) > drainTimeout {
+				return
+			}
+		}
+		if n > 0 {
+			continue
+		}
+		if err := c.cq.Notify(); err != nil {
+			c.fail(fmt.Errorf("rdma: %s: %w", c.remote, err), false)
+			return
+		}
+		// A completion that came between the last poll and Notify raises
+		// no event: poll once more before waiting.
+		if n, err = c.cq.Poll(wcs); err == nil && n > 0 {
+			for i := range wcs[:n] {
+				c.complete(&wcs[i])
+			}
+			continue
+		}
+		if _, err := c.ch.Wait(pollWait); err != nil {
+			c.fail(fmt.Errorf("rdma: %s: %w", c.remote, err), false)
+			return
+		}
+	}
+}
+
+// destroy releases the connection's verbs objects once nothing is posted
+// (or the drain timed out): after the QP is destroyed the NIC no longer
+// reads or writes our memory through it.
+func (c *verbsConn) destroy() {
+	c.qpMu.Lock()
+	c.qpGone = true
+	c.qpMu.Unlock()
+	var errs []error
+	errs = append(errs, c.qp.Close(), c.cq.Close(), c.ch.Close(), c.mr.Deregister())
+	c.t.cnt.deregistrations.Add(1)
+	if err := errors.Join(errs...); err != nil {
+		c.t.logf("rdma: releasing connection with %s: %v", c.remote, err)
+	}
+}
+
+// complete handles one work completion (poll's goroutine).
+func (c *verbsConn) complete(wc *ibv.WC) {
+	c.outstanding.Add(-1)
+	kind, idx := int(wc.ID>>56), uint32(wc.ID)
+	if kind < wrRecv || kind > wrWrite {
+		c.protoErr("completion with unknown work request id %#x", wc.ID)
+		return
+	}
+	if wc.Status != ibv.StatusSuccess {
+		if failed, _ := c.failed(); !failed || wc.Status != ibv.StatusFlushErr {
+			text := wc.StatusText
+			if text == "" {
+				text = wc.Status.String()
+			}
+			c.fail(fmt.Errorf("rdma: %s with %s failed: %s (status %d, vendor error %#x)",
+				wrKindNames[kind], c.remote, text, wc.Status, wc.VendorErr), false)
+		}
+		if kind == wrWrite {
+			c.wrote(idx, wc.Status)
+		}
+		return
+	}
+	switch kind {
+	case wrRecv:
+		c.received(int(idx), wc)
+	case wrEager:
+		c.eagerFree <- int(idx)
+		<-c.tokens
+	case wrRTS, wrCTS:
+		c.ctlFree <- int(idx)
+	case wrWrite:
+		c.wrote(idx, wc.Status)
+	}
+}
+
+func (c *verbsConn) wrote(sid uint32, st ibv.WCStatus) {
+	c.mu.Lock()
+	op := c.mu.sends[sid]
+	c.mu.Unlock()
+	if op != nil {
+		select {
+		case op.wrote <- st:
+		default:
+		}
+	}
+}
+
+// received handles a receive completion on buffer i (poll's goroutine).
+// Everything but an eager frame is taken out of the buffer at once and the
+// buffer reposted; an eager frame's buffer is reposted by serve once the
+// frame is copied out.
+func (c *verbsConn) received(i int, wc *ibv.WC) {
+	if i >= c.nRecv {
+		c.protoErr("receive completion for buffer %d of %d", i, c.nRecv)
+		return
+	}
+	if wc.Op == ibv.WCRecvWriteWithImm {
+		c.repost(i)
+		if !wc.HasImm {
+			c.protoErr("RDMA write without immediate data")
+			return
+		}
+		c.event(event{kind: evWrite, slot: wc.Imm, n: wc.Len})
+		return
+	}
+	if wc.Op != ibv.WCRecv {
+		c.protoErr("receive completion with opcode %d", wc.Op)
+		return
+	}
+	b := c.recvBuf(i)
+	if wc.Len < msgHeaderSize || int(wc.Len) > len(b) {
+		c.protoErr("message of %d bytes", wc.Len)
+		return
+	}
+	b = b[:wc.Len]
+	switch b[0] {
+	case msgEager:
+		if len(b) < msgHeaderSize+proto.HeaderSize {
+			c.protoErr("eager message of %d bytes", len(b))
+			return
+		}
+		c.event(event{kind: evEager, buf: i, n: wc.Len})
+	case msgRTS:
+		if len(b) != rtsSize {
+			c.protoErr("RTS of %d bytes, want %d", len(b), rtsSize)
+			return
+		}
+		ev := event{kind: evRTS, sid: binary.LittleEndian.Uint32(b[4:])}
+		copy(ev.hdr[:], b[msgHeaderSize:])
+		c.repost(i)
+		c.event(ev)
+	case msgCTS:
+		m, err := decodeCTS(b)
+		c.repost(i)
+		if err != nil {
+			c.protoErr("%v", err)
+			return
+		}
+		c.mu.Lock()
+		op := c.mu.sends[m.sid]
+		c.mu.Unlock()
+		if op == nil {
+			c.protoErr("CTS for send %d, which is not waiting for one", m.sid)
+			return
+		}
+		select {
+		case op.cts <- m:
+		default:
+			c.protoErr("second CTS for send %d", m.sid)
+		}
+	default:
+		c.protoErr("message kind %d", b[0])
+	}
+}
+
+// event hands ev to serve. The queue is sized so that a peer keeping to
+// the depths it announced never fills it.
+func (c *verbsConn) event(ev event) {
+	select {
+	case c.events <- ev:
+	default:
+		c.protoErr("more messages in flight than the peer's send depth %d allows", c.peer.SendDepth)
+	}
+}
+
+// serve is the Handler's goroutine: it turns events into Dest, Handle and
+// finally Closed calls.
+func (c *verbsConn) serve() {
+	defer c.t.wg.Done()
+	var err error
+loop:
+	for {
+		select {
+		case ev := <-c.events:
+			if err = c.handle(&ev); err != nil {
+				c.fail(err, false)
+				break loop
+			}
+		case <-c.done:
+			break loop
+		}
+	}
+	<-c.pollerDone
+	c.mu.Lock()
+	graceful, cerr := c.mu.graceful, c.mu.err
+	c.mu.Unlock()
+	if graceful && err == nil {
+		// The peer closed after its last frames had landed: hand over
+		// every complete frame that arrived before the close.
+	drain:
+		for {
+			select {
+			case ev := <-c.events:
+				if ev.kind == evRTS {
+					continue // can no longer be answered
+				}
+				if err := c.handle(&ev); err != nil {
+					cerr = err
+					break drain
+				}
+			default:
+				break drain
+			}
+		}
+	}
+	<-c.dead
+	for id, s := range c.slots {
+		c.releaseSlot(s)
+		delete(c.slots, id)
+	}
+	c.t.mu.Lock()
+	delete(c.t.mu.conns, c)
+	c.t.mu.Unlock()
+	c.h.Closed(c, cerr)
+}
+
+func (c *verbsConn) releaseSlot(s *recvSlot) {
+	if s.ent != nil {
+		c.t.cache.put(s.ent)
+		s.ent = nil
+	}
+	if s.tmp != nil {
+		if err := s.tmp.Deregister(); err != nil {
+			c.t.logf("rdma: %v", err)
+		}
+		c.t.cnt.deregistrations.Add(1)
+		s.tmp = nil
+	}
+}
+
+// handle processes one event on serve's goroutine. An error fails the
+// connection.
+func (c *verbsConn) handle(ev *event) error {
+	switch ev.kind {
+	case evEager:
+		b := c.recvBuf(ev.buf)[:ev.n]
+		var hdr proto.Header
+		if err := hdr.Decode(b[msgHeaderSize:]); err != nil {
+			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		body := b[msgHeaderSize+proto.HeaderSize:]
+		if len(body) != int(hdr.Length) {
+			return fmt.Errorf("rdma: from %s: %w: %s with %d payload bytes, header says %d", c.remote, proto.ErrBadFrame, hdr.Op, len(body), hdr.Length)
+		}
+		var payload []byte
+		var refused error
+		if hdr.Length > 0 {
+			dst, err := c.h.Dest(c, &hdr)
+			switch {
+			case err != nil:
+				refused = err
+			case dst == nil:
+				dst = make([]byte, hdr.Length)
+				fallthrough
+			default:
+				if len(dst) != int(hdr.Length) {
+					return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
+				}
+				copy(dst, body)
+				c.t.cnt.copies.Add(1)
+				c.t.cnt.copiedBytes.Add(uint64(len(dst)))
+				if err := hdr.CheckPayload(dst); err != nil {
+					return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+				}
+				payload = dst
+			}
+		}
+		c.repost(ev.buf)
+		c.h.Handle(c, &hdr, payload, refused)
+	case evRTS:
+		var hdr proto.Header
+		if err := hdr.Decode(ev.hdr[:]); err != nil {
+			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		if hdr.Length == 0 {
+			return fmt.Errorf("rdma: from %s: %w: RTS for %s without a payload", c.remote, proto.ErrBadFrame, hdr.Op)
+		}
+		dst, err := c.h.Dest(c, &hdr)
+		if err != nil {
+			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
+				return err
+			}
+			c.h.Handle(c, &hdr, nil, err)
+			return nil
+		}
+		s := &recvSlot{hdr: hdr}
+		if dst == nil {
+			if hdr.Length > proto.MaxControlPayload && hdr.Op != proto.OpDeclare {
+				return fmt.Errorf("rdma: from %s: %w: no destination for a %d-byte %s payload", c.remote, proto.ErrBadFrame, hdr.Length, hdr.Op)
+			}
+			dst = make([]byte, hdr.Length)
+			s.tmp, err = c.t.pd.Register(dst, ibv.AccessLocalWrite|ibv.AccessRemoteWrite)
+			if err == nil {
+				c.t.cnt.registrations.Add(1)
+			}
+		} else if len(dst) != int(hdr.Length) {
+			return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
+		} else {
+			s.ent, err = c.t.cache.get(dst)
+		}
+		if err != nil {
+			// No registration, no write: refuse the frame with the reason
+			// (e.g. RLIMIT_MEMLOCK), and keep the connection.
+			err = fmt.Errorf("rdma: receive %s from %s: %w", hdr.Op, c.remote, err)
+			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
+				return err
+			}
+			c.h.Handle(c, &hdr, nil, err)
+			return nil
+		}
+		s.dst = dst
+		c.nextSlot++
+		for c.nextSlot == 0 || c.slots[c.nextSlot] != nil {
+			c.nextSlot++
+		}
+		c.slots[c.nextSlot] = s
+		m := cts{sid: ev.sid, slot: c.nextSlot, n: hdr.Length}
+		if s.ent != nil {
+			m.addr, m.rkey = s.ent.sge(dst), s.ent.mr.RKey()
+		} else {
+			m.addr, m.rkey = s.tmp.Addr(), s.tmp.RKey()
+		}
+		return c.sendCTS(m)
+	case evWrite:
+		s := c.slots[ev.slot]
+		if s == nil {
+			return fmt.Errorf("rdma: from %s: %w: write into slot %d, which awaits none", c.remote, proto.ErrBadFrame, ev.slot)
+		}
+		delete(c.slots, ev.slot)
+		c.releaseSlot(s)
+		if ev.n != s.hdr.Length {
+			return fmt.Errorf("rdma: from %s: %w: wrote %d bytes of a %d-byte %s payload", c.remote, proto.ErrBadFrame, ev.n, s.hdr.Length, s.hdr.Op)
+		}
+		if err := s.hdr.CheckPayload(s.dst); err != nil {
+			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		c.h.Handle(c, &s.hdr, s.dst, nil)
+	}
+	return nil
+}
+
+// sendCTS answers an RTS (serve's goroutine). It waits for a control slot
+// only on send completions, which the peer's NIC produces without its
+// software's help, so it cannot deadlock with the peer.
+func (c *verbsConn) sendCTS(m cts) error {
+	var slot int
+	select {
+	case slot = <-c.ctlFree:
+	case <-c.done:
+		return nil
+	}
+	b := c.ctlBuf(slot)
+	n := m.encode(b)
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrCTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
+		Addr: c.slabAddr(b), Len: uint32(n), LKey: c.mr.LKey(), Inline: n <= c.inl}); err != nil {
+		c.ctlFree <- slot
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		return fmt.Errorf("rdma: send CTS to %s: %w", c.remote, err)
+	}
+	return nil
+}

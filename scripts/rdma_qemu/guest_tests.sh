@@ -1,0 +1,52 @@
+#!/bin/sh
+# guest_tests.sh: what `make test-rdma` runs inside the QEMU guest
+# (scripts/rdma_qemu.sh run), in /work with the binaries under guest/:
+#
+#   1. the verbs transport tests over real RC queue pairs on rxe0
+#      (GOBPS_IN_QEMU=1 makes them fail, not skip, without a device);
+#   2. a job of a coordinator, 2 servers and 2 workers with RDMA required
+#      (BYTEPS_ENABLE_RDMA=1) and the exact-sum check of e2e/testjob; it
+#      must say that it ran over verbs.
+#
+# busybox sh: no bashisms.
+set -eu
+cd "$(dirname "$0")"
+
+echo "== verbs devices"
+ibv_devices || true
+
+echo "== rdma transport tests over rxe0"
+./rdma.test -test.v -test.count=1 -test.timeout=10m -test.run 'Verbs|Open'
+
+# job NAME ENV...: a 2-server, 2-worker job with RDMA required; both
+# workers must report exact sums over verbs.
+job() {
+	name=$1
+	shift
+	echo "== a job over verbs ($name): 2 servers, 2 workers, exact sums"
+	env "$@" BYTEPS_ENABLE_RDMA=1 BYTEPS_LOG_LEVEL=INFO ./bpsrun --local -v -np 2 --servers 2 -- \
+		./testjob -tensors 16 -rounds 3 -max 1048576 -timeout 5m >job.log 2>&1 || {
+		cat job.log
+		echo "FAIL: the job over verbs ($name) failed"
+		exit 1
+	}
+	cat job.log
+	n=$(grep -c 'all 3 rounds exact' job.log || true)
+	if [ "$n" != 2 ]; then
+		echo "FAIL: $n of 2 workers report exact sums ($name)"
+		exit 1
+	fi
+	v=$(grep -c 'servers over verbs' job.log || true)
+	if [ "$v" != 2 ]; then
+		echo "FAIL: $v of 2 workers say they ran over verbs ($name)"
+		exit 1
+	fi
+	grep 'transport verbs' job.log | head -2
+}
+
+# One machine of 2 workers: local aggregation sends one push per key.
+job "local aggregation" GOBPS_LOCAL_AGGREGATION=1
+# Every worker pushes every key, with checksums on.
+job "every worker pushes, checksums" GOBPS_LOCAL_AGGREGATION=0 GOBPS_CHECKSUM=1
+
+echo "PASS: verbs transport tests and a 2-server, 2-worker job over verbs"
