@@ -107,6 +107,9 @@ test-rdma: deps
 	@mkdir -p $(GUEST)
 	$(GO) test -c -o $(GUEST)/rdma.test ./rdma
 	$(GO) build -o $(GUEST)/ ./cmd/bpsrun ./e2e/testjob
+	$(GO) build -buildmode=c-shared -o $(GUEST)/libgobps.so ./cgo
+	$${CC:-cc} -Wall -Werror -O1 -Icgo -o $(GUEST)/capi cgo/testdata/capi.c -L$(GUEST) -lgobps \
+		-Wl,-rpath,'$$ORIGIN' -lpthread -ldl
 	cp scripts/rdma_qemu/guest_tests.sh $(GUEST)/
 	scripts/rdma_qemu.sh run --add $(GUEST):guest --timeout 900 -- sh guest/guest_tests.sh
 

@@ -288,12 +288,23 @@ func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op i
 	if op == opAverage {
 		rop = core.Average
 	}
-	h, err := e.PushPull(t.t, buf, rop)
+	pushPull := e.PushPull
+	if stageCallerMemory(e) {
+		pushPull = e.PushPullCopy
+	}
+	h, err := pushPull(t.t, buf, rop)
 	if err != nil {
 		return 0, err
 	}
 	return l.handles.add(h), nil
 }
+
+// stageCallerMemory says whether callers' buffers must go through buffers
+// the engine owns: with verbs, whose registration cache keyed by address
+// cannot tell a C buffer freed and reallocated at the same address from
+// the one it registered (see core.Engine.PushPullCopy). Over TCP they go
+// to the socket directly.
+func stageCallerMemory(e *core.Engine) bool { return e.Transport() != "tcp" }
 
 // pushPullCUDA is pushPull for count elements at device pointer ptr on a
 // CUDA device, written by work queued on stream.
@@ -348,7 +359,11 @@ func (l *library) broadcast(name string, buf []byte, dtype int, count int64, roo
 	if t.t == nil {
 		return l.handles.add(nil), nil
 	}
-	h, err := e.Broadcast(t.t, buf)
+	broadcast := e.Broadcast
+	if stageCallerMemory(e) {
+		broadcast = e.BroadcastCopy
+	}
+	h, err := broadcast(t.t, buf)
 	if err != nil {
 		return 0, err
 	}

@@ -107,6 +107,7 @@ type Tensor struct {
 	priority int
 	parts    []part
 	local    []*localPart // per part; nil without local aggregation
+	staging  [][]byte     // free engine-owned buffers for PushPullCopy; guarded by Engine.mu
 
 	round uint64 // guarded by Engine.mu
 }

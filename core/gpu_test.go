@@ -128,3 +128,64 @@ func TestPushPullDeviceOff(t *testing.T) {
 		t.Fatalf("GOBPS_GPU=off: %v", err)
 	}
 }
+
+// TestPushPullCopy: the staged variants give the same results as the
+// direct ones, leave the caller's buffer alone until completion, and reuse
+// one engine-owned buffer per tensor (so verbs registers it once).
+func TestPushPullCopy(t *testing.T) {
+	tc := startCluster(t, 2, 1)
+	tc.each(t, func(rank int, e *Engine) error {
+		x, err := e.Declare("x", proto.Int32, 3000)
+		if err != nil {
+			return err
+		}
+		b, err := e.DeclareBroadcast("b", proto.Int32, 5, 1)
+		if err != nil {
+			return err
+		}
+		for r := 0; r < 4; r++ {
+			buf := make([]byte, 4*3000)
+			for i := 0; i < 3000; i++ {
+				binary.LittleEndian.PutUint32(buf[4*i:], uint32(int32(rank*i+r)))
+			}
+			h, err := e.PushPullCopy(x, buf, Sum)
+			if err != nil {
+				return err
+			}
+			bb := make([]byte, 20)
+			for i := 0; i < 5; i++ {
+				binary.LittleEndian.PutUint32(bb[4*i:], uint32(int32(rank*100+i+r)))
+			}
+			hb, err := e.BroadcastCopy(b, bb)
+			if err != nil {
+				return err
+			}
+			if err := h.WaitTimeout(20 * time.Second); err != nil {
+				return err
+			}
+			if err := hb.WaitTimeout(20 * time.Second); err != nil {
+				return err
+			}
+			for i := 0; i < 3000; i++ {
+				if v := int32(binary.LittleEndian.Uint32(buf[4*i:])); v != int32(i+2*r) {
+					return fmt.Errorf("rank %d round %d [%d] = %d, want %d", rank, r, i, v, i+2*r)
+				}
+			}
+			for i := 0; i < 5; i++ {
+				if v := int32(binary.LittleEndian.Uint32(bb[4*i:])); v != int32(100+i+r) {
+					return fmt.Errorf("rank %d round %d broadcast [%d] = %d", rank, r, i, v)
+				}
+			}
+		}
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		if len(x.staging) != 1 || len(b.staging) != 1 {
+			return fmt.Errorf("staging buffers kept: %d and %d, want 1 each", len(x.staging), len(b.staging))
+		}
+		return nil
+	})
+	var nilEngine *Engine
+	if _, err := nilEngine.PushPullCopy(nil, nil, Sum); !errors.Is(err, ErrNotInitialized) {
+		t.Errorf("nil engine: %v", err)
+	}
+}

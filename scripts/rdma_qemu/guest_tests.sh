@@ -4,9 +4,10 @@
 #
 #   1. the verbs transport tests over real RC queue pairs on rxe0
 #      (GOBPS_IN_QEMU=1 makes them fail, not skip, without a device);
-#   2. a job of a coordinator, 2 servers and 2 workers with RDMA required
+#   2. jobs of a coordinator, 2 servers and 2 workers with RDMA required
 #      (BYTEPS_ENABLE_RDMA=1) and the exact-sum check of e2e/testjob; it
-#      must say that it ran over verbs.
+#      must say that it ran over verbs;
+#   3. the C API test program (cgo/testdata/capi.c) as 2 workers over verbs.
 #
 # busybox sh: no bashisms.
 set -eu
@@ -49,4 +50,19 @@ job "local aggregation" GOBPS_LOCAL_AGGREGATION=1
 # Every worker pushes every key, with checksums on.
 job "every worker pushes, checksums" GOBPS_LOCAL_AGGREGATION=0 GOBPS_CHECKSUM=1
 
-echo "PASS: verbs transport tests and a 2-server, 2-worker job over verbs"
+# The C API (what PyTorch calls) over verbs: callers' buffers are staged
+# through engine-owned ones (core.Engine.PushPullCopy).
+echo "== the C API over verbs: 2 servers, 2 workers"
+BYTEPS_ENABLE_RDMA=1 ./bpsrun --local -np 2 --servers 2 -- ./capi job >capi.log 2>&1 || {
+	cat capi.log
+	echo "FAIL: the C API job over verbs failed"
+	exit 1
+}
+cat capi.log
+c=$(grep -c 'capi job: rank [01] ok' capi.log || true)
+if [ "$c" != 2 ]; then
+	echo "FAIL: $c of 2 C API workers ok"
+	exit 1
+fi
+
+echo "PASS: verbs transport tests, jobs over verbs, the C API over verbs"
