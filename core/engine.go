@@ -68,6 +68,7 @@ type Engine struct {
 		tensors  map[string]*Tensor
 		ntensors uint32
 		pending  [][]proto.Decl // per server, not yet sent
+		flushing bool           // declarations sent, answers not all in
 		balancer *proto.Balancer
 		queue    *scheduler.Queue[*task]
 		reqs     map[uint64]*task
@@ -332,7 +333,9 @@ func (e *Engine) usableLocked() error {
 }
 
 // flush sends every pending declaration, one frame per server, all servers
-// at once, and waits for every answer.
+// at once, and waits for every answer. Flushes are serialised (declMu), so
+// one that finds nothing pending returns only after any flush in flight
+// has finished.
 func (e *Engine) flush() error {
 	e.declMu.Lock()
 	defer e.declMu.Unlock()
@@ -354,7 +357,13 @@ func (e *Engine) flush() error {
 		reqs = append(reqs, r)
 		e.mu.pending[i] = nil
 	}
+	e.mu.flushing = len(reqs) > 0
 	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.mu.flushing = false
+		e.mu.Unlock()
+	}()
 	var errs []error
 	for _, r := range reqs {
 		err := r.s.lanes[0].conn.Send(proto.Header{Op: proto.OpDeclare, Sender: e.self.ID, ReqID: r.id}, proto.EncodeDecls(r.ds))
@@ -425,7 +434,11 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 		e.mu.Unlock()
 		return nil, err
 	}
-	dirty := false
+	// Declarations still to send, or sent by a concurrent call whose
+	// answers are not all in: either way this push must wait for them, or
+	// it could reach a server (over another lane) before its key's
+	// declaration does.
+	dirty := e.mu.flushing
 	for _, ds := range e.mu.pending {
 		dirty = dirty || len(ds) > 0
 	}

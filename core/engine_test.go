@@ -473,3 +473,41 @@ func TestCreditNoCrossWorkerDeadlock(t *testing.T) {
 		}
 	}
 }
+
+// TestConcurrentFirstPushes: many goroutines start their first PushPull at
+// once, right after declaring. One of them flushes the declarations; the
+// others must wait for the servers' answers too, or a push can reach its
+// server over another lane before its key's declaration does ("never
+// declared"). Found by the GPU path, whose pushes start from goroutines.
+func TestConcurrentFirstPushes(t *testing.T) {
+	for iter := 0; iter < 3; iter++ {
+		tc := startCluster(t, 2, 2)
+		tc.each(t, func(rank int, e *Engine) error {
+			const n = 16
+			ts := make([]*Tensor, n)
+			for i := range ts {
+				var err error
+				if ts[i], err = e.Declare(fmt.Sprintf("c%d", i), proto.Int32, 3000+i); err != nil {
+					return err
+				}
+			}
+			errs := make(chan error, n)
+			for i := range ts {
+				go func() {
+					buf := make([]byte, ts[i].Bytes())
+					h, err := e.PushPull(ts[i], buf, Sum)
+					if err == nil {
+						err = h.WaitTimeout(20 * time.Second)
+					}
+					errs <- err
+				}()
+			}
+			for range ts {
+				if err := <-errs; err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+}
