@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/gpu/internal/leakcheck"
+	"github.com/gobps/gobps/internal/leakcheck"
 )
 
 // countingAlloc is a "pinned" allocator over AllocPageable that counts live
@@ -71,7 +71,7 @@ func newPool(t *testing.T, opt PoolOptions) (*Pool, *countingAlloc) {
 }
 
 func TestPoolOwnership(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	ctx := context.Background()
 	p, a := newPool(t, PoolOptions{Buffers: 2, BufferBytes: 3 * PageSize, Poison: true})
 	other, _ := newPool(t, PoolOptions{Buffers: 1, BufferBytes: PageSize})
@@ -145,7 +145,7 @@ func TestPoolOwnership(t *testing.T) {
 }
 
 func TestPoolSmallestFit(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	p, _ := newPool(t, PoolOptions{})
 	defer p.Close()
 	for _, pages := range []int{4, 1, 2, 2} {
@@ -175,7 +175,7 @@ func TestPoolSmallestFit(t *testing.T) {
 }
 
 func TestPoolWaitHandoffAndTimeout(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	p, _ := newPool(t, PoolOptions{Buffers: 1, BufferBytes: PageSize})
 	defer p.Close()
 	b, _ := p.Get(context.Background(), 10)
@@ -234,7 +234,7 @@ func (p *Pool) hasWaiter() bool {
 // TestPoolPinnedFallback: when the pinned allocator fails (memlock), the
 // pool uses pageable memory and says so once.
 func TestPoolPinnedFallback(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	a := &countingAlloc{fail: errors.New("CUDA_ERROR_OUT_OF_MEMORY: memlock")}
 	var logs []string
 	p, err := NewPool(PoolOptions{
@@ -278,7 +278,7 @@ func TestPoolPinnedFallback(t *testing.T) {
 // one buffer per tensor (Grow per tensor) and at most one lease per tensor
 // at a time, Get never waits, whatever the sizes and interleavings.
 func TestPoolPerTensorNeverWaits(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	p, _ := newPool(t, PoolOptions{})
 	defer p.Close()
 	rng := rand.New(rand.NewPCG(1, 2))

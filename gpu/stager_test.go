@@ -15,7 +15,7 @@ import (
 
 	"github.com/gobps/gobps/gpu"
 	"github.com/gobps/gobps/gpu/fake"
-	"github.com/gobps/gobps/gpu/internal/leakcheck"
+	"github.com/gobps/gobps/internal/leakcheck"
 )
 
 // harness is a fake device with a framework stream, a pool and a stager,
@@ -31,7 +31,7 @@ type harness struct {
 
 func newHarness(t *testing.T, dopt fake.Options, popt gpu.PoolOptions, knobs ...func(*gpu.Stager)) *harness {
 	t.Helper()
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	h := &harness{t: t, dev: fake.New(dopt)}
 	h.fw = h.dev.NewFrameworkStream()
 	var err error

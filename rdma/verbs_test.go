@@ -9,13 +9,13 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/internal/leakcheck"
 	"github.com/gobps/gobps/rdma/ibv"
 )
 
@@ -118,35 +118,7 @@ func skipOrFail(t *testing.T, why string) {
 }
 
 // checkLeaks fails the test if goroutines of this package outlive it.
-func checkLeaks(t *testing.T) {
-	t.Cleanup(func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for {
-			left := rdmaGoroutines()
-			if len(left) == 0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("%d goroutines left:\n%s", len(left), strings.Join(left, "\n\n"))
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
-
-func rdmaGoroutines() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var left []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "gobps/gobps/rdma.") && !strings.Contains(g, "testing.tRunner") &&
-			!strings.Contains(g, "rdmaGoroutines") {
-			left = append(left, g)
-		}
-	}
-	return left
-}
+func checkLeaks(t *testing.T) { leakcheck.Check(t, "gobps/gobps/rdma.") }
 
 // hrec is a Handler that records what it is given.
 type hrec struct {

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/gpu"
-	"github.com/gobps/gobps/gpu/internal/leakcheck"
+	"github.com/gobps/gobps/internal/leakcheck"
 )
 
 // newDev returns a device closed at the end of the test. Tests call
@@ -52,7 +52,7 @@ func mustEvent(t *testing.T, d *Device) gpu.Event {
 }
 
 func TestStreamRunsInOrder(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{})
 	s := d.NewFrameworkStream()
 	defer s.Close()
@@ -84,7 +84,7 @@ func TestStreamRunsInOrder(t *testing.T) {
 }
 
 func TestEventSemantics(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{})
 	s := d.NewFrameworkStream()
 	defer s.Close()
@@ -138,7 +138,7 @@ func TestEventSemantics(t *testing.T) {
 }
 
 func TestWaitEventAcrossStreams(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{})
 	a := d.NewFrameworkStream()
 	defer a.Close()
@@ -208,7 +208,7 @@ func TestWaitEventAcrossStreams(t *testing.T) {
 }
 
 func TestCopiesPoisonAndDelay(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	const delay = 100 * time.Millisecond
 	d := newDev(t, Options{CopyDelay: delay})
 	s := mustStream(t, d)
@@ -300,7 +300,7 @@ func TestCopiesPoisonAndDelay(t *testing.T) {
 }
 
 func TestJitterIsBoundedAndSeeded(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d1 := newDev(t, Options{MaxJitter: time.Millisecond, Seed: 7})
 	d2 := newDev(t, Options{MaxJitter: time.Millisecond, Seed: 7})
 	for range 100 {
@@ -312,7 +312,7 @@ func TestJitterIsBoundedAndSeeded(t *testing.T) {
 }
 
 func TestCopyArgumentErrors(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{})
 	s := mustStream(t, d)
 	p, err := d.Malloc(100)
@@ -366,7 +366,7 @@ func TestCopyArgumentErrors(t *testing.T) {
 }
 
 func TestMemlockLimit(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{MemlockBytes: 3 * 4096})
 	a, err := d.AllocHost(2 * 4096)
 	if err != nil {
@@ -399,7 +399,7 @@ func TestMemlockLimit(t *testing.T) {
 }
 
 func TestForeignStream(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := newDev(t, Options{})
 	fw := d.NewFrameworkStream()
 	defer fw.Close()
@@ -432,7 +432,7 @@ func TestForeignStream(t *testing.T) {
 }
 
 func TestCloseStopsEverything(t *testing.T) {
-	leakcheck.Check(t)
+	leakcheck.Check(t, "github.com/gobps/gobps/gpu")
 	d := New(Options{})
 	s, _ := d.NewStream(gpu.PriorityDefault)
 	fw := d.NewFrameworkStream()

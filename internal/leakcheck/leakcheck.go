@@ -1,41 +1,63 @@
-// Package leakcheck lets tests of gpu/... check that no goroutine of theirs
-// (stream goroutines of the fake device, pool waiters, test workers)
-// outlives them.
+// Package leakcheck lets a package's tests check that no goroutine running
+// its code outlives them: per test (Check, as a cleanup) or per test binary
+// (Main, from TestMain). A goroutine is the package's when its stack holds
+// a frame whose function name contains the marker the caller gives, such
+// as "github.com/gobps/gobps/gpu" (gpu and everything under it, tests
+// included) or "gobps/gobps/rdma." (rdma alone).
 package leakcheck
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 )
 
-// marker is in every frame of a gpu/... package, tests included.
-const marker = "github.com/gobps/gobps/gpu"
-
 // Check registers a cleanup that fails t if, 5 s after the test (and its
 // other cleanups, registered later, which run first) has finished, a
-// goroutine other than the test's own still runs code of gpu/....
-func Check(t testing.TB) {
+// goroutine other than the test's own still runs code matching marker.
+func Check(t testing.TB, marker string) {
 	t.Helper()
 	t.Cleanup(func() {
-		var left []string
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-			left = Goroutines()
-			if len(left) == 0 || time.Now().After(deadline) {
-				break
-			}
-		}
-		for _, g := range left {
+		for _, g := range Wait(marker, 5*time.Second) {
 			t.Errorf("goroutine leaked:\n%s", g)
 		}
 	})
 }
 
+// Main is for TestMain: given m.Run's exit code, it fails the run (returns
+// 1) if, within 3 s, goroutines running code matching marker are still
+// there, and prints their stacks.
+func Main(code int, marker string) int {
+	if code != 0 {
+		return code
+	}
+	if left := Wait(marker, 3*time.Second); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "%d leaked goroutines running %s:\n\n%s\n", len(left), marker, strings.Join(left, "\n\n"))
+		return 1
+	}
+	return 0
+}
+
+// Wait polls for up to d until no goroutine matching marker is left, and
+// returns the stacks of those still there.
+func Wait(marker string, d time.Duration) []string {
+	deadline := time.Now().Add(d)
+	for {
+		left := Goroutines(marker)
+		if len(left) == 0 || time.Now().After(deadline) {
+			return left
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Goroutines returns the stacks of the goroutines, other than the caller's
-// and other test functions' (a parent test waiting in t.Run), that run
-// code of gpu/....
-func Goroutines() []string {
+// and test functions' (a parent test waiting in t.Run), that run code
+// matching marker.
+func Goroutines(marker string) []string {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
