@@ -265,20 +265,30 @@ func (l *library) declare(name string, dtype int, count int64, root int) (*tenso
 	return want, nil
 }
 
-// pushPull starts reducing buf (count elements of dtype) with op.
-func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op int) (int64, error) {
+// reduction checks a push_pull's op, declares its tensor, and starts it
+// with start unless the tensor has no elements (then the handle is complete
+// at once). what names the call in errors ("push_pull", "push_pull_cuda");
+// check, if set, validates the call once the tensor is known to have
+// elements.
+func (l *library) reduction(what, name string, dtype int, count int64, op int, check func() error,
+	start func(e *core.Engine, t *core.Tensor, op core.ReduceOp) (*core.Handle, error)) (int64, error) {
 	if op != opSum && op != opAverage {
-		return 0, fail(statusInvalidArgument, "gobps: push_pull %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", name, op)
+		return 0, fail(statusInvalidArgument, "gobps: %s %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", what, name, op)
 	}
 	t, err := l.declare(name, dtype, count, -1)
 	if err != nil {
 		return 0, err
 	}
 	if op == opAverage && !t.dtype.IsFloat() {
-		return 0, fail(statusInvalidArgument, "gobps: push_pull %q: cannot average %s; use GOBPS_SUM", name, t.dtype)
+		return 0, fail(statusInvalidArgument, "gobps: %s %q: cannot average %s; use GOBPS_SUM", what, name, t.dtype)
 	}
 	if t.t == nil { // no elements
 		return l.handles.add(nil), nil
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return 0, err
+		}
 	}
 	e, err := l.live()
 	if err != nil {
@@ -288,15 +298,22 @@ func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op i
 	if op == opAverage {
 		rop = core.Average
 	}
-	pushPull := e.PushPull
-	if stageCallerMemory(e) {
-		pushPull = e.PushPullCopy
-	}
-	h, err := pushPull(t.t, buf, rop)
+	h, err := start(e, t.t, rop)
 	if err != nil {
 		return 0, err
 	}
 	return l.handles.add(h), nil
+}
+
+// pushPull starts reducing buf (count elements of dtype) with op.
+func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op int) (int64, error) {
+	return l.reduction("push_pull", name, dtype, count, op, nil,
+		func(e *core.Engine, t *core.Tensor, op core.ReduceOp) (*core.Handle, error) {
+			if stageCallerMemory(e) {
+				return e.PushPullCopy(t, buf, op)
+			}
+			return e.PushPull(t, buf, op)
+		})
 }
 
 // stageCallerMemory says whether callers' buffers must go through buffers
@@ -309,38 +326,19 @@ func stageCallerMemory(e *core.Engine) bool { return e.Transport() != "tcp" }
 // pushPullCUDA is pushPull for count elements at device pointer ptr on a
 // CUDA device, written by work queued on stream.
 func (l *library) pushPullCUDA(name string, ptr uintptr, dtype int, count int64, op, device int, stream uintptr) (int64, error) {
-	if op != opSum && op != opAverage {
-		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", name, op)
-	}
 	if device < 0 {
 		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: device %d is not a CUDA device index", name, device)
 	}
-	t, err := l.declare(name, dtype, count, -1)
-	if err != nil {
-		return 0, err
+	check := func() error {
+		if ptr == 0 {
+			return fail(statusInvalidArgument, "gobps: push_pull_cuda %q: NULL device pointer for %d elements", name, count)
+		}
+		return nil
 	}
-	if op == opAverage && !t.dtype.IsFloat() {
-		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: cannot average %s; use GOBPS_SUM", name, t.dtype)
-	}
-	if t.t == nil { // no elements
-		return l.handles.add(nil), nil
-	}
-	if ptr == 0 {
-		return 0, fail(statusInvalidArgument, "gobps: push_pull_cuda %q: NULL device pointer for %d elements", name, count)
-	}
-	e, err := l.live()
-	if err != nil {
-		return 0, err
-	}
-	rop := core.Sum
-	if op == opAverage {
-		rop = core.Average
-	}
-	h, err := e.PushPullDevice(t.t, device, ptr, stream, rop)
-	if err != nil {
-		return 0, err
-	}
-	return l.handles.add(h), nil
+	return l.reduction("push_pull_cuda", name, dtype, count, op, check,
+		func(e *core.Engine, t *core.Tensor, op core.ReduceOp) (*core.Handle, error) {
+			return e.PushPullDevice(t, device, ptr, stream, op)
+		})
 }
 
 // broadcast starts copying root's buf to every worker.
