@@ -58,6 +58,7 @@ func pushPull(args []string) error {
 	workersF := fs.String("workers", "1,2", "worker counts")
 	serversF := fs.String("servers", "1,2", "server counts")
 	part := fs.String("partition", "4MiB", "BYTEPS_PARTITION_BYTES")
+	localAgg := fs.Bool("localagg", false, "the workers are one machine and sum in shared memory first, so one push per key reaches the servers (GOBPS_LOCAL_AGGREGATION=1); off, every worker pushes")
 	dur := fs.Duration("time", 2*time.Second, "measuring time per configuration")
 	lanes := fs.Int("lanes", 2, "GOBPS_TCP_LANES")
 	if err := fs.Parse(args); err != nil {
@@ -86,13 +87,13 @@ func pushPull(args []string) error {
 	host, _ := os.Hostname()
 	fmt.Printf("machine: %s, %d CPUs; raw TCP loopback stream (one connection, 4 MiB writes): %.2f GB/s\n", host, numCPU(), raw/1e9)
 	fmt.Println("tensor = tensor bytes push_pulled per second by each worker (each byte goes out and comes back)")
-	fmt.Println("wire   = push + pull bytes through loopback per second, all workers: what the raw stream measures")
+	fmt.Println("wire   = push + pull bytes through loopback per second, all workers (with -localagg, one per key): what the raw stream measures")
 	fmt.Println("ratio  = wire / raw stream;  tensor/raw = tensor / raw stream")
 	fmt.Printf("%8s %7s %7s %6s %8s %12s %10s %6s %10s\n", "size", "workers", "servers", "iters", "ms/iter", "tensor GB/s", "wire GB/s", "ratio", "tensor/raw")
 	for _, s := range sizes {
 		for _, w := range ws {
 			for _, k := range ss {
-				r, err := measure(s, w, k, pb[0], *lanes, *dur)
+				r, err := measure(s, w, k, pb[0], *lanes, *localAgg, *dur)
 				if err != nil {
 					return fmt.Errorf("size %d workers %d servers %d: %w", s, w, k, err)
 				}
@@ -172,7 +173,7 @@ type result struct {
 
 // measure runs a coordinator, k servers and w workers in this process, over
 // loopback TCP, and times PushPull of one tensor of size bytes.
-func measure(size, w, k, partBytes, lanes int, d time.Duration) (result, error) {
+func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration) (result, error) {
 	port, err := roles.FreePort()
 	if err != nil {
 		return result{}, err
@@ -181,6 +182,10 @@ func measure(size, w, k, partBytes, lanes int, d time.Duration) (result, error) 
 		"DMLC_NUM_WORKER": "1", "BYTEPS_LOCAL_SIZE": strconv.Itoa(w), "DMLC_NUM_SERVER": strconv.Itoa(k),
 		"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": strconv.Itoa(port), "DMLC_NODE_HOST": "127.0.0.1",
 		"BYTEPS_PARTITION_BYTES": strconv.Itoa(partBytes), "GOBPS_TCP_LANES": strconv.Itoa(lanes),
+		"GOBPS_LOCAL_AGGREGATION": "0",
+	}
+	if localAgg {
+		env["GOBPS_LOCAL_AGGREGATION"] = "1"
 	}
 	cfgFor := func(kv ...string) (*config.Config, error) {
 		m := map[string]string{}
@@ -272,7 +277,11 @@ func measure(size, w, k, partBytes, lanes int, d time.Duration) (result, error) 
 	t0 := append([]time.Duration(nil), times[0]...)
 	sort.Slice(t0, func(i, j int) bool { return t0[i] < t0[j] })
 	per := float64(size) * float64(iters) / el.Seconds()
-	return result{iters: iters, perIter: t0[len(t0)/2], goodput: per, wire: 2 * per * float64(w)}, nil
+	pushers := w
+	if localAgg {
+		pushers = 1 // one machine: only the key's owner pushes and pulls
+	}
+	return result{iters: iters, perIter: t0[len(t0)/2], goodput: per, wire: 2 * per * float64(pushers)}, nil
 }
 
 func runAll(engines []*core.Engine, count, iters int, times [][]time.Duration, errs []error, wg *sync.WaitGroup) {
