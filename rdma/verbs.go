@@ -401,13 +401,16 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 	var b [helloSize]byte
 	// The magic first: a peer speaking another protocol may send less than
 	// a whole hello and wait for an answer.
-	if _, err = io.ReadFull(nc, b[:4]); err == nil {
-		if err = checkMagic(b[:]); err != nil {
-			return nil, err
-		}
-		_, err = io.ReadFull(nc, b[4:])
+	if _, err = io.ReadFull(nc, b[:4]); err != nil {
+		// A peer of the TCP transport reads our hello as a bad frame and
+		// hangs up, often before its own first frame reaches us.
+		return nil, fmt.Errorf("receive bootstrap: %w (the peer hung up before its verbs hello: "+
+			"every process of a job must choose the same transport, BYTEPS_ENABLE_RDMA)", err)
 	}
-	if err != nil {
+	if err = checkMagic(b[:]); err != nil {
+		return nil, err
+	}
+	if _, err = io.ReadFull(nc, b[4:]); err != nil {
 		return nil, fmt.Errorf("receive bootstrap: %w", err)
 	}
 	if c.peer, err = decodeHello(b[:]); err != nil {
