@@ -148,6 +148,7 @@ type task struct {
 	sending   bool  // the lane's sender is reading in
 	failed    error // a failure that came while sending, applied after
 	receiving bool  // the reader is writing into out
+	got       int   // bytes of the answer in out (answers may come in pieces)
 	finished  bool
 }
 
@@ -557,10 +558,11 @@ func (l *lane) send() {
 		h := proto.Header{Sender: l.e.self.ID, Key: tk.p.key, Round: tk.round, ReqID: tk.reqID, DType: tk.t.dtype}
 		var err error
 		if tk.push {
-			h.Op = proto.OpPush
+			// The push asks for the sum too (FlagPull), so the server can
+			// stream it back while the pushes are still arriving.
+			h.Op, h.Flags = proto.OpPush, proto.FlagPull
 			err = l.conn.Send(h, tk.in)
-		}
-		if err == nil {
+		} else {
 			h.Op, h.DType = proto.OpPull, 0
 			err = l.conn.Send(h, nil)
 		}
@@ -605,14 +607,21 @@ func (l *lane) Dest(c rdma.Conn, h *proto.Header) ([]byte, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	tk := e.mu.reqs[h.ReqID]
+	off, whole := 0, h.Flags&proto.FlagPiece == 0
+	if !whole {
+		off = int(h.Piece) * proto.PieceBytes
+	}
 	switch {
 	case tk == nil || tk.finished:
 		return nil, fmt.Errorf("answer to unknown request %d", h.ReqID)
-	case tk.p.key != h.Key || tk.round != h.Round || tk.t.dtype != h.DType || len(tk.out) != int(h.Length):
+	case tk.p.key != h.Key || tk.round != h.Round || tk.t.dtype != h.DType:
 		return nil, fmt.Errorf("answer %s does not match request (key %s round %d, %d bytes of %s)", h, tk.p.key, tk.round, len(tk.out), tk.t.dtype)
+	case whole && (len(tk.out) != int(h.Length) || tk.got != 0),
+		!whole && (off+int(h.Length) > len(tk.out) || tk.got+int(h.Length) > len(tk.out)):
+		return nil, fmt.Errorf("answer %s does not fit request (%d of %d bytes in)", h, tk.got, len(tk.out))
 	}
 	tk.receiving = true
-	return tk.out, nil
+	return tk.out[off : off+int(h.Length)], nil
 }
 
 // Handle implements rdma.Handler.
@@ -630,6 +639,17 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 	case h.Op == proto.OpPullResp:
 		e.mu.Lock()
 		tk := e.mu.reqs[h.ReqID]
+		tk.receiving = false
+		if tk.got += int(h.Length); tk.got < len(tk.out) {
+			// More pieces to come. A failure meanwhile finishes the task
+			// (nothing writes into out between pieces); later pieces are
+			// then refused by Dest.
+			if tk.failed != nil {
+				e.finishLocked(tk, tk.failed)
+			}
+			e.mu.Unlock()
+			return
+		}
 		e.mu.Unlock()
 		var derr error
 		if tk.op == Average {
@@ -678,9 +698,16 @@ func (l *lane) Closed(c rdma.Conn, err error) {
 
 // finishLocked completes one task. REQUIRES: e.mu.
 func (e *Engine) finishLocked(tk *task, err error) {
-	if tk.finished || (tk.receiving && err != nil) {
+	if tk.finished {
+		return
+	}
+	if tk.receiving && err != nil {
 		// A receiving task is finished by its reader (Handle or Closed),
-		// never under it.
+		// never under it: with this error if more pieces of its answer
+		// were still to come, successfully if the answer is all in.
+		if tk.failed == nil {
+			tk.failed = err
+		}
 		return
 	}
 	if tk.sending && err != nil {

@@ -367,7 +367,7 @@ func TestServerDiesMidAnswer(t *testing.T) {
 	defer coord.Close()
 	go coord.Run(ctx)
 	// The fake server: acknowledges declarations, and answers the first
-	// pull with a header promising the whole partition, half of it, and a
+	// pull (a push with FlagPull) with a header promising the whole partition, half of it, and a
 	// closed connection.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -390,7 +390,7 @@ func TestServerDiesMidAnswer(t *testing.T) {
 					switch h.Op {
 					case proto.OpDeclare:
 						proto.WriteFrame(c, proto.Header{Op: proto.OpDeclareAck, ReqID: h.ReqID}, nil)
-					case proto.OpPull:
+					case proto.OpPull, proto.OpPush: // a push asks for the sum too (FlagPull)
 						var b [proto.HeaderSize]byte
 						(&proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: h.ReqID, Length: 8192}).Encode(b[:])
 						c.Write(b[:])

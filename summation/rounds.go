@@ -15,17 +15,21 @@ type Pull struct {
 	Reply  any
 }
 
-// Answer says: send Buf, the sum of Round, to Pull. Buf belongs to the key
-// until Served(Round) is called for this answer; it must not be written.
+// Answer says: send Buf, the sum of Round or a piece of it, to Pull. A
+// whole answer has Piece < 0; a piece starts at Piece×ChunkBytes of the
+// sum. Buf belongs to the key until Served(Round) is called for the pull,
+// once, after its Last answer was sent; it must not be written.
 type Answer struct {
 	Pull  Pull
 	Round uint64
 	Buf   []byte
+	Piece int
+	Last  bool
 }
 
 // ChunkBytes is the granularity of chunked pushes: Chunk offsets are
 // multiples of it. It matches rdma.ChunkBytes.
-const ChunkBytes = 256 << 10
+const ChunkBytes = proto.PieceBytes
 
 // slot is the state of one round in the window.
 type slot struct {
@@ -37,8 +41,16 @@ type slot struct {
 	summed   int     // contributions summed, over all chunks
 	pushes   int     // pushes complete
 	complete bool
-	waiting  []Pull
+	ready    int // leading chunks whose sum is complete
+	waiting  []waiter
 	served   int
+}
+
+// waiter is a pull that came before its round was complete: it gets the
+// chunks as their sums complete, in order, then the rest at completion.
+type waiter struct {
+	pull Pull
+	sent int // leading chunks sent to it
 }
 
 func (s *slot) reset(round uint64) {
@@ -50,6 +62,7 @@ func (s *slot) reset(round uint64) {
 	s.summed = 0
 	s.pushes = 0
 	s.complete = false
+	s.ready = 0
 	s.waiting = s.waiting[:0]
 	s.served = 0
 }
@@ -274,6 +287,9 @@ func (r *Rounds) add(w int, round uint64, off int, b []byte, res *Result) {
 	if s.recv[w] == len(buf) {
 		r.pushDone(round, res)
 	}
+	if !s.complete {
+		r.stream(round, res)
+	}
 }
 
 // pushDone counts one complete push and answers the waiting pulls when the
@@ -284,8 +300,9 @@ func (r *Rounds) pushDone(round uint64, res *Result) {
 	s.pushes++
 	if s.pushes == r.pushersPerRound() {
 		s.complete = true
-		for _, p := range s.waiting {
-			res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: r.bufs[i]})
+		s.ready = r.chunks
+		for _, w := range s.waiting {
+			r.answerFrom(w.pull, round, w.sent, res)
 		}
 		s.waiting = s.waiting[:0]
 	}
@@ -328,11 +345,50 @@ func (r *Rounds) pull(p Pull, round uint64, res *Result) error {
 	}
 	s.pulled[p.Worker] = true
 	if s.complete {
-		res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: r.bufs[i]})
+		r.answerFrom(p, round, 0, res)
 	} else {
-		s.waiting = append(s.waiting, p)
+		// The chunks already summed go now; the rest as they complete.
+		r.answerPieces(p, round, 0, s.ready, res)
+		s.waiting = append(s.waiting, waiter{pull: p, sent: s.ready})
 	}
 	return nil
+}
+
+// answerFrom answers p with round's sum from chunk `from` on: the whole sum
+// in one answer when nothing was sent yet, else the remaining pieces.
+func (r *Rounds) answerFrom(p Pull, round uint64, from int, res *Result) {
+	if from == 0 {
+		res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: r.bufs[round%2], Piece: -1, Last: true})
+		return
+	}
+	r.answerPieces(p, round, from, r.chunks, res)
+}
+
+// answerPieces answers p with chunks from..to-1 of round's sum, one piece
+// each; the piece that ends the sum is the pull's Last.
+func (r *Rounds) answerPieces(p Pull, round uint64, from, to int, res *Result) {
+	buf := r.bufs[round%2]
+	for c := from; c < to; c++ {
+		end := min((c+1)*ChunkBytes, len(buf))
+		res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: buf[c*ChunkBytes : end], Piece: c, Last: end == len(buf)})
+	}
+}
+
+// stream sends the waiting pulls of round the chunks whose sums completed
+// since they were last served: an answer leaves chunk by chunk while the
+// rest of the pushes are still arriving, instead of all at once at the end.
+// Chunks complete in order: every pusher sends its chunks in order.
+func (r *Rounds) stream(round uint64, res *Result) {
+	s := &r.slots[round%2]
+	need := int32(r.pushersPerRound())
+	for s.ready < r.chunks && s.count[s.ready] >= need {
+		s.ready++
+	}
+	for j := range s.waiting {
+		w := &s.waiting[j]
+		r.answerPieces(w.pull, round, w.sent, s.ready, res)
+		w.sent = s.ready
+	}
 }
 
 // Served records that one answer for round has been sent, so its buffer is

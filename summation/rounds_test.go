@@ -275,3 +275,94 @@ func TestRoundsOnePusherPerMachine(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundsStreamsPieces: a pull waiting for its round gets each chunk of
+// the sum as soon as that chunk's last contribution is in, one piece per
+// chunk, the last piece marked; a pull arriving midway gets the chunks
+// already summed at once; a round complete at pull time goes whole.
+func TestRoundsStreamsPieces(t *testing.T) {
+	n := 3*ChunkBytes + 8 // 4 chunks, the last one 8 bytes
+	d := proto.Decl{Key: 9, DType: proto.Int32, Root: proto.NoRoot, Bytes: uint64(n)}
+	r := NewRounds(d, 2)
+	data := func(w int) []byte {
+		vs := make([]int32, n/4)
+		for i := range vs {
+			vs[i] = int32(i*(w+1) + 1)
+		}
+		return i32s(vs...)
+	}
+	d0, d1 := data(0), data(1)
+	sum := make([]int32, n/4)
+	for i := range sum {
+		sum[i] = int32(i*3 + 2)
+	}
+	want := i32s(sum...)
+	chunk := func(b []byte, c int) []byte { return b[c*ChunkBytes : min((c+1)*ChunkBytes, n)] }
+	// Worker 0 pushes everything; nothing is summed for good yet.
+	if err := r.Begin(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	for c := 0; c < 4; c++ {
+		if res := r.Chunk(0, 0, c*ChunkBytes, chunk(d0, c)); len(res.Answers) != 0 {
+			t.Fatalf("chunk %d of one push answered %d", c, len(res.Answers))
+		}
+	}
+	res, err := r.Pull(Pull{Worker: 0, ReqID: 1}, 0)
+	if err != nil || len(res.Answers) != 0 {
+		t.Fatalf("pull before any chunk was complete: %v, %d answers", err, len(res.Answers))
+	}
+	// Worker 1's chunks complete the sum chunk by chunk.
+	if err := r.Begin(1, 0); err != nil {
+		t.Fatal(err)
+	}
+	check := func(as []Answer, req uint64, c int, last bool) {
+		t.Helper()
+		for _, a := range as {
+			if a.Pull.ReqID == req && a.Piece == c {
+				if a.Last != last || string(a.Buf) != string(chunk(want, c)) {
+					t.Fatalf("req %d piece %d: last %v, right bytes %v", req, c, a.Last, string(a.Buf) == string(chunk(want, c)))
+				}
+				return
+			}
+		}
+		t.Fatalf("no piece %d for req %d in %d answers", c, req, len(as))
+	}
+	res = r.Chunk(1, 0, 0, chunk(d1, 0))
+	if len(res.Answers) != 1 {
+		t.Fatalf("chunk 0 complete: %d answers, want 1", len(res.Answers))
+	}
+	check(res.Answers, 1, 0, false)
+	// Worker 1's pull arrives now: chunk 0 at once.
+	res, err = r.Pull(Pull{Worker: 1, ReqID: 2}, 0)
+	if err != nil || len(res.Answers) != 1 {
+		t.Fatalf("late pull: %v, %d answers, want chunk 0", err, len(res.Answers))
+	}
+	check(res.Answers, 2, 0, false)
+	res = r.Chunk(1, 0, ChunkBytes, chunk(d1, 1))
+	check(res.Answers, 1, 1, false)
+	check(res.Answers, 2, 1, false)
+	res = r.Chunk(1, 0, 2*ChunkBytes, chunk(d1, 2))
+	check(res.Answers, 1, 2, false)
+	check(res.Answers, 2, 2, false)
+	res = r.Chunk(1, 0, 3*ChunkBytes, chunk(d1, 3))
+	check(res.Answers, 1, 3, true)
+	check(res.Answers, 2, 3, true)
+	if len(res.Answers) != 2 {
+		t.Fatalf("last chunk: %d answers", len(res.Answers))
+	}
+	r.Served(0)
+	r.Served(0)
+	if r.Base() != 1 {
+		t.Fatalf("round 0 not retired after both pulls were served")
+	}
+	// Round 1: both pushes in before the pulls: whole answers.
+	for w, b := range [][]byte{d0, d1} {
+		if _, err := r.Push(w, 1, append([]byte(nil), b...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err = r.Pull(Pull{Worker: 0, ReqID: 3}, 1)
+	if err != nil || len(res.Answers) != 1 || res.Answers[0].Piece != -1 || !res.Answers[0].Last || string(res.Answers[0].Buf) != string(want) {
+		t.Fatalf("pull of a complete round: %v %+v", err, len(res.Answers))
+	}
+}

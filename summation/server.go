@@ -33,7 +33,8 @@ type Config struct {
 type Stats struct {
 	Declares    int64 // declaration frames accepted (each may hold many keys)
 	Pushes      int64 // pushes accepted
-	Pulls       int64 // answers sent
+	Pulls       int64 // answers sent (whole, or the last piece of one)
+	Pieces      int64 // answer pieces sent (answers streamed as their chunks' sums complete)
 	Refused     int64 // requests answered with an error
 	BadConns    int64 // connections closed for a bad frame
 	Keys        int   // keys declared
@@ -56,8 +57,8 @@ type Server struct {
 	closing sync.Once
 	wg      sync.WaitGroup
 
-	id                                         atomic.Uint32 // node id, the Sender of every frame
-	declares, pushes, pulls, refused, badConns atomic.Int64
+	id                                                 atomic.Uint32 // node id, the Sender of every frame
+	declares, pushes, pulls, pieces, refused, badConns atomic.Int64
 }
 
 // SetID sets the node id the server puts in the Sender field of its frames
@@ -185,7 +186,7 @@ func (s *Server) Stats() Stats {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	return Stats{
-		Declares: s.declares.Load(), Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Refused: s.refused.Load(),
+		Declares: s.declares.Load(), Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Pieces: s.pieces.Load(), Refused: s.refused.Load(),
 		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), EngineBytes: append([]uint64(nil), s.mu.load...),
 	}
 }
@@ -480,6 +481,19 @@ func (e *engine) run() {
 	}
 }
 
+// pullToo registers the pull that a push with FlagPull carries, once the
+// push was accepted, and adds what it produced to res.
+func (e *engine) pullToo(t task, res *Result) error {
+	if t.hdr.Flags&proto.FlagPull == 0 {
+		return nil
+	}
+	r, err := t.key.rounds.Pull(Pull{Worker: int(t.peer.worker.Load()), ReqID: t.hdr.ReqID, Reply: t.peer}, t.hdr.Round)
+	res.Answers = append(res.Answers, r.Answers...)
+	res.Free = append(res.Free, r.Free...)
+	res.Failed = append(res.Failed, r.Failed...)
+	return err
+}
+
 func (e *engine) do(t task) {
 	s, k := e.s, t.key
 	var res Result
@@ -491,10 +505,15 @@ func (e *engine) do(t task) {
 			k.release([][]byte{t.data})
 		} else {
 			s.pushes.Add(1)
+			err = e.pullToo(t, &res)
 		}
 	case taskBegin:
 		if err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
 			t.push.refused = true
+		} else {
+			// Registered now, the pull gets each chunk of the sum as it
+			// completes, while the rest of the pushes arrive.
+			err = e.pullToo(t, &res)
 		}
 	case taskChunk:
 		if !t.push.refused {
@@ -521,10 +540,20 @@ func (e *engine) do(t task) {
 		p := a.Pull.Reply.(*peer)
 		round := a.Round
 		hdr := proto.Header{Op: proto.OpPullResp, DType: k.decl.DType, Sender: s.id.Load(), Key: k.decl.Key, Round: round, ReqID: a.Pull.ReqID}
-		p.out.send(hdr, a.Buf, func() {
-			s.pulls.Add(1)
-			e.submit(task{kind: taskServed, key: k, round: round})
-		})
+		if a.Piece >= 0 {
+			hdr.Flags, hdr.Piece = proto.FlagPiece, uint32(a.Piece)
+			s.pieces.Add(1)
+		}
+		var sent func()
+		if a.Last {
+			// The pull is served once its last piece has been sent: the
+			// outbox sends a connection's frames in order.
+			sent = func() {
+				s.pulls.Add(1)
+				e.submit(task{kind: taskServed, key: k, round: round})
+			}
+		}
+		p.out.send(hdr, a.Buf, sent)
 	}
 }
 

@@ -194,9 +194,36 @@ func TestEnginesBalancedByBytes(t *testing.T) {
 	}
 }
 
+// answer reads one pull's answer of n bytes, whole or in pieces (each piece
+// once, in any order), and returns it.
+func (c *client) answer(t *testing.T, n int) []byte {
+	t.Helper()
+	out := make([]byte, n)
+	got := 0
+	for got < n {
+		f := c.next()
+		if f.h.Op != proto.OpPullResp {
+			t.Fatalf("want an answer, got %v", &f.h)
+		}
+		off := 0
+		if f.h.Flags&proto.FlagPiece != 0 {
+			off = int(f.h.Piece) * proto.PieceBytes
+		} else if got != 0 {
+			t.Fatalf("a whole answer after %d bytes of pieces", got)
+		}
+		if off+len(f.p) > n {
+			t.Fatalf("piece %v ends past %d", &f.h, n)
+		}
+		copy(out[off:], f.p)
+		got += len(f.p)
+	}
+	return out
+}
+
 // TestLargeKeyChunked sums a key several chunks long from three workers
 // over TCP for several rounds; the server receives each push in chunks and
-// sums them as they arrive.
+// sums them as they arrive. Two workers ask for the sum with their push
+// (FlagPull), and may get it in pieces; the third pulls after its push.
 func TestLargeKeyChunked(t *testing.T) {
 	const n = (5*ChunkBytes + 4000) / 4
 	s := newServer(t, 3)
@@ -213,13 +240,17 @@ func TestLargeKeyChunked(t *testing.T) {
 				vs[i] = int32(i*(w+1)) + int32(r)
 				want[i] += vs[i]
 			}
+			if w < 2 {
+				// A push that asks for the sum too, as the engine sends.
+				c.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: d.Key, Round: r, ReqID: r}, i32s(vs...))
+				continue
+			}
 			c.send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: d.Key, Round: r, ReqID: r}, i32s(vs...))
 			c.send(proto.Header{Op: proto.OpPull, Key: d.Key, Round: r, ReqID: r}, nil)
 		}
 		for _, c := range cs {
-			f := c.next()
-			if f.h.Op != proto.OpPullResp || string(f.p) != string(i32s(want...)) {
-				t.Fatalf("round %d: wrong answer %v", r, &f.h)
+			if got := c.answer(t, 4*n); string(got) != string(i32s(want...)) {
+				t.Fatalf("round %d: wrong answer", r)
 			}
 		}
 	}

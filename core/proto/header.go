@@ -75,8 +75,25 @@ type Flags uint16
 
 const (
 	// FlagCRC says the CRC field holds the CRC32C of the payload.
-	FlagCRC    Flags = 1 << iota
-	knownFlags       = FlagCRC
+	FlagCRC Flags = 1 << iota
+	// FlagPiece marks an OpPullResp that carries one piece of the answer:
+	// the Length bytes at offset Piece×PieceBytes. A server streams an
+	// answer in pieces as their sums complete; the pieces of one answer
+	// together cover it exactly once.
+	FlagPiece
+	// FlagPull on an OpPush asks for the round's sum as well, as an OpPull
+	// with the same ReqID right after it would: the server then streams
+	// the answer while this push, and the others, are still arriving.
+	FlagPull
+	knownFlags = FlagCRC | FlagPiece | FlagPull
+)
+
+const (
+	// PieceBytes is the unit of Header.Piece: a piece of an answer starts
+	// at a multiple of it (the servers' summing chunk, 256 KiB).
+	PieceBytes = 256 << 10
+	// MaxPiece bounds Header.Piece, which the header holds in 24 bits.
+	MaxPiece = 1<<24 - 1
 )
 
 const (
@@ -104,11 +121,18 @@ type Header struct {
 	ReqID  uint64
 	Length uint32
 	CRC    uint32
+	// Piece is, with FlagPiece, where the payload starts in the whole
+	// answer, in PieceBytes; zero otherwise.
+	Piece uint32
 }
 
 func (h *Header) String() string {
-	return fmt.Sprintf("%s key=%s round=%d req=%d len=%d dtype=%s sender=%d",
-		h.Op, h.Key, h.Round, h.ReqID, h.Length, h.DType, h.Sender)
+	piece := ""
+	if h.Flags&FlagPiece != 0 {
+		piece = fmt.Sprintf(" piece=%d", h.Piece)
+	}
+	return fmt.Sprintf("%s key=%s round=%d req=%d len=%d%s dtype=%s sender=%d",
+		h.Op, h.Key, h.Round, h.ReqID, h.Length, piece, h.DType, h.Sender)
 }
 
 // ErrBadFrame is wrapped by every decoding error.
@@ -132,7 +156,7 @@ func (h *Header) Encode(b []byte) {
 	b[5] = uint8(h.Op)
 	le.PutUint16(b[6:], uint16(h.Flags))
 	b[8] = uint8(h.DType)
-	b[9], b[10], b[11] = 0, 0, 0
+	b[9], b[10], b[11] = uint8(h.Piece), uint8(h.Piece>>8), uint8(h.Piece>>16)
 	le.PutUint32(b[12:], h.Sender)
 	le.PutUint64(b[16:], uint64(h.Key))
 	le.PutUint64(b[24:], h.Round)
@@ -158,9 +182,6 @@ func (h *Header) Decode(b []byte) error {
 	if b[4] != Version {
 		return badFrame("version %d, this build speaks %d", b[4], Version)
 	}
-	if b[9]|b[10]|b[11] != 0 {
-		return badFrame("reserved bytes are not zero")
-	}
 	*h = Header{
 		Op:     Op(b[5]),
 		Flags:  Flags(le.Uint16(b[6:])),
@@ -171,6 +192,7 @@ func (h *Header) Decode(b []byte) error {
 		ReqID:  le.Uint64(b[32:]),
 		Length: le.Uint32(b[40:]),
 		CRC:    le.Uint32(b[44:]),
+		Piece:  uint32(b[9]) | uint32(b[10])<<8 | uint32(b[11])<<16,
 	}
 	return h.Check()
 }
@@ -202,6 +224,18 @@ func (h *Header) Check() error {
 	}
 	if h.Flags&FlagCRC == 0 && h.CRC != 0 {
 		return badFrame("crc set without the crc flag")
+	}
+	switch {
+	case h.Flags&FlagPiece != 0 && h.Op != OpPullResp:
+		return badFrame("piece flag on %s", h.Op)
+	case h.Flags&FlagPull != 0 && h.Op != OpPush:
+		return badFrame("pull flag on %s", h.Op)
+	case h.Flags&FlagPiece == 0 && h.Piece != 0:
+		return badFrame("piece %d without the piece flag", h.Piece)
+	case h.Piece > MaxPiece:
+		return badFrame("piece %d exceeds %d", h.Piece, MaxPiece)
+	case h.Flags&FlagPiece != 0 && uint64(h.Piece)*PieceBytes+uint64(h.Length) > MaxPayload:
+		return badFrame("piece %d of %d bytes ends past %d", h.Piece, h.Length, MaxPayload)
 	}
 	return nil
 }

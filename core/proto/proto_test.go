@@ -19,6 +19,22 @@ func TestHeaderRoundTrip(t *testing.T) {
 	}
 }
 
+func TestHeaderPiece(t *testing.T) {
+	h := Header{Op: OpPullResp, Flags: FlagPiece, DType: Float32, Key: 5, Length: PieceBytes, Piece: 4095}
+	var b [HeaderSize]byte
+	h.Encode(b[:])
+	var g Header
+	if err := g.Decode(b[:]); err != nil || g != h {
+		t.Fatalf("piece round trip: %+v, %v", g, err)
+	}
+	// A piece that would end past MaxPayload is refused.
+	h.Piece = MaxPayload / PieceBytes
+	h.Encode(b[:])
+	if err := g.Decode(b[:]); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("piece past the largest payload: %v", err)
+	}
+}
+
 func TestHeaderRejects(t *testing.T) {
 	good := Header{Op: OpPush, DType: Float32, Key: 1, Length: 8}
 	cases := []struct {
@@ -31,7 +47,8 @@ func TestHeaderRejects(t *testing.T) {
 		{"unknown op", func(b []byte) { b[5] = 200 }},
 		{"unknown flag", func(b []byte) { b[7] = 0x80 }},
 		{"unknown dtype", func(b []byte) { b[8] = 99 }},
-		{"reserved", func(b []byte) { b[10] = 1 }},
+		{"piece without flag", func(b []byte) { b[10] = 1 }},
+		{"piece flag on a push", func(b []byte) { b[6] |= byte(FlagPiece) }},
 		{"push without dtype", func(b []byte) { b[8] = 0 }},
 		{"partial element", func(b []byte) { b[40] = 7 }},
 		{"too long", func(b []byte) { b[43] = 0x80 }},
