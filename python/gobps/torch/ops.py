@@ -36,7 +36,8 @@ _DTYPES = {
 
 _SUPPORTED = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
 
-# handle -> (tensors kept alive until it completes, output tensor)
+# handle -> (tensors kept alive until it completes, output tensor, and a
+# callable run by synchronize once it has (or None))
 _handle_map = {}
 
 _noname = itertools.count()
@@ -164,7 +165,7 @@ def _push_pull_start(tensor, output, average, name, what):
                                 _cuda_stream(output))
     else:
         h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, op)
-    _handle_map[h] = ((tensor, output), output)
+    _handle_map[h] = ((tensor, output), output, None)
     return h
 
 
@@ -208,6 +209,8 @@ def synchronize(handle):
         _handle_map.pop(handle, None)
         raise
     _handle_map.pop(handle, None)
+    if entry[2] is not None:
+        entry[2]()
     return entry[1]
 
 
@@ -245,10 +248,22 @@ def push_pull(tensor, average=True, name=None, version=0, priority=0, compressio
 def broadcast_async_inplace(tensor, root_rank, name=None):
     """Starts copying root_rank's ``tensor`` into every worker's ``tensor``;
     returns a handle for ``synchronize``. A tensor of a dtype push_pull does
-    not support (bool, int8, complex, ...) is sent as raw bytes."""
-    ptr, code, n = _check_tensor(tensor, "broadcast %r" % (name,), any_dtype=True)
+    not support (bool, int8, complex, ...) is sent as raw bytes. A CUDA
+    tensor (model parameters at start-up, optimizer state) goes through a
+    CPU copy, copied back by ``synchronize``: broadcasts are rare, and this
+    keeps them off the GPU staging path."""
+    what = "broadcast %r" % (name,)
+    host, finish = tensor, None
+    if isinstance(tensor, torch.Tensor) and tensor.device.type == "cuda":
+        _check_tensor(tensor, what, any_dtype=True, cuda_ok=True)
+        host = tensor.detach().cpu()
+
+        def finish():
+            with torch.no_grad():
+                tensor.copy_(host)
+    ptr, code, n = _check_tensor(host, what, any_dtype=True)
     h = _lib.broadcast(_name(name, "broadcast"), ptr, code, n, root_rank)
-    _handle_map[h] = ((tensor,), tensor)
+    _handle_map[h] = ((tensor, host), tensor, finish)
     return h
 
 
