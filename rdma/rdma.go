@@ -53,6 +53,38 @@ type ChunkSink interface {
 	Abort(err error)
 }
 
+// StableReceiver is an optional interface of a Handler: the frames of one
+// (op, key) from one Conn always land in one buffer the handler keeps for
+// them, so that a transport with remote memory access (verbs) can exchange
+// that buffer's address once and let the peer write every later frame
+// straight into it, without a per-frame rendezvous. TCP ignores it.
+//
+// A handler that gives a stable buffer must not let the payload of a frame
+// delivered there be overwritten before it is done with it: it calls
+// Release on the Conn (which implements Releaser) once it no longer needs
+// the payload, and only then may the peer write the next frame there.
+type StableReceiver interface {
+	// StableDest returns the buffer for h's (op, key) on c, exactly
+	// h.Length bytes, and ok true; or ok false to keep the per-frame path
+	// (Dest) for it. An error refuses the payload as Dest's error does.
+	// The transport calls it for the first such frame, and again only
+	// after an error: at most once per (op, key, Conn) that it answers
+	// with a buffer or with ok false. Frames of that (op, key) with
+	// another length, or sent while the buffer is still held, go through
+	// Dest.
+	StableDest(c Conn, h *proto.Header) (buf []byte, ok bool, err error)
+}
+
+// Releaser is implemented by the Conns of transports that grant stable
+// destinations (verbs). After Handle delivered a frame into a buffer that
+// StableDest gave, the handler calls Release(op, key) once, when it no
+// longer needs that payload; the peer may then write the next frame of
+// (op, key) there. Handle tells such a frame by its payload being the
+// stable buffer. Release on a Conn that has failed does nothing.
+type Releaser interface {
+	Release(op proto.Op, key proto.Key)
+}
+
 // Conn is one connection to a peer.
 type Conn interface {
 	// Send writes one frame. h.Length is set from the payload, and so is the
@@ -170,6 +202,8 @@ type Counters struct {
 	Eager           uint64 // frames sent eagerly (header and payload in one SEND)
 	Rendezvous      uint64 // frames sent by rendezvous (RTS, CTS, write)
 	Refused         uint64 // rendezvous the receiver refused (Dest error)
+	Stable          uint64 // frames sent into a stable destination: no RTS/CTS (StableReceiver)
+	Credits         uint64 // credits sent for released stable destinations (counted in Sends too)
 }
 
 // Sub returns c − o, field by field: the work done since o was taken.
@@ -180,6 +214,7 @@ func (c Counters) Sub(o Counters) Counters {
 		Copies: c.Copies - o.Copies, CopiedBytes: c.CopiedBytes - o.CopiedBytes,
 		Writes: c.Writes - o.Writes, Sends: c.Sends - o.Sends, Eager: c.Eager - o.Eager,
 		Rendezvous: c.Rendezvous - o.Rendezvous, Refused: c.Refused - o.Refused,
+		Stable: c.Stable - o.Stable, Credits: c.Credits - o.Credits,
 	}
 }
 

@@ -52,7 +52,7 @@ type Verbs struct {
 type counters struct {
 	registrations, deregistrations, cacheHits, evictions  atomic.Uint64
 	copies, copiedBytes, writes, sends, eager, rendezvous atomic.Uint64
-	refused                                               atomic.Uint64
+	refused, stable, credits                              atomic.Uint64
 }
 
 // Counters implements Counting.
@@ -63,6 +63,7 @@ func (t *Verbs) Counters() Counters {
 		CacheHits: c.cacheHits.Load(), Evictions: c.evictions.Load(),
 		Copies: c.copies.Load(), CopiedBytes: c.copiedBytes.Load(), Writes: c.writes.Load(),
 		Sends: c.sends.Load(), Eager: c.eager.Load(), Rendezvous: c.rendezvous.Load(), Refused: c.refused.Load(),
+		Stable: c.stable.Load(), Credits: c.credits.Load(),
 	}
 }
 
@@ -289,6 +290,16 @@ type verbsConn struct {
 		graceful bool  // the peer closed its end: deliver what has arrived
 		sends    map[uint32]*sendOp
 		nextSID  uint32
+		// Stable destinations the peer granted us, by (op, key) and id.
+		grants     map[stableKey]*grant
+		grantsByID map[uint32]*grant
+	}
+	// Stable destinations this side granted the peer (StableReceiver):
+	// made by serve, released by the handler from any goroutine.
+	st struct {
+		sync.Mutex
+		byKey map[stableKey]*stableDest // nil value: the handler declined
+		byID  []*stableDest
 	}
 	done       chan struct{} // closed when the connection starts failing
 	pollerDone chan struct{} // the poller exited
@@ -297,6 +308,39 @@ type verbsConn struct {
 	// Owned by serve.
 	slots    map[uint32]*recvSlot
 	nextSlot uint32
+	hdrPages []hdrPage // header slots of stable destinations
+}
+
+// stableKey names the frames that share a stable destination.
+type stableKey struct {
+	op  proto.Op
+	key proto.Key
+}
+
+// stableDest is a stable destination this side granted: the handler's
+// buffer, kept registered for the life of the connection, and a registered
+// header slot the peer writes each frame's header into.
+type stableDest struct {
+	id   uint32
+	sk   stableKey
+	buf  []byte
+	ent  *mrEntry
+	hdr  []byte
+	held bool // a frame is (or is about to be) in buf and not released (st's lock)
+}
+
+// hdrPage is registered memory for stableHdrPage header slots.
+type hdrPage struct {
+	buf []byte
+	mr  ibv.MR
+}
+
+// grant is a stable destination the peer granted: frames of its (op, key)
+// and length go there, one per credit.
+type grant struct {
+	id, n, rkey, hdrRKey uint32
+	addr, hdrAddr        uint64
+	credit               chan struct{} // holds the one credit the receiver may give
 }
 
 // sendOp is a rendezvous send waiting for its CTS and its write.
@@ -338,11 +382,13 @@ const (
 	wrRTS   = 3
 	wrCTS   = 4
 	wrWrite = 5
+	wrHdr   = 6 // RDMA write of a frame's header into a stable header slot (control slot)
+	wrCred  = 7 // credit send (control slot)
 )
 
 func wrID(kind int, idx uint32) uint64 { return uint64(kind)<<56 | uint64(idx) }
 
-var wrKindNames = [...]string{wrRecv: "receive", wrEager: "eager send", wrRTS: "RTS send", wrCTS: "CTS send", wrWrite: "RDMA write"}
+var wrKindNames = [...]string{wrRecv: "receive", wrEager: "eager send", wrRTS: "RTS send", wrCTS: "CTS send", wrWrite: "RDMA write", wrHdr: "header write", wrCred: "credit send"}
 
 func (c *verbsConn) recvBuf(i int) []byte {
 	return c.slab[i*eagerBytes : (i+1)*eagerBytes]
@@ -374,6 +420,8 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 		slots: map[uint32]*recvSlot{},
 	}
 	c.mu.sends = map[uint32]*sendOp{}
+	c.mu.grants, c.mu.grantsByID = map[stableKey]*grant{}, map[uint32]*grant{}
+	c.st.byKey = map[stableKey]*stableDest{}
 	defer func() {
 		if err != nil {
 			nc.Close()
@@ -509,7 +557,9 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 	// buffers, RTSs and writes by the peer's frames in flight (an RTS and a
 	// write per frame at most, as a frame's write completes before its
 	// token is reused).
-	c.events = make(chan event, rd+2*int(c.peer.SendDepth)+8)
+	// Writes into stable destinations add at most one per destination,
+	// as each needs a credit given after the last was handled.
+	c.events = make(chan event, rd+2*int(c.peer.SendDepth)+8+maxStableGrants)
 
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -600,15 +650,23 @@ func (c *verbsConn) postSend(wr *ibv.SendWR) error {
 	// Count first: once posted, the peer may see the message before
 	// PostSend returns, and a test reading both sides' counters must find
 	// it counted.
-	n := &c.t.cnt.sends
-	if wr.Op != ibv.OpSend {
+	// A header write into a stable slot is counted with its frame (Stable).
+	var n *atomic.Uint64
+	switch wr.Op {
+	case ibv.OpSend:
+		n = &c.t.cnt.sends
+	case ibv.OpWriteWithImm:
 		n = &c.t.cnt.writes
 	}
-	n.Add(1)
+	if n != nil {
+		n.Add(1)
+	}
 	c.outstanding.Add(1)
 	if err := c.qp.PostSend(wr); err != nil {
 		c.outstanding.Add(-1)
-		n.Add(^uint64(0))
+		if n != nil {
+			n.Add(^uint64(0))
+		}
 		return err
 	}
 	return nil
@@ -677,18 +735,127 @@ func (c *verbsConn) Send(h proto.Header, payload []byte) error {
 	if failed, _ := c.failed(); failed {
 		return c.sendErr(h.Op)
 	}
+	eager := len(payload) == 0 || (h.Op != proto.OpPush && h.Op != proto.OpPullResp &&
+		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes))
+	var g *grant
+	if !eager {
+		// A stable destination of the peer: wait for its credit (the
+		// peer's handler released the last frame written there) before
+		// taking a token, so that waiting holds up no other frame.
+		c.mu.Lock()
+		g = c.mu.grants[stableKey{h.Op, h.Key}]
+		c.mu.Unlock()
+		if g != nil && g.n != h.Length {
+			g = nil
+		}
+		if g != nil {
+			select {
+			case <-g.credit:
+			case <-c.done:
+				return c.sendErr(h.Op)
+			}
+		}
+	}
 	// A token per frame in flight: blocks while SendDepth frames are.
 	select {
 	case c.tokens <- struct{}{}:
 	case <-c.done:
 		return c.sendErr(h.Op)
 	}
-	if len(payload) == 0 || (h.Op != proto.OpPush && h.Op != proto.OpPullResp &&
-		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes)) {
+	if eager {
 		return c.sendEager(&h, payload) // the token is returned on completion
 	}
 	defer func() { <-c.tokens }()
+	if g != nil {
+		return c.sendStable(&h, payload, g)
+	}
 	return c.sendRendezvous(&h, payload)
+}
+
+// newSend registers a send waiting for its CTS and write completion under
+// a fresh send id; endSend forgets it.
+func (c *verbsConn) newSend() (uint32, *sendOp, bool) {
+	op := &sendOp{cts: make(chan cts, 1), wrote: make(chan ibv.WCStatus, 1)}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.failed {
+		return 0, nil, false
+	}
+	c.mu.nextSID++
+	for c.mu.sends[c.mu.nextSID] != nil {
+		c.mu.nextSID++
+	}
+	sid := c.mu.nextSID
+	c.mu.sends[sid] = op
+	return sid, op, true
+}
+
+func (c *verbsConn) endSend(sid uint32) {
+	c.mu.Lock()
+	delete(c.mu.sends, sid)
+	c.mu.Unlock()
+}
+
+// sendStable sends a frame into a stable destination of the peer, holding
+// its credit: an RDMA write of the header into the destination's header
+// slot, then one RDMA write with immediate of the payload; no RTS, no CTS.
+// The QP executes them in order, so the header is in place when the
+// receiver sees the immediate.
+func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error {
+	ent, err := c.t.cache.get(payload)
+	if err != nil {
+		g.credit <- struct{}{} // unused: still ours (the channel holds one)
+		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+	}
+	sid, op, ok := c.newSend()
+	if !ok {
+		c.t.cache.put(ent)
+		return c.sendErr(h.Op)
+	}
+	writing := false
+	defer func() {
+		c.endSend(sid)
+		if writing {
+			<-c.dead // the write may still read payload
+		}
+		c.t.cache.put(ent)
+	}()
+	var slot int
+	select {
+	case slot = <-c.ctlFree:
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
+	b := c.ctlBuf(slot)[:proto.HeaderSize]
+	h.Encode(b)
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrHdr, uint32(slot)), Op: ibv.OpWrite, Signaled: true,
+		Addr: c.slabAddr(b), Len: proto.HeaderSize, LKey: c.mr.LKey(), RemoteAddr: g.hdrAddr, RKey: g.hdrRKey,
+		Inline: proto.HeaderSize <= c.inl}); err != nil {
+		c.ctlFree <- slot
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: write %s header to %s: %w", h.Op, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	writing = true
+	c.t.cnt.stable.Add(1)
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
+		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: g.addr, RKey: g.rkey, Imm: stableBit | g.id}); err != nil {
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: write %s to %s: %w", h.Op, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	select {
+	case st := <-op.wrote:
+		if st != ibv.StatusSuccess {
+			return c.sendErr(h.Op)
+		}
+		writing = false
+		return nil
+	case <-c.done:
+		return c.sendErr(h.Op)
+	}
 }
 
 func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
@@ -732,25 +899,14 @@ func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
 	if err != nil {
 		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
 	}
-	op := &sendOp{cts: make(chan cts, 1), wrote: make(chan ibv.WCStatus, 1)}
-	c.mu.Lock()
-	if c.mu.failed {
-		c.mu.Unlock()
+	sid, op, ok := c.newSend()
+	if !ok {
 		c.t.cache.put(ent)
 		return c.sendErr(h.Op)
 	}
-	c.mu.nextSID++
-	for c.mu.sends[c.mu.nextSID] != nil {
-		c.mu.nextSID++
-	}
-	sid := c.mu.nextSID
-	c.mu.sends[sid] = op
-	c.mu.Unlock()
 	writing := false
 	defer func() {
-		c.mu.Lock()
-		delete(c.mu.sends, sid)
-		c.mu.Unlock()
+		c.endSend(sid)
 		if writing {
 			// The write may still be reading payload: wait until the
 			// QP is gone before the memory may be reused or evicted.
@@ -790,6 +946,22 @@ func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
 	if m.n != h.Length {
 		c.protoErr("CTS for %d bytes, the frame has %d", m.n, h.Length)
 		return c.sendErr(h.Op)
+	}
+	if m.stable {
+		// Later frames of (op, key) go straight to m.addr, one per
+		// credit; the credit for this one comes when it is released.
+		g := &grant{id: m.id, n: m.n, rkey: m.rkey, hdrRKey: m.hdrRKey, addr: m.addr, hdrAddr: m.hdrAddr, credit: make(chan struct{}, 1)}
+		sk := stableKey{h.Op, h.Key}
+		c.mu.Lock()
+		dup := c.mu.grants[sk] != nil || c.mu.grantsByID[m.id] != nil
+		if !dup {
+			c.mu.grants[sk], c.mu.grantsByID[m.id] = g, g
+		}
+		c.mu.Unlock()
+		if dup {
+			c.protoErr("second stable grant for %s %s (id %d)", h.Op, h.Key, m.id)
+			return c.sendErr(h.Op)
+		}
 	}
 	writing = true
 	if err := c.postSend(&ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
@@ -886,7 +1058,7 @@ func (c *verbsConn) destroy() {
 func (c *verbsConn) complete(wc *ibv.WC) {
 	c.outstanding.Add(-1)
 	kind, idx := int(wc.ID>>56), uint32(wc.ID)
-	if kind < wrRecv || kind > wrWrite {
+	if kind < wrRecv || kind > wrCred {
 		c.protoErr("completion with unknown work request id %#x", wc.ID)
 		return
 	}
@@ -910,7 +1082,7 @@ func (c *verbsConn) complete(wc *ibv.WC) {
 	case wrEager:
 		c.eagerFree <- int(idx)
 		<-c.tokens
-	case wrRTS, wrCTS:
+	case wrRTS, wrCTS, wrHdr, wrCred:
 		c.ctlFree <- int(idx)
 	case wrWrite:
 		c.wrote(idx, wc.Status)
@@ -992,6 +1164,25 @@ func (c *verbsConn) received(i int, wc *ibv.WC) {
 		default:
 			c.protoErr("second CTS for send %d", m.sid)
 		}
+	case msgCredit:
+		if len(b) != creditSize {
+			c.protoErr("credit of %d bytes, want %d", len(b), creditSize)
+			return
+		}
+		id := binary.LittleEndian.Uint32(b[4:])
+		c.repost(i)
+		c.mu.Lock()
+		g := c.mu.grantsByID[id]
+		c.mu.Unlock()
+		if g == nil {
+			c.protoErr("credit for stable destination %d, which was never granted", id)
+			return
+		}
+		select {
+		case g.credit <- struct{}{}:
+		default:
+			c.protoErr("second credit for stable destination %d", id)
+		}
 	default:
 		c.protoErr("message kind %d", b[0])
 	}
@@ -1052,6 +1243,21 @@ loop:
 		c.releaseSlot(s)
 		delete(c.slots, id)
 	}
+	c.st.Lock()
+	for _, d := range c.st.byID {
+		if d.ent != nil {
+			c.t.cache.put(d.ent)
+			d.ent = nil
+		}
+	}
+	c.st.Unlock()
+	for _, pg := range c.hdrPages {
+		if err := pg.mr.Deregister(); err != nil {
+			c.t.logf("rdma: %v", err)
+		}
+		c.t.cnt.deregistrations.Add(1)
+	}
+	c.hdrPages = nil
 	c.t.mu.Lock()
 	delete(c.t.mu.conns, c)
 	c.t.mu.Unlock()
@@ -1119,7 +1325,13 @@ func (c *verbsConn) handle(ev *event) error {
 		if hdr.Length == 0 {
 			return fmt.Errorf("rdma: from %s: %w: RTS for %s without a payload", c.remote, proto.ErrBadFrame, hdr.Op)
 		}
-		dst, err := c.h.Dest(c, &hdr)
+		sd, err := c.stableDest(&hdr)
+		var dst []byte
+		if sd != nil {
+			dst = sd.buf
+		} else if err == nil {
+			dst, err = c.h.Dest(c, &hdr)
+		}
 		if err != nil {
 			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
 				return err
@@ -1154,8 +1366,8 @@ func (c *verbsConn) handle(ev *event) error {
 		}
 		s.dst = dst
 		c.nextSlot++
-		for c.nextSlot == 0 || c.slots[c.nextSlot] != nil {
-			c.nextSlot++
+		for c.nextSlot == 0 || c.nextSlot >= stableBit || c.slots[c.nextSlot] != nil {
+			c.nextSlot = max(1, (c.nextSlot+1)%stableBit)
 		}
 		c.slots[c.nextSlot] = s
 		m := cts{sid: ev.sid, slot: c.nextSlot, n: hdr.Length}
@@ -1164,8 +1376,16 @@ func (c *verbsConn) handle(ev *event) error {
 		} else {
 			m.addr, m.rkey = s.tmp.Addr(), s.tmp.RKey()
 		}
+		if sd != nil {
+			pg := c.hdrPages[sd.id/stableHdrPage]
+			m.stable, m.id, m.hdrRKey = true, sd.id, pg.mr.RKey()
+			m.hdrAddr = pg.mr.Addr() + uint64(sd.id%stableHdrPage)*stableHdrBytes
+		}
 		return c.sendCTS(m)
 	case evWrite:
+		if ev.slot&stableBit != 0 {
+			return c.stableLanded(ev.slot&^stableBit, ev.n)
+		}
 		s := c.slots[ev.slot]
 		if s == nil {
 			return fmt.Errorf("rdma: from %s: %w: write into slot %d, which awaits none", c.remote, proto.ErrBadFrame, ev.slot)
@@ -1181,6 +1401,131 @@ func (c *verbsConn) handle(ev *event) error {
 		c.h.Handle(c, &s.hdr, s.dst, nil)
 	}
 	return nil
+}
+
+// stableDest returns the stable destination to grant for the frame h
+// announces, or nil for the per-frame path (serve's goroutine). It asks the
+// handler (a StableReceiver) for the first frame of h's (op, key), and
+// registers the buffer and a header slot for it. An error refuses the frame.
+func (c *verbsConn) stableDest(h *proto.Header) (*stableDest, error) {
+	sr, ok := c.h.(StableReceiver)
+	if !ok || (h.Op != proto.OpPush && h.Op != proto.OpPullResp) {
+		return nil, nil
+	}
+	sk := stableKey{h.Op, h.Key}
+	c.st.Lock()
+	_, seen := c.st.byKey[sk]
+	n := len(c.st.byID)
+	c.st.Unlock()
+	if seen || n >= maxStableGrants {
+		return nil, nil
+	}
+	buf, ok, err := sr.StableDest(c, h)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		c.st.Lock()
+		c.st.byKey[sk] = nil
+		c.st.Unlock()
+		return nil, nil
+	}
+	if len(buf) != int(h.Length) {
+		return nil, fmt.Errorf("rdma: handler gave a %d-byte stable destination for a %d-byte %s payload", len(buf), h.Length, h.Op)
+	}
+	id := uint32(n)
+	for len(c.hdrPages) <= int(id/stableHdrPage) {
+		b := make([]byte, stableHdrPage*stableHdrBytes)
+		mr, err := c.t.pd.Register(b, ibv.AccessLocalWrite|ibv.AccessRemoteWrite)
+		if err != nil {
+			return nil, fmt.Errorf("rdma: receive %s from %s: header slots: %w", h.Op, c.remote, err)
+		}
+		c.t.cnt.registrations.Add(1)
+		c.hdrPages = append(c.hdrPages, hdrPage{buf: b, mr: mr})
+	}
+	ent, err := c.t.cache.get(buf) // held for the life of the connection
+	if err != nil {
+		return nil, fmt.Errorf("rdma: receive %s from %s: %w", h.Op, c.remote, err)
+	}
+	off := int(id%stableHdrPage) * stableHdrBytes
+	d := &stableDest{id: id, sk: sk, buf: buf, ent: ent, hdr: c.hdrPages[id/stableHdrPage].buf[off : off+stableHdrBytes], held: true}
+	c.st.Lock()
+	c.st.byKey[sk] = d
+	c.st.byID = append(c.st.byID, d)
+	c.st.Unlock()
+	return d, nil
+}
+
+// stableLanded handles a write of n bytes into stable destination id: its
+// header is in the header slot (serve's goroutine).
+func (c *verbsConn) stableLanded(id, n uint32) error {
+	c.st.Lock()
+	var d *stableDest
+	if int(id) < len(c.st.byID) {
+		d = c.st.byID[id]
+	}
+	held := d != nil && d.held
+	if d != nil {
+		d.held = true
+	}
+	c.st.Unlock()
+	switch {
+	case d == nil:
+		return fmt.Errorf("rdma: from %s: %w: write into stable destination %d, never granted", c.remote, proto.ErrBadFrame, id)
+	case held:
+		return fmt.Errorf("rdma: from %s: %w: write into stable destination %d without a credit", c.remote, proto.ErrBadFrame, id)
+	case int(n) != len(d.buf):
+		return fmt.Errorf("rdma: from %s: %w: wrote %d bytes into a %d-byte stable destination", c.remote, proto.ErrBadFrame, n, len(d.buf))
+	}
+	var hdr proto.Header
+	if err := hdr.Decode(d.hdr[:proto.HeaderSize]); err != nil {
+		return fmt.Errorf("rdma: from %s: stable destination %d: %w", c.remote, id, err)
+	}
+	if hdr.Op != d.sk.op || hdr.Key != d.sk.key || int(hdr.Length) != len(d.buf) {
+		return fmt.Errorf("rdma: from %s: %w: %s %s of %d bytes in the stable destination of %s %s", c.remote, proto.ErrBadFrame,
+			hdr.Op, hdr.Key, hdr.Length, d.sk.op, d.sk.key)
+	}
+	if err := hdr.CheckPayload(d.buf); err != nil {
+		return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+	}
+	c.h.Handle(c, &hdr, d.buf, nil)
+	return nil
+}
+
+// Release implements Releaser: the handler is done with the frame of (op,
+// key) in its stable destination; the peer gets a credit to write the next.
+func (c *verbsConn) Release(op proto.Op, key proto.Key) {
+	c.st.Lock()
+	d := c.st.byKey[stableKey{op, key}]
+	if d == nil || !d.held {
+		c.st.Unlock()
+		return
+	}
+	d.held = false
+	id := d.id
+	c.st.Unlock()
+	if failed, _ := c.failed(); failed {
+		return
+	}
+	// A control slot is freed by a send completion, which the peer's NIC
+	// produces without its software: this waits briefly at most.
+	var slot int
+	select {
+	case slot = <-c.ctlFree:
+	case <-c.done:
+		return
+	}
+	b := c.ctlBuf(slot)
+	putMsgHeader(b, msgCredit, 0, id)
+	c.t.cnt.credits.Add(1)
+	if err := c.postSend(&ibv.SendWR{ID: wrID(wrCred, uint32(slot)), Op: ibv.OpSend, Signaled: true,
+		Addr: c.slabAddr(b), Len: creditSize, LKey: c.mr.LKey(), Inline: creditSize <= c.inl}); err != nil {
+		c.t.cnt.credits.Add(^uint64(0))
+		c.ctlFree <- slot
+		if !errors.Is(err, net.ErrClosed) {
+			c.fail(fmt.Errorf("rdma: send credit to %s: %w", c.remote, err), false)
+		}
+	}
 }
 
 // sendCTS answers an RTS (serve's goroutine). It waits for a control slot

@@ -132,14 +132,29 @@ func decodeQPAddr(b []byte, q *qpInfo) error {
 //	msgCTS    slot u32 | rkey u32 | addr u64 | len u32 | reserved u32:
 //	          "write frame send-id at addr/rkey, immediate = slot"
 //	          (status ctsRefused: the receiver refused the payload)
+//	          with flag ctsStable in byte 2, 16 more bytes follow:
+//	          header slot addr u64 | header rkey u32 | stable id u32:
+//	          "and write every later frame of this (op, key) of this
+//	          length into addr too, its header into the header slot, with
+//	          immediate stableBit|stable id, once you hold a credit"
+//	msgCredit (send id = stable id): "one more frame may be written into
+//	          stable destination id"
 const (
-	msgEager = 1
-	msgRTS   = 2
-	msgCTS   = 3
+	msgEager  = 1
+	msgRTS    = 2
+	msgCTS    = 3
+	msgCredit = 4
 
-	msgHeaderSize = 8
-	rtsSize       = msgHeaderSize + proto.HeaderSize
-	ctsSize       = msgHeaderSize + 24
+	msgHeaderSize   = 8
+	rtsSize         = msgHeaderSize + proto.HeaderSize
+	ctsSize         = msgHeaderSize + 24
+	ctsStableSize   = ctsSize + 16
+	creditSize      = msgHeaderSize
+	ctsStable       = 1       // flag in byte 2 of a CTS
+	stableBit       = 1 << 31 // in the immediate of a write into a stable destination
+	stableHdrBytes  = 64      // a stable destination's header slot
+	stableHdrPage   = 64      // header slots registered together
+	maxStableGrants = 1024    // stable destinations per connection
 
 	ctsOK      = 0
 	ctsRefused = 1
@@ -168,6 +183,11 @@ type cts struct {
 	rkey    uint32
 	addr    uint64
 	n       uint32
+
+	stable  bool // a stable grant: the fields below are set
+	hdrAddr uint64
+	hdrRKey uint32
+	id      uint32
 }
 
 func (m *cts) encode(b []byte) int {
@@ -182,15 +202,35 @@ func (m *cts) encode(b []byte) int {
 	le.PutUint64(b[16:], m.addr)
 	le.PutUint32(b[24:], m.n)
 	le.PutUint32(b[28:], 0)
-	return ctsSize
+	if !m.stable {
+		return ctsSize
+	}
+	b[2] = ctsStable
+	le.PutUint64(b[32:], m.hdrAddr)
+	le.PutUint32(b[40:], m.hdrRKey)
+	le.PutUint32(b[44:], m.id)
+	return ctsStableSize
 }
 
 func decodeCTS(b []byte) (cts, error) {
-	if len(b) != ctsSize {
-		return cts{}, fmt.Errorf("%w: CTS of %d bytes, want %d", proto.ErrBadFrame, len(b), ctsSize)
+	if len(b) < msgHeaderSize || b[2] > ctsStable {
+		return cts{}, fmt.Errorf("%w: CTS of %d bytes", proto.ErrBadFrame, len(b))
+	}
+	want := ctsSize
+	if b[2] == ctsStable {
+		want = ctsStableSize
+	}
+	if len(b) != want {
+		return cts{}, fmt.Errorf("%w: CTS of %d bytes, want %d", proto.ErrBadFrame, len(b), want)
 	}
 	le := binary.LittleEndian
 	m := cts{sid: le.Uint32(b[4:]), slot: le.Uint32(b[8:]), rkey: le.Uint32(b[12:]), addr: le.Uint64(b[16:]), n: le.Uint32(b[24:])}
+	if b[2] == ctsStable {
+		m.stable, m.hdrAddr, m.hdrRKey, m.id = true, le.Uint64(b[32:]), le.Uint32(b[40:]), le.Uint32(b[44:])
+		if m.id >= maxStableGrants {
+			return cts{}, fmt.Errorf("%w: stable id %d", proto.ErrBadFrame, m.id)
+		}
+	}
 	switch b[1] {
 	case ctsOK:
 	case ctsRefused:
