@@ -231,6 +231,28 @@ func (r *Rounds) Push(w int, round uint64, data []byte) (Result, error) {
 	return res, nil
 }
 
+// PushCopy accepts worker w's whole data for round as Push does, but never
+// keeps data: the first contribution to a round is copied into its sum
+// buffer, later ones are added, and a push held for a later round is
+// copied. data is the caller's again when PushCopy returns (for a buffer
+// the caller reuses, such as a transport's stable destination).
+func (r *Rounds) PushCopy(w int, round uint64, data []byte) (Result, error) {
+	var res Result
+	if err := r.check(w, round); err != nil {
+		return res, err
+	}
+	if len(data) != int(r.decl.Bytes) {
+		return res, fmt.Errorf("key %s: push of %d bytes, declared %d", r.decl.Key, len(data), r.decl.Bytes)
+	}
+	if round == r.base+2 {
+		r.held = append(r.held, op{push: true, worker: w, round: round, data: append([]byte(nil), data...), got: len(data)})
+		return res, nil
+	}
+	r.slots[round%2].pushed[w] = true
+	r.add(w, round, 0, data, &res)
+	return res, nil
+}
+
 // Begin starts worker w's chunked push for round. On error nothing changed
 // and the chunks that follow must be dropped by the caller.
 func (r *Rounds) Begin(w int, round uint64) error {

@@ -100,6 +100,19 @@ type peer struct {
 	worker atomic.Int32 // -1 until hello
 	out    *outbox
 	chunks chunkPool
+	// stable holds, by key, the buffer this connection's pushes land in
+	// when its transport grants stable destinations (rdma.StableReceiver).
+	stable struct {
+		sync.Mutex
+		bufs map[proto.Key][]byte
+	}
+}
+
+// stableBuf returns the stable destination of key on p, or nil.
+func (p *peer) stableBuf(k proto.Key) []byte {
+	p.stable.Lock()
+	defer p.stable.Unlock()
+	return p.stable.bufs[k]
 }
 
 // chunkPool holds the chunk buffers a connection's reader receives pushes
@@ -312,6 +325,31 @@ func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
 	return nil, fmt.Errorf("unexpected %d-byte payload on %s", hd.Length, hd.Op)
 }
 
+// StableDest implements rdma.StableReceiver on transports that grant
+// stable destinations (their Conns are rdma.Releasers: verbs): each
+// worker's pushes of a key land in one buffer of its own, allocated once,
+// which the push's task sums by copy or add (never swapping it into the
+// round) and then releases for the next push.
+func (h *handler) StableDest(c rdma.Conn, hd *proto.Header) ([]byte, bool, error) {
+	s := (*Server)(h)
+	if _, ok := c.(rdma.Releaser); !ok || hd.Op != proto.OpPush {
+		return nil, false, nil
+	}
+	p := s.peer(c)
+	k, err := s.checkPush(p, hd)
+	if err != nil {
+		return nil, false, err
+	}
+	buf := make([]byte, k.decl.Bytes)
+	p.stable.Lock()
+	if p.stable.bufs == nil {
+		p.stable.bufs = map[proto.Key][]byte{}
+	}
+	p.stable.bufs[hd.Key] = buf
+	p.stable.Unlock()
+	return buf, true, nil
+}
+
 // Chunks implements rdma.ChunkReceiver: a push is summed chunk by chunk by
 // its key's engine while the rest of it is still being received.
 func (h *handler) Chunks(c rdma.Conn, hd *proto.Header) (rdma.ChunkSink, bool, error) {
@@ -401,7 +439,11 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 			return // chunked: its tasks are queued already
 		}
 		k := s.lookup(hd.Key) // Dest found it; keys are never removed
-		k.engine.submit(task{kind: taskPush, key: k, peer: p, hdr: *hd, data: payload})
+		kind := taskPush
+		if b := p.stableBuf(hd.Key); len(b) > 0 && len(payload) == len(b) && &b[0] == &payload[0] {
+			kind = taskPushStable
+		}
+		k.engine.submit(task{kind: kind, key: k, peer: p, hdr: *hd, data: payload})
 	case proto.OpPull:
 		w := p.worker.Load()
 		k := s.lookup(hd.Key)
@@ -443,6 +485,7 @@ const (
 	taskChunk
 	taskPull
 	taskServed
+	taskPushStable // a push in its connection's stable destination: summed by copy, then released
 )
 
 type task struct {
@@ -507,6 +550,14 @@ func (e *engine) do(t task) {
 			s.pushes.Add(1)
 			err = e.pullToo(t, &res)
 		}
+	case taskPushStable:
+		res, err = k.rounds.PushCopy(int(t.peer.worker.Load()), t.hdr.Round, t.data)
+		if err == nil {
+			s.pushes.Add(1)
+			err = e.pullToo(t, &res)
+		}
+		// Summed (or refused): the peer may write the next push there.
+		t.peer.conn.(rdma.Releaser).Release(proto.OpPush, k.decl.Key)
 	case taskBegin:
 		if err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
 			t.push.refused = true
