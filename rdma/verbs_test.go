@@ -648,6 +648,7 @@ func runVerbsOnly(t *testing.T, k kind) {
 		{"CloseFailsPendingSend", testCloseFailsPendingSend},
 		{"TransportCloseEndsConns", testTransportClose},
 		{"RegionsShareTheCache", testRegions},
+		{"StableDestinations", testStableDest},
 	} {
 		t.Run(b.name, func(t *testing.T) { b.run(t, k) })
 	}
@@ -680,6 +681,159 @@ func testSteadyState(t *testing.T, k kind) {
 	}
 	if cw.CacheHits < uint64(2*keys*steady) {
 		t.Errorf("client: %d MR cache hits, want at least %d (each push and each answer)", cw.CacheHits, 2*keys*steady)
+	}
+}
+
+// stableRec is an hrec that is a StableReceiver: one buffer per key.
+type stableRec struct {
+	*hrec
+	smu   sync.Mutex
+	bufs  map[proto.Key][]byte
+	calls int
+}
+
+func (r *stableRec) StableDest(c Conn, h *proto.Header) ([]byte, bool, error) {
+	r.see(c)
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	r.calls++
+	b := make([]byte, h.Length)
+	r.bufs[h.Key] = b
+	return b, true, nil
+}
+
+func (r *stableRec) buf(k proto.Key) []byte {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	return r.bufs[k]
+}
+
+// testStableDest checks the one-time rendezvous: the first frame of an
+// (op, key) goes by RTS/CTS and grants the handler's stable buffer; later
+// frames are written straight into it, one per Release, with no RTS or
+// CTS; a frame of another length takes the per-frame path; and a Send
+// waiting for a credit fails promptly when the peer goes away.
+func testStableDest(t *testing.T, k kind) {
+	srv, cli := k.make(t, Options{Checksum: true})
+	sv, cv := srv.(*Verbs), cli.(*Verbs)
+	sh := &stableRec{hrec: newHrec(), bufs: map[proto.Key][]byte{}}
+	sh.dest = func(_ Conn, h *proto.Header) ([]byte, error) { return make([]byte, h.Length), nil }
+	c, ch := connect(t, srv, cli, sh)
+	const size = 64 << 10
+	key := proto.MakeKey(7, 0)
+	data := make([]byte, size)
+	send := func(round uint64) error {
+		return c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: key, Round: round}, pattern(data, round))
+	}
+	want := make([]byte, size)
+	check := func(round uint64) {
+		t.Helper()
+		f := sh.next(t)
+		b := sh.buf(key)
+		if f.err != nil || f.h.Round != round || f.h.Key != key || len(f.payload) != size || &f.payload[0] != &b[0] {
+			t.Fatalf("round %d: got %v (err %v), %d bytes, in the stable buffer: %v", round, &f.h, f.err, len(f.payload), len(f.payload) > 0 && &f.payload[0] == &b[0])
+		}
+		if !bytes.Equal(f.payload, pattern(want, round)) {
+			t.Fatalf("round %d: payload differs", round)
+		}
+	}
+
+	c0, s0 := cv.Counters(), sv.Counters()
+	if err := send(1); err != nil {
+		t.Fatal(err)
+	}
+	check(1)
+	sc := <-sh.conns
+	rel := sc.(Releaser)
+	if d := cv.Counters().Sub(c0); d.Rendezvous != 1 || d.Stable != 0 {
+		t.Fatalf("first frame: %+v, want one rendezvous", d)
+	}
+
+	// Without a credit the next Send waits; Release lets it go.
+	sent := make(chan error, 1)
+	go func() { sent <- send(2) }()
+	select {
+	case err := <-sent:
+		t.Fatalf("Send before Release returned %v", err)
+	case f := <-sh.frames:
+		t.Fatalf("frame %v written before Release", &f.h)
+	case <-time.After(200 * time.Millisecond):
+	}
+	rel.Release(proto.OpPush, key)
+	select {
+	case err := <-sent:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Send still waits after Release")
+	}
+	check(2)
+
+	const rounds = 10
+	c1, s1 := cv.Counters(), sv.Counters()
+	for r := uint64(3); r < 3+rounds; r++ {
+		rel.Release(proto.OpPush, key)
+		if err := send(r); err != nil {
+			t.Fatal(err)
+		}
+		check(r)
+	}
+	cd, sd := cv.Counters().Sub(c1), sv.Counters().Sub(s1)
+	t.Logf("client, %d stable frames: %+v", rounds, cd)
+	t.Logf("server: %+v", sd)
+	if cd.Stable != rounds || cd.Writes != rounds || cd.Rendezvous != 0 || cd.Sends != 0 || cd.Registrations != 0 || cd.Copies != 0 {
+		t.Errorf("client: %+v; want %d stable writes and nothing else", cd, rounds)
+	}
+	if sd.Sends != rounds || sd.Credits != rounds || sd.Registrations != 0 || sd.Copies != 0 {
+		t.Errorf("server: %+v; want %d credits and nothing else", sd, rounds)
+	}
+	if sh.calls != 1 {
+		t.Errorf("StableDest called %d times, want once", sh.calls)
+	}
+
+	// Another length: the per-frame path, into Dest's buffer.
+	rel.Release(proto.OpPush, key)
+	c2 := cv.Counters()
+	small := pattern(make([]byte, 8<<10), 99)
+	if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: key, Round: 99}, small); err != nil {
+		t.Fatal(err)
+	}
+	if f := sh.next(t); f.h.Round != 99 || !bytes.Equal(f.payload, small) || &f.payload[0] == &sh.buf(key)[0] {
+		t.Fatalf("frame of another length: %v", &f.h)
+	}
+	if d := cv.Counters().Sub(c2); d.Rendezvous != 1 || d.Stable != 0 {
+		t.Errorf("frame of another length: %+v, want one rendezvous", d)
+	}
+	// The credit is still there for the next frame of the stable length.
+	if err := send(100); err != nil {
+		t.Fatal(err)
+	}
+	check(100)
+	if s0 := sv.Counters().Sub(s0); s0.Stable != 0 {
+		t.Errorf("server sent %d stable frames", s0.Stable)
+	}
+
+	// No credit (100 is not released) and the peer dies: Send fails.
+	go func() { sent <- send(101) }()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	sc.Close()
+	select {
+	case err := <-sent:
+		if err == nil {
+			t.Fatal("send waiting for a credit of a dead peer succeeded")
+		}
+		t.Logf("send failed after %v: %v", time.Since(start), err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("send waiting for a credit of a dead peer hangs")
+	}
+	if err := ch.waitClosed(t, 5*time.Second); err == nil {
+		t.Fatal("peer death reported as a clean close")
+	}
+	rel.Release(proto.OpPush, key) // on a dead Conn: nothing
+	if err := sh.waitClosed(t, 5*time.Second); err != nil {
+		t.Fatalf("server's own close reported as %v", err)
 	}
 }
 
