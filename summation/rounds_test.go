@@ -366,3 +366,57 @@ func TestRoundsStreamsPieces(t *testing.T) {
 		t.Fatalf("pull of a complete round: %v %+v", err, len(res.Answers))
 	}
 }
+
+// TestRoundsPushCopy: PushCopy sums like Push but never keeps the pushed
+// buffer, which the caller reuses at once (a stable destination): the first
+// contribution is copied, later ones added, held pushes copied.
+func TestRoundsPushCopy(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+	r := NewRounds(d, 2)
+	buf := make([]byte, 8)
+	push := func(w int, round uint64, vs ...int32) Result {
+		t.Helper()
+		copy(buf, i32s(vs...))
+		res, err := r.PushCopy(w, round, buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range res.Free {
+			if &f[0] == &buf[0] {
+				t.Fatal("PushCopy handed the pushed buffer back as the key's")
+			}
+		}
+		copy(buf, i32s(-99, -99)) // reused at once
+		return res
+	}
+	push(0, 0, 1, 2)
+	push(0, 1, 5, 5)
+	res, err := r.Pull(Pull{Worker: 0, ReqID: 1}, 0)
+	if err != nil || len(res.Answers) != 0 {
+		t.Fatalf("pull before the round completed: %+v, %v", res, err)
+	}
+	res = push(1, 0, 3, 4)
+	a := answerOf(t, res, 1)
+	if string(a.Buf) != string(i32s(4, 6)) || &a.Buf[0] == &buf[0] {
+		t.Fatalf("round 0 sum %v", a.Buf)
+	}
+	push(0, 2, 7, 7) // held: round 0 not served yet
+	if _, err := r.PushCopy(0, 0, buf); err == nil {
+		t.Fatal("second push of round 0 accepted")
+	}
+	r.Served(0)
+	if _, err := r.Pull(Pull{Worker: 1, ReqID: 2}, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.Served(0) // round 0 retires; the held push of round 2 is replayed
+	push(1, 1, 1, 1)
+	res, err = r.Pull(Pull{Worker: 0, ReqID: 3}, 1)
+	if a := answerOf(t, res, 3); err != nil || string(a.Buf) != string(i32s(6, 6)) {
+		t.Fatalf("round 1 sum %v, %v", a.Buf, err)
+	}
+	push(1, 2, 1, 2)
+	res, err = r.Pull(Pull{Worker: 1, ReqID: 4}, 2)
+	if a := answerOf(t, res, 4); err != nil || string(a.Buf) != string(i32s(8, 9)) {
+		t.Fatalf("round 2 sum %v (with the held push), %v", a.Buf, err)
+	}
+}
