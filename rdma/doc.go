@@ -91,7 +91,7 @@
 //	(send completion: Send returns)
 //
 // No byte of the payload is copied on either side: a push is one write into
-// the server's key buffer and a pull answer one write from the sum buffer
+// the server's buffer for it and a pull answer one write from the sum buffer
 // into the worker's tensor. The address and rkey travel in every CTS (the
 // registration behind them is made once per buffer, thanks to the caches);
 // the per-frame RTS/CTS is flow control, as in ps-lite's RDMA van. A Dest
@@ -100,6 +100,38 @@
 // destination (RLIMIT_MEMLOCK, say), which leaves the Conn open. With the
 // checksum option the CRC is checked once the write has landed; a mismatch
 // closes the Conn.
+//
+// Stable destinations. A Handler that implements StableReceiver keeps one
+// buffer per (op, key) and Conn for tensor frames (the summation server: one
+// landing buffer per key and worker). The first frame of an (op, key) goes
+// by rendezvous as above, but the receiver asks StableDest instead of Dest,
+// registers that buffer (kept registered for the life of the Conn) and a
+// 64-byte header slot (in registered pages of 64 slots), and its CTS carries
+// a stable flag with the header slot's address and rkey and a stable id:
+// the one-time rendezvous per (key, peer) of BytePS's RDMA van. The sender
+// keeps that grant with no credit. Once the handler is done with a frame in
+// its stable buffer it calls Release (Conn implements Releaser), and the
+// receiver SENDs a credit for the stable id. The next frame of that (op,
+// key) and length waits for the credit (failing promptly if the Conn
+// fails), then is two work requests and nothing else:
+//
+//	sender                                  receiver
+//	RDMA_WRITE (inline) of the header ══▶   header slot of stable id
+//	RDMA_WRITE_WITH_IMM of the payload ══▶  the stable buffer; immediate
+//	                                        stableBit|id → header decoded and
+//	                                        checked (op, key, length, CRC)
+//	                                        from the slot → Handle(buffer)
+//	                        ◀── SEND ──     credit {id}, after Release
+//
+// The RC queue pair executes them in order, so the header is in place when
+// the immediate's completion is seen. A frame of another length, or a second
+// concurrent frame of the (op, key) announced before the grant, takes the
+// per-frame path through Dest. A write into a stable buffer without a
+// credit, or a header that does not match the slot, closes the Conn as a
+// bad frame. In steady state a stable frame costs no registration, no copy
+// and no RTS/CTS (Counters.Stable; the receiver's Sends are its Credits).
+// Pull answers, control frames, handlers that do not opt in and TCP keep
+// the per-frame protocol.
 //
 // Back-pressure. At most SendDepth frames are in flight per Conn: Send
 // blocks (on a channel, never spinning) until one completes, and fails
@@ -129,8 +161,10 @@
 //
 // Counters. Verbs counts registrations, deregistrations, MR cache hits and
 // evictions, payload copies, RDMA writes, SENDs, eager and rendezvous frames
-// (Counters; CountersOf works on any Transport). A steady-state push/pull
-// round makes no registration and no copy; tests assert it.
+// (Counters; CountersOf works on any Transport), and frames sent into
+// stable destinations and the credits given for them. A steady-state
+// push/pull round makes no registration and no copy, and its pushes no
+// RTS/CTS; tests assert it.
 //
 // What was tested where: the whole protocol runs in go test on the
 // emulation (ibv.Emulator) everywhere; the same tests, plus a registration
