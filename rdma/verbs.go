@@ -837,25 +837,9 @@ func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error 
 		}
 		return c.sendErr(h.Op)
 	}
-	writing = true
 	c.t.cnt.stable.Add(1)
-	if err := c.postSend(&ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
-		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: g.addr, RKey: g.rkey, Imm: stableBit | g.id}); err != nil {
-		if !errors.Is(err, net.ErrClosed) {
-			c.fail(fmt.Errorf("rdma: write %s to %s: %w", h.Op, c.remote, err), false)
-		}
-		return c.sendErr(h.Op)
-	}
-	select {
-	case st := <-op.wrote:
-		if st != ibv.StatusSuccess {
-			return c.sendErr(h.Op)
-		}
-		writing = false
-		return nil
-	case <-c.done:
-		return c.sendErr(h.Op)
-	}
+	return c.writeImm(h, op, &writing, &ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
+		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: g.addr, RKey: g.rkey, Imm: stableBit | g.id})
 }
 
 func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
@@ -963,10 +947,18 @@ func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
 			return c.sendErr(h.Op)
 		}
 	}
-	writing = true
-	if err := c.postSend(&ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
-		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: m.addr, RKey: m.rkey, Imm: m.slot}); err != nil {
-		writing = false
+	return c.writeImm(h, op, &writing, &ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
+		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: m.addr, RKey: m.rkey, Imm: m.slot})
+}
+
+// writeImm posts a frame's RDMA write with immediate and waits for its
+// completion. *writing says, for the caller's cleanup, whether the NIC may
+// still read the payload: true from the post until the completion (or
+// until the connection has died).
+func (c *verbsConn) writeImm(h *proto.Header, op *sendOp, writing *bool, wr *ibv.SendWR) error {
+	*writing = true
+	if err := c.postSend(wr); err != nil {
+		*writing = false // never posted
 		if !errors.Is(err, net.ErrClosed) {
 			c.fail(fmt.Errorf("rdma: write %s to %s: %w", h.Op, c.remote, err), false)
 		}
@@ -977,7 +969,7 @@ func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
 		if st != ibv.StatusSuccess {
 			return c.sendErr(h.Op)
 		}
-		writing = false
+		*writing = false
 		return nil
 	case <-c.done:
 		return c.sendErr(h.Op)

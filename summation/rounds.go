@@ -197,16 +197,24 @@ func (r *Rounds) heldPush(w int, round uint64) *op {
 	return nil
 }
 
+// checkWhole validates worker w's whole push of data for round.
+func (r *Rounds) checkWhole(w int, round uint64, data []byte) error {
+	if err := r.check(w, round); err != nil {
+		return err
+	}
+	if len(data) != int(r.decl.Bytes) {
+		return fmt.Errorf("key %s: push of %d bytes, declared %d", r.decl.Key, len(data), r.decl.Bytes)
+	}
+	return nil
+}
+
 // Push accepts worker w's whole data for round. On success data belongs to
 // the key (it comes back through Result.Free). On error nothing changed
 // and data is still the caller's.
 func (r *Rounds) Push(w int, round uint64, data []byte) (Result, error) {
 	var res Result
-	if err := r.check(w, round); err != nil {
+	if err := r.checkWhole(w, round, data); err != nil {
 		return res, err
-	}
-	if len(data) != int(r.decl.Bytes) {
-		return res, fmt.Errorf("key %s: push of %d bytes, declared %d", r.decl.Key, len(data), r.decl.Bytes)
 	}
 	if round == r.base+2 {
 		r.held = append(r.held, op{push: true, worker: w, round: round, data: data, got: len(data)})
@@ -238,11 +246,8 @@ func (r *Rounds) Push(w int, round uint64, data []byte) (Result, error) {
 // the caller reuses, such as a transport's stable destination).
 func (r *Rounds) PushCopy(w int, round uint64, data []byte) (Result, error) {
 	var res Result
-	if err := r.check(w, round); err != nil {
+	if err := r.checkWhole(w, round, data); err != nil {
 		return res, err
-	}
-	if len(data) != int(r.decl.Bytes) {
-		return res, fmt.Errorf("key %s: push of %d bytes, declared %d", r.decl.Key, len(data), r.decl.Bytes)
 	}
 	if round == r.base+2 {
 		r.held = append(r.held, op{push: true, worker: w, round: round, data: append([]byte(nil), data...), got: len(data)})
