@@ -18,40 +18,7 @@ type frame struct {
 	err     error
 }
 
-// recorder is a Handler that records frames; dest, if set, gives destinations.
-type recorder struct {
-	frames chan frame
-	closed chan error
-	dest   func(h *proto.Header) ([]byte, error)
-}
-
-func newRecorder() *recorder {
-	return &recorder{frames: make(chan frame, 16), closed: make(chan error, 1)}
-}
-
-func (r *recorder) Dest(c Conn, h *proto.Header) ([]byte, error) {
-	if r.dest != nil {
-		return r.dest(h)
-	}
-	return nil, nil
-}
-func (r *recorder) Handle(c Conn, h *proto.Header, p []byte, err error) {
-	r.frames <- frame{*h, p, err}
-}
-func (r *recorder) Closed(c Conn, err error) { r.closed <- err }
-
-func (r *recorder) next(t *testing.T) frame {
-	t.Helper()
-	select {
-	case f := <-r.frames:
-		return f
-	case <-time.After(5 * time.Second):
-		t.Fatal("no frame within 5s")
-	}
-	return frame{}
-}
-
-func pair(t *testing.T, opt Options, srv *recorder) (Conn, *recorder) {
+func pair(t *testing.T, opt Options, srv *hrec) (Conn, *hrec) {
 	t.Helper()
 	tr := NewTCP(opt)
 	ln, err := tr.Listen("127.0.0.1:0", srv)
@@ -59,7 +26,7 @@ func pair(t *testing.T, opt Options, srv *recorder) (Conn, *recorder) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	cli := newRecorder()
+	cli := newHrec()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := tr.Dial(ctx, ln.Addr(), cli)
@@ -72,9 +39,9 @@ func pair(t *testing.T, opt Options, srv *recorder) (Conn, *recorder) {
 
 func TestPayloadLandsInDestination(t *testing.T) {
 	for _, sum := range []bool{false, true} {
-		srv := newRecorder()
+		srv := newHrec()
 		dst := make([]byte, 1<<20)
-		srv.dest = func(h *proto.Header) ([]byte, error) { return dst[:h.Length], nil }
+		srv.dest = func(_ Conn, h *proto.Header) ([]byte, error) { return dst[:h.Length], nil }
 		c, _ := pair(t, Options{Checksum: sum}, srv)
 		p := bytes.Repeat([]byte{1, 2, 3, 4}, 1<<18)
 		if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Float32, Key: 9, Round: 3}, p); err != nil {
@@ -94,8 +61,8 @@ func TestPayloadLandsInDestination(t *testing.T) {
 }
 
 func TestRefusedPayloadIsDiscarded(t *testing.T) {
-	srv := newRecorder()
-	srv.dest = func(h *proto.Header) ([]byte, error) {
+	srv := newHrec()
+	srv.dest = func(_ Conn, h *proto.Header) ([]byte, error) {
 		if h.Key == 1 {
 			return nil, errors.New("key 1 was never declared")
 		}
@@ -113,7 +80,7 @@ func TestRefusedPayloadIsDiscarded(t *testing.T) {
 }
 
 func TestMalformedFrameClosesWithReason(t *testing.T) {
-	srv := newRecorder()
+	srv := newHrec()
 	tr := NewTCP(Options{})
 	ln, err := tr.Listen("127.0.0.1:0", srv)
 	if err != nil {
@@ -145,7 +112,7 @@ func TestMalformedFrameClosesWithReason(t *testing.T) {
 }
 
 func TestPeerCloseReported(t *testing.T) {
-	srv := newRecorder()
+	srv := newHrec()
 	c, cli := pair(t, Options{}, srv)
 	c.Close()
 	if err := <-cli.closed; err != nil {
