@@ -819,21 +819,31 @@ func testStableDest(t *testing.T, k kind) {
 	time.Sleep(50 * time.Millisecond)
 	start := time.Now()
 	sc.Close()
-	select {
-	case err := <-sent:
-		if err == nil {
-			t.Fatal("send waiting for a credit of a dead peer succeeded")
-		}
-		t.Logf("send failed after %v: %v", time.Since(start), err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("send waiting for a credit of a dead peer hangs")
-	}
-	if err := ch.waitClosed(t, 5*time.Second); err == nil {
-		t.Fatal("peer death reported as a clean close")
-	}
+	wantPeerDeath(t, "a send waiting for a credit of a dead peer", sent, start, ch)
 	rel.Release(proto.OpPush, key) // on a dead Conn: nothing
 	if err := sh.waitClosed(t, 5*time.Second); err != nil {
 		t.Fatalf("server's own close reported as %v", err)
+	}
+}
+
+// wantPeerDeath checks that a Send pending when the peer died (at start)
+// fails within 5 s, and that the sender's Conn reports the death rather
+// than a clean close.
+func wantPeerDeath(t *testing.T, what string, sent <-chan error, start time.Time, ch *hrec) {
+	t.Helper()
+	select {
+	case err := <-sent:
+		if err == nil {
+			t.Fatalf("%s succeeded", what)
+		}
+		t.Logf("%s failed after %v: %v", what, time.Since(start), err)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s hangs", what)
+	}
+	if err := ch.waitClosed(t, 5*time.Second); err == nil {
+		t.Fatal("peer death reported as a clean close")
+	} else {
+		t.Logf("client closed with: %v", err)
 	}
 }
 
@@ -856,20 +866,7 @@ func testPeerDies(t *testing.T, k kind) {
 	sc := <-sh.conns
 	start := time.Now()
 	sc.Close() // the server's end goes away: TCP closed, QP in ERROR
-	select {
-	case err := <-sent:
-		if err == nil {
-			t.Fatal("send to a dead peer succeeded")
-		}
-		t.Logf("send failed after %v: %v", time.Since(start), err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("send to a dead peer hangs")
-	}
-	if err := ch.waitClosed(t, 5*time.Second); err == nil {
-		t.Fatal("peer death reported as a clean close")
-	} else {
-		t.Logf("client closed with: %v", err)
-	}
+	wantPeerDeath(t, "a send to a dead peer", sent, start, ch)
 	close(release)
 	if err := sh.waitClosed(t, 5*time.Second); err != nil {
 		t.Fatalf("server's own close reported as %v", err)
