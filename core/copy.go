@@ -64,15 +64,12 @@ func (e *Engine) viaStaging(t *Tensor, buf []byte, start func([]byte) (*Handle, 
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
-		<-inner.done
-		inner.mu.Lock()
-		err := inner.err
-		inner.mu.Unlock()
+		err := inner.cause()
 		if err == nil {
 			copy(buf, st)
 		}
 		put()
-		h.partDone(errors.Unwrap(err))
+		h.partDone(err)
 	}()
 	return h, nil
 }

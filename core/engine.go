@@ -54,6 +54,8 @@ type Engine struct {
 	servers []*server
 	kick    chan struct{}
 	stop    chan struct{}
+	ctx     context.Context // cancelled when stop is closed
+	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	local   *local.Group // nil without local aggregation
 	gpu     gpuState
@@ -188,6 +190,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		cfg: cfg, logf: logf, member: m, tr: tr, self: m.Self(), book: m.Book(),
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), broken: make(chan struct{}),
 	}
+	e.ctx, e.cancel = context.WithCancel(context.Background())
 	e.mu.tensors = make(map[string]*Tensor)
 	e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
 	e.mu.pending = make([][]proto.Decl, len(e.book.Servers))
@@ -857,6 +860,7 @@ func (e *Engine) close() {
 	case <-e.stop:
 	default:
 		close(e.stop)
+		e.cancel()
 	}
 	for _, s := range e.servers {
 		for _, l := range s.lanes {
@@ -900,6 +904,16 @@ func newHandle(name string, parts int) *Handle {
 		close(h.done)
 	}
 	return h
+}
+
+// cause waits for h and returns the error that failed it without the
+// handle's own naming of the tensor, for the engine's handles that wrap
+// another handle of the same tensor (local aggregation, staging).
+func (h *Handle) cause() error {
+	<-h.done
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return errors.Unwrap(h.err)
 }
 
 func (h *Handle) partDone(err error) {

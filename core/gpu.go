@@ -173,15 +173,7 @@ func (e *Engine) PushPullDevice(t *Tensor, dev int, ptr, stream uintptr, op Redu
 // wait is bounded by GOBPS_GPU_TIMEOUT and by Shutdown; the PushPull in
 // between ends with the job's own failures.
 func (e *Engine) runStaged(t *Tensor, st *gpu.Staged, dst gpu.DevPtr, op ReduceOp) error {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-e.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := e.ctx
 	err := func() error {
 		hctx, hcancel := context.WithTimeout(ctx, e.cfg.GPUTimeout)
 		host, err := st.Host(hctx)
@@ -191,16 +183,12 @@ func (e *Engine) runStaged(t *Tensor, st *gpu.Staged, dst gpu.DevPtr, op ReduceO
 		}
 		inner, err := e.PushPull(t, host, op)
 		if err != nil {
-			return errors.Unwrap(err)
+			return err
 		}
 		// The staging buffer goes back to the pool after Finish or Abort,
 		// so wait for the handle itself; Shutdown and failures end it.
-		<-inner.done
-		inner.mu.Lock()
-		err = inner.err
-		inner.mu.Unlock()
-		if err != nil {
-			return errors.Unwrap(err)
+		if err := inner.cause(); err != nil {
+			return err
 		}
 		fctx, fcancel := context.WithTimeout(ctx, e.cfg.GPUTimeout)
 		defer fcancel()

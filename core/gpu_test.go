@@ -189,3 +189,36 @@ func TestPushPullCopy(t *testing.T) {
 		t.Errorf("nil engine: %v", err)
 	}
 }
+
+// TestPushPullDeviceEngineFails: an engine failure while a GPU tensor's
+// copy out is still running fails its handle (and returns its staging
+// buffer), rather than completing it with the gradient unreduced.
+func TestPushPullDeviceEngineFails(t *testing.T) {
+	tc := startCluster(t, 1, 1, "GOBPS_GPU", "fake", "GOBPS_GPU_FAKE_DELAY", "100ms")
+	e := tc.engines[0]
+	tt, err := e.Declare("g", proto.Float32, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := e.GPUDevice(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := d.(*fake.Device)
+	p, err := dev.Malloc(tt.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.PushPullDevice(tt, 0, uintptr(p), 0, Sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	e.failAll(boom)
+	if err := h.WaitTimeout(10 * time.Second); !errors.Is(err, boom) {
+		t.Fatalf("handle of a GPU tensor after the engine failed: %v, want boom", err)
+	}
+	if out := e.gpu.devs[0].pool.Outstanding(); out != 0 {
+		t.Fatalf("%d staging buffers not returned", out)
+	}
+}

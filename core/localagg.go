@@ -105,13 +105,12 @@ func (e *Engine) startLocalLocked(h *Handle, t *Tensor, buf []byte, op ReduceOp,
 // when it no longer touches b.
 func (e *Engine) runLocal(t *Tensor, p part, lp *localPart, prev <-chan struct{}, round uint64, b []byte, op ReduceOp) error {
 	srv := e.servers[p.srv]
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(e.ctx)
 	defer cancel()
 	go func() {
 		select {
 		case <-srv.dead:
 		case <-e.broken:
-		case <-e.stop:
 		case <-ctx.Done():
 			return
 		}
@@ -186,14 +185,8 @@ func (e *Engine) pushPullOwned(t *Tensor, p part, round uint64, sum []byte) erro
 		e.mu.Lock()
 		e.finishLocked(tk, ErrNotInitialized)
 		e.mu.Unlock()
-		<-inner.done
 	}
-	inner.mu.Lock()
-	defer inner.mu.Unlock()
-	if inner.err != nil {
-		return errors.Unwrap(inner.err) // the handle's own wrapping names the tensor again
-	}
-	return nil
+	return inner.cause()
 }
 
 // localErr names the root cause of a local failure: a failed server or
