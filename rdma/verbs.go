@@ -44,8 +44,32 @@ type Verbs struct {
 		closed bool
 		conns  map[*verbsConn]struct{}
 		lns    map[*verbsListener]struct{}
+		sends  int        // Sends in progress, on callers' goroutines
+		idle   *sync.Cond // signalled when sends drops to 0
 	}
 	wg sync.WaitGroup // accept loops, handshakes and connection goroutines
+}
+
+// enterSend counts a Send in progress, so that Close waits for it to put
+// back the MR cache entries it holds before it deregisters the cache: a
+// Send runs on its caller's goroutine and may still hold one for a moment
+// after its connection's goroutines have ended. False once closed.
+func (t *Verbs) enterSend() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.closed {
+		return false
+	}
+	t.mu.sends++
+	return true
+}
+
+func (t *Verbs) leaveSend() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.mu.sends--; t.mu.sends == 0 && t.mu.idle != nil {
+		t.mu.idle.Broadcast()
+	}
 }
 
 // counters are the transport's Counters, counted atomically.
@@ -115,6 +139,15 @@ func (t *Verbs) Close() error {
 		c.Close()
 	}
 	t.wg.Wait()
+	// Sends fail promptly once their connections are closed.
+	t.mu.Lock()
+	if t.mu.idle == nil {
+		t.mu.idle = sync.NewCond(&t.mu.Mutex)
+	}
+	for t.mu.sends > 0 {
+		t.mu.idle.Wait()
+	}
+	t.mu.Unlock()
 	t.cache.close()
 	return errors.Join(t.pd.Close(), t.ctx.Close())
 }
@@ -735,6 +768,10 @@ func (c *verbsConn) Send(h proto.Header, payload []byte) error {
 	if failed, _ := c.failed(); failed {
 		return c.sendErr(h.Op)
 	}
+	if !c.t.enterSend() {
+		return c.sendErr(h.Op)
+	}
+	defer c.t.leaveSend()
 	eager := len(payload) == 0 || (h.Op != proto.OpPush && h.Op != proto.OpPullResp &&
 		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes))
 	var g *grant
