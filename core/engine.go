@@ -59,6 +59,7 @@ type Engine struct {
 	wg      sync.WaitGroup
 	local   *local.Group // nil without local aggregation
 	gpu     gpuState
+	trace   *timeline // nil unless BYTEPS_TRACE_ON
 
 	broken     chan struct{} // closed when the engine fails as a whole
 	brokenOnce sync.Once
@@ -152,6 +153,7 @@ type task struct {
 	receiving bool  // the reader is writing into out
 	got       int   // bytes of the answer in out (answers may come in pieces)
 	finished  bool
+	times     taskTimes // with tracing only
 }
 
 // Init joins the job described by opt.Config and connects to every server.
@@ -191,6 +193,9 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		kick: make(chan struct{}, 1), stop: make(chan struct{}), broken: make(chan struct{}),
 	}
 	e.ctx, e.cancel = context.WithCancel(context.Background())
+	if cfg.TraceOn {
+		e.trace = newTimeline(cfg.TraceDir, e.self.Rank)
+	}
 	e.mu.tensors = make(map[string]*Tensor)
 	e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
 	e.mu.pending = make([][]proto.Decl, len(e.book.Servers))
@@ -479,14 +484,16 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 			e.finishLocked(tk, errAbandoned)
 			continue
 		}
-		e.mu.queue.Push(schedItem(t, p, tk))
+		e.enqueueLocked(tk)
 	}
 	e.poke()
 	return h, nil
 }
 
-func schedItem(t *Tensor, p part, tk *task) scheduler.Item[*task] {
-	return scheduler.Item[*task]{Key: p.key, Priority: t.priority, Bytes: p.rng.Len, Value: tk}
+// enqueueLocked queues tk for dispatch. REQUIRES: e.mu.
+func (e *Engine) enqueueLocked(tk *task) {
+	tk.times.queued = e.trace.now()
+	e.mu.queue.Push(scheduler.Item[*task]{Key: tk.p.key, Priority: tk.t.priority, Bytes: tk.p.rng.Len, Value: tk})
 }
 
 func (e *Engine) poke() {
@@ -514,6 +521,7 @@ func (e *Engine) dispatch() {
 			}
 			tk := it.Value
 			tk.sent = true
+			tk.times.dispatched = e.trace.now()
 			if tk.finished { // failed while queued
 				e.mu.queue.Done(tk.p.rng.Len)
 				continue
@@ -557,6 +565,7 @@ func (l *lane) send() {
 			continue
 		}
 		tk.sending = true
+		tk.times.sending = l.e.trace.now()
 		l.e.mu.Unlock()
 		h := proto.Header{Sender: l.e.self.ID, Key: tk.p.key, Round: tk.round, ReqID: tk.reqID, DType: tk.t.dtype}
 		var err error
@@ -571,6 +580,7 @@ func (l *lane) send() {
 		}
 		l.e.mu.Lock()
 		tk.sending = false
+		tk.times.sent = l.e.trace.now()
 		if tk.failed != nil {
 			l.e.finishLocked(tk, tk.failed)
 		}
@@ -624,6 +634,9 @@ func (l *lane) Dest(c rdma.Conn, h *proto.Header) ([]byte, error) {
 		return nil, fmt.Errorf("answer %s does not fit request (%d of %d bytes in)", h, tk.got, len(tk.out))
 	}
 	tk.receiving = true
+	if tk.got == 0 {
+		tk.times.first = e.trace.now()
+	}
 	return tk.out[off : off+int(h.Length)], nil
 }
 
@@ -723,6 +736,7 @@ func (e *Engine) finishLocked(tk *task, err error) {
 		return
 	}
 	tk.finished = true
+	e.trace.record(tk, e.trace.now(), err)
 	if tk.reqID != 0 {
 		delete(e.mu.reqs, tk.reqID)
 	}
@@ -852,6 +866,12 @@ func (e *Engine) Shutdown() error {
 	err := e.member.Leave()
 	e.close()
 	e.failAll(ErrNotInitialized)
+	if terr := e.trace.write(); terr != nil {
+		e.logf("%v", terr)
+		err = errors.Join(err, terr)
+	} else if e.trace != nil {
+		e.logf("gobps: timeline written to %s", e.trace.path())
+	}
 	return err
 }
 

@@ -173,7 +173,7 @@ func (e *Engine) pushPullOwned(t *Tensor, p part, round uint64, sum []byte) erro
 		e.mu.Unlock()
 		return err
 	}
-	e.mu.queue.Push(schedItem(t, p, tk))
+	e.enqueueLocked(tk)
 	e.poke()
 	e.mu.Unlock()
 	select {

@@ -1,0 +1,161 @@
+package core
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// maxTraceEvents bounds a timeline's memory: about 100 bytes an event, so
+// 100 MiB at most. Events past it are counted, not kept.
+const maxTraceEvents = 1 << 20
+
+// timeline records, with BYTEPS_TRACE_ON=1, when each partition of each
+// PushPull was queued, pushed, waited for and pulled, and writes them at
+// Shutdown as a Chrome trace (chrome://tracing, Perfetto): one process per
+// worker, one thread per server, so the partitions a server carries line up.
+// BytePS writes its timeline to the same place, TRACE_DIR/RANK/comm.json.
+type timeline struct {
+	dir   string
+	rank  int
+	start time.Time
+
+	mu      sync.Mutex
+	events  []traceEvent
+	dropped int
+}
+
+// traceEvent is one Chrome "complete" event; times are µs since start.
+type traceEvent struct {
+	Name string         `json:"name"`
+	Cat  string         `json:"cat"`
+	Ph   string         `json:"ph"`
+	TS   float64        `json:"ts"`
+	Dur  float64        `json:"dur"`
+	PID  int            `json:"pid"`
+	TID  int            `json:"tid"`
+	Args map[string]any `json:"args,omitempty"`
+}
+
+func newTimeline(dir string, rank int) *timeline {
+	return &timeline{dir: dir, rank: rank, start: time.Now()}
+}
+
+// taskTimes are the moments a partition passed; zero where it never did.
+type taskTimes struct {
+	queued, dispatched, sending, sent, first time.Time
+}
+
+// now returns the time when tracing, and the zero time otherwise, so an
+// untraced engine does not read the clock.
+func (tl *timeline) now() time.Time {
+	if tl == nil {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// record adds the stages of one finished partition.
+func (tl *timeline) record(tk *task, end time.Time, err error) {
+	if tl == nil {
+		return
+	}
+	tt := &tk.times
+	name := fmt.Sprintf("%s[%d]", tk.t.name, tk.p.key.Part())
+	args := map[string]any{"key": tk.p.key.String(), "round": tk.round, "bytes": tk.p.rng.Len}
+	if err != nil {
+		args["error"] = err.Error()
+	}
+	stages := []struct {
+		cat      string
+		from, to time.Time
+	}{
+		{"queue", tt.queued, tt.dispatched}, // waiting for credit
+		{"lane", tt.dispatched, tt.sending}, // waiting for the lane's sender
+		{"push", tt.sending, tt.sent},       // on the wire
+		{"wait", tt.sent, tt.first},         // the server summing the others' pushes
+		{"pull", tt.first, end},             // the answer arriving
+	}
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	for _, s := range stages {
+		if s.from.IsZero() || s.to.IsZero() {
+			continue
+		}
+		if len(tl.events) >= maxTraceEvents {
+			tl.dropped++
+			continue
+		}
+		tl.events = append(tl.events, traceEvent{
+			Name: name, Cat: s.cat, Ph: "X",
+			TS: tl.micros(s.from), Dur: float64(s.to.Sub(s.from).Nanoseconds()) / 1e3,
+			PID: tl.rank, TID: tk.p.srv, Args: args,
+		})
+	}
+}
+
+func (tl *timeline) micros(t time.Time) float64 {
+	return float64(t.Sub(tl.start).Nanoseconds()) / 1e3
+}
+
+// Path is where write puts the timeline.
+func (tl *timeline) path() string {
+	return filepath.Join(tl.dir, strconv.Itoa(tl.rank), "comm.json")
+}
+
+// write saves the timeline. It is called once, at Shutdown.
+func (tl *timeline) write() error {
+	if tl == nil {
+		return nil
+	}
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	type meta struct {
+		Name string         `json:"name"`
+		Ph   string         `json:"ph"`
+		PID  int            `json:"pid"`
+		TID  int            `json:"tid"`
+		Args map[string]any `json:"args"`
+	}
+	doc := struct {
+		TraceEvents     []any          `json:"traceEvents"`
+		DisplayTimeUnit string         `json:"displayTimeUnit"`
+		OtherData       map[string]any `json:"otherData"`
+	}{
+		DisplayTimeUnit: "ms",
+		OtherData: map[string]any{
+			"start":   tl.start.Format(time.RFC3339Nano),
+			"rank":    tl.rank,
+			"dropped": tl.dropped,
+		},
+	}
+	doc.TraceEvents = append(doc.TraceEvents, meta{Name: "process_name", Ph: "M", PID: tl.rank,
+		Args: map[string]any{"name": fmt.Sprintf("worker %d", tl.rank)}})
+	seen := map[int]bool{}
+	for _, ev := range tl.events {
+		if !seen[ev.TID] {
+			seen[ev.TID] = true
+			doc.TraceEvents = append(doc.TraceEvents, meta{Name: "thread_name", Ph: "M", PID: tl.rank, TID: ev.TID,
+				Args: map[string]any{"name": fmt.Sprintf("server %d", ev.TID)}})
+		}
+	}
+	for _, ev := range tl.events {
+		doc.TraceEvents = append(doc.TraceEvents, ev)
+	}
+	data, err := json.Marshal(doc)
+	if err != nil {
+		return fmt.Errorf("gobps: trace: %w", err)
+	}
+	p := tl.path()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return fmt.Errorf("gobps: trace: %w", err)
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		return fmt.Errorf("gobps: trace: %w", err)
+	}
+	return nil
+}

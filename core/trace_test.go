@@ -1,0 +1,94 @@
+package core
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"github.com/gobps/gobps/core/proto"
+)
+
+// TestTimeline runs two rounds of a 3-partition tensor on 2 workers with
+// BYTEPS_TRACE_ON and reads back each worker's comm.json: every partition
+// of every round must have its stages, in order, on its server's row.
+func TestTimeline(t *testing.T) {
+	dir := t.TempDir()
+	tc := startCluster(t, 2, 2, "BYTEPS_TRACE_ON", "1", "BYTEPS_TRACE_DIR", dir)
+	const count, rounds = 5000, 2 // 20000 bytes: partitions of 8192, 8192, 3616
+	tc.each(t, func(rank int, e *Engine) error {
+		tn, err := e.Declare("grad", proto.Float32, count)
+		if err != nil {
+			return err
+		}
+		for r := 0; r < rounds; r++ {
+			h, err := e.PushPull(tn, make([]byte, 4*count), Sum)
+			if err != nil {
+				return err
+			}
+			if err := h.Wait(); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	for _, e := range tc.engines {
+		if err := e.Shutdown(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for rank := range tc.engines {
+		data, err := os.ReadFile(filepath.Join(dir, strconv.Itoa(rank), "comm.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var doc struct {
+			TraceEvents []traceEvent   `json:"traceEvents"`
+			OtherData   map[string]any `json:"otherData"`
+		}
+		if err := json.Unmarshal(data, &doc); err != nil {
+			t.Fatalf("rank %d: %v", rank, err)
+		}
+		if doc.OtherData["dropped"] != 0.0 {
+			t.Errorf("rank %d: dropped %v events", rank, doc.OtherData["dropped"])
+		}
+		type id struct {
+			name  string
+			round float64
+		}
+		stages := map[id][]traceEvent{}
+		for _, ev := range doc.TraceEvents {
+			if ev.Ph != "X" {
+				continue
+			}
+			if ev.PID != rank || ev.Dur < 0 {
+				t.Errorf("rank %d: bad event %+v", rank, ev)
+			}
+			k := id{ev.Name, ev.Args["round"].(float64)}
+			stages[k] = append(stages[k], ev)
+		}
+		if len(stages) != 3*rounds {
+			t.Fatalf("rank %d: %d partition rounds traced, want %d: %v", rank, len(stages), 3*rounds, stages)
+		}
+		want := []string{"queue", "lane", "push", "wait", "pull"}
+		for k, evs := range stages {
+			if len(evs) != len(want) {
+				t.Errorf("rank %d %v: %d stages, want %v", rank, k, len(evs), want)
+				continue
+			}
+			for i, ev := range evs {
+				if ev.Cat != want[i] {
+					t.Errorf("rank %d %v: stage %d is %q, want %q", rank, k, i, ev.Cat, want[i])
+				}
+				// Each stage starts where the one before ended.
+				if i > 0 && ev.TS+0.001 < evs[i-1].TS+evs[i-1].Dur {
+					t.Errorf("rank %d %v: %s starts at %.3f before %s ends at %.3f", rank, k, ev.Cat, ev.TS, evs[i-1].Cat, evs[i-1].TS+evs[i-1].Dur)
+				}
+				if ev.TID < 0 || ev.TID >= 2 {
+					t.Errorf("rank %d %v: server row %d", rank, k, ev.TID)
+				}
+			}
+		}
+	}
+}
