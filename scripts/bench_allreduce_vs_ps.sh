@@ -366,7 +366,7 @@ if ((AFTER)); then
 fi
 
 echo
-echo "Link: $RATE shaped, TCP goodput measured $(awk -v g="$GOODPUT" 'BEGIN{printf "%.1f", g/1e6}') Mbit/s per link (median, every link loaded both ways, TCP $(sed -n 's/.*cc=\([a-z0-9]*\).*/\1/p' "$OUT/verify.txt")); partitions $PARTITION; credit $CREDIT; $ITERS timed iterations after $WARMUP warm-up"
+echo "Link: $RATE shaped, ${GOBPS_NET_QUEUE:-fair} host queues, TCP goodput measured $(awk -v g="$GOODPUT" 'BEGIN{printf "%.1f", g/1e6}') Mbit/s per link (median, every link loaded both ways, TCP $(sed -n 's/.*cc=\([a-z0-9]*\).*/\1/p' "$OUT/verify.txt")); partitions $PARTITION; credit $CREDIT; $ITERS timed iterations after $WARMUP warm-up"
 echo "Machine: $(nproc) CPUs, $(uname -r); load average at start $LOAD0, at end $(cut -d' ' -f1-3 /proc/loadavg)"
 ((GLOO)) || ! has gloo || echo "gloo: skipped (no torch in $PY)"
 echo

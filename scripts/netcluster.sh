@@ -19,7 +19,10 @@
 # so the hosts see a switch and nothing else: the subnet exists only inside
 # these namespaces. Each link is shaped in both directions with HTB (netem
 # is not needed): on eth0 (what the host sends) and on the bridge port
-# (what the host receives), like a full-duplex switch port of RATE.
+# (what the host receives), like a full-duplex switch port of RATE. The
+# bridge port is one FIFO, as in a switch; eth0 by default shares RATE
+# fairly between the peers the host sends to, as a Linux host's fq_codel
+# queue does (see shape below).
 #
 # Environment:
 #   GOBPS_NET_PREFIX   name prefix of everything created (default gobps-);
@@ -31,6 +34,9 @@
 #                      keeps the box's default)
 #   GOBPS_NET_SYSCTL   more per-host sysctls, e.g.
 #                      "net.ipv4.tcp_slow_start_after_idle=0"
+#   GOBPS_NET_QUEUE    fair (default): each host's own queue shares its link
+#                      between its peers; fifo: one FIFO, where a few
+#                      connections can starve the others for seconds
 #   GOBPS_NET_LEAF     the FIFO under each HTB class, in tc syntax (default
 #                      "pfifo limit 1000", or 100 below 100 Mbit/s)
 #   BPSBENCH           the bpsbench binary verify runs (default bin/bpsbench)
@@ -79,21 +85,47 @@ bits() {
 	}'
 }
 
-# shape DEV in namespace NS to RATE: one HTB class with a FIFO under it.
-# Below 100 Mbit/s the device also stops building GSO super-packets, so the
-# queue holds wire-sized frames and 100 of them are a switch-like buffer
-# (120 ms at 10 Mbit/s) rather than seconds of bufferbloat; at higher rates
-# GSO stays on, since segmenting every frame would cost more CPU than two
-# cores have.
+# shape DEV in namespace NS to RATE. Below 100 Mbit/s the device also
+# stops building GSO super-packets, so the queue holds wire-sized frames and
+# 100 of them are a switch-like buffer (120 ms at 10 Mbit/s) rather than
+# seconds of bufferbloat; at higher rates GSO stays on, since segmenting
+# every frame would cost more CPU than two cores have.
+#
+# With PEERS empty the link is one HTB class of RATE over one FIFO: a
+# switch port. With PEERS (the addresses of the other hosts) it is what a
+# Linux host's own NIC queue does: fq_codel, the default queue of
+# systemd-based distributions, serves the flows it holds in turn, so one
+# connection cannot starve the others. This kernel has no fq_codel (nor
+# sfq or fq), so each peer gets an HTB class of its own under the RATE
+# class, matched on the destination address by a u32 filter; the busy
+# classes share RATE equally and a lone busy one takes all of it.
+# That is fairness per destination host rather than per connection (the
+# connections to one host share a FIFO), which is all the traffic here
+# needs: a host keeps about one busy connection per peer.
 shape() {
-	local ns=$1 dev=$2 rate=$3 limit=1000
+	local ns=$1 dev=$2 rate=$3 limit=1000 j=0 peer
+	shift 3
 	if (($(bits "$rate") < 100000000)); then
 		ip -n "$ns" link set dev "$dev" gso_max_size 1500
 		limit=100
 	fi
+	local leaf=${GOBPS_NET_LEAF:-pfifo limit $limit}
 	tc -n "$ns" qdisc replace dev "$dev" root handle 1: htb default 10
-	tc -n "$ns" class add dev "$dev" parent 1: classid 1:10 htb rate "$rate" ceil "$rate" quantum 65536
-	tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: ${GOBPS_NET_LEAF:-pfifo limit "$limit"}
+	tc -n "$ns" class add dev "$dev" parent 1: classid 1:1 htb rate "$rate" ceil "$rate" quantum 65536
+	local share=$rate
+	# the peers' classes and the default one (ARP) guarantee no more than
+	# RATE between them, so HTB's cap holds; what a class lends is shared
+	# by equal quanta
+	(($# == 0)) || share="$(($(bits "$rate") / ($# + 1)))bit"
+	tc -n "$ns" class add dev "$dev" parent 1:1 classid 1:10 htb rate "$share" ceil "$rate" quantum 65536
+	tc -n "$ns" qdisc add dev "$dev" parent 1:10 handle 10: $leaf
+	for peer in "$@"; do
+		j=$((j + 1))
+		tc -n "$ns" class add dev "$dev" parent 1:1 classid "1:$((100 + j))" htb rate "$share" ceil "$rate" quantum 65536
+		tc -n "$ns" qdisc add dev "$dev" parent "1:$((100 + j))" handle "$((100 + j)):" $leaf
+		tc -n "$ns" filter add dev "$dev" parent 1: protocol ip prio 1 u32 match ip dst "$peer/32" classid "1:$((100 + j))" ||
+			die "cannot classify by address here (tc u32 filter); GOBPS_NET_QUEUE=fifo builds the links without per-peer queues"
+	done
 }
 
 # pick_cc chooses the hosts' TCP congestion control: GOBPS_NET_CC if set
@@ -148,6 +180,8 @@ cmd_up() {
 	local n=$1 rate=$2 i ns
 	[[ $n =~ ^[0-9]+$ ]] && ((n >= 1 && n <= MAXHOSTS)) || die "N must be 1..$MAXHOSTS, got '$n'"
 	[[ $rate =~ ^[0-9]+(\.[0-9]+)?([kmg]?(bit|bps))$ ]] || die "RATE must look like 10mbit, 200mbit or 1gbit, got '$rate'"
+	local queue=${GOBPS_NET_QUEUE:-fair}
+	[[ $queue == fair || $queue == fifo ]] || die "GOBPS_NET_QUEUE must be fair or fifo, got '$queue'"
 	[[ $(id -u) == 0 ]] || die "needs root (network namespaces)"
 	command -v tc >/dev/null || die "tc (iproute2) not found"
 	if [[ -n $(ours) ]]; then
@@ -175,10 +209,16 @@ cmd_up() {
 		ip -n "$BRNS" link set "v$i" up
 		ip -n "$ns" addr add "$(hostip "$i")/24" dev eth0
 		ip -n "$ns" link set eth0 up
-		shape "$ns" eth0 "$rate"
+		local peers=() j
+		if [[ $queue == fair ]]; then
+			for ((j = 0; j < n; j++)); do
+				((j == i)) || peers+=("$(hostip "$j")")
+			done
+		fi
+		shape "$ns" eth0 "$rate" "${peers[@]}"
 		shape "$BRNS" "v$i" "$rate"
 	done
-	echo "netcluster: $n hosts ($(hostip 0) .. $(hostip $((n - 1)))), every link shaped to $rate each way, TCP congestion control $(hostcc)"
+	echo "netcluster: $n hosts ($(hostip 0) .. $(hostip $((n - 1)))), every link shaped to $rate each way, $queue host queues, TCP congestion control $(hostcc)"
 }
 
 cmd_exec() {

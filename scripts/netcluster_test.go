@@ -22,6 +22,7 @@ var (
 	buildOnce sync.Once
 	bin       string
 	buildErr  error
+	noU32     bool // set by needCluster: the clusters must use FIFO queues
 )
 
 // needCluster skips the test unless this machine can run the emulated
@@ -53,6 +54,12 @@ func needCluster(t *testing.T) string {
 	}
 	if out, err := exec.Command("tc", "-n", probe, "qdisc", "add", "dev", "probe0", "root", "handle", "1:", "htb").CombinedOutput(); err != nil {
 		t.Skipf("cannot rate-limit links here (tc htb): %v: %s", err, out)
+	}
+	// fair host queues need the u32 classifier; without it, FIFO links
+	if out, err := exec.Command("tc", "-n", probe, "filter", "add", "dev", "probe0", "parent", "1:", "protocol", "ip",
+		"prio", "1", "u32", "match", "ip", "dst", "10.0.0.1/32", "classid", "1:10").CombinedOutput(); err != nil {
+		t.Logf("no tc u32 filter here (%v: %s): the clusters get FIFO host queues (GOBPS_NET_QUEUE=fifo)", err, out)
+		noU32 = true
 	}
 	buildOnce.Do(func() {
 		bin, buildErr = os.MkdirTemp("", "gobps-scripts-test")
@@ -110,10 +117,59 @@ func leftovers(t *testing.T, p string) []string {
 func script(ctx context.Context, p string, out io.Writer, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "./"+name, args...)
 	cmd.Env = append(os.Environ(), "GOBPS_NET_PREFIX="+p)
+	if noU32 {
+		cmd.Env = append(cmd.Env, "GOBPS_NET_QUEUE=fifo")
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 20 * time.Second
 	return cmd
+}
+
+// TestHostQueues checks the links netcluster.sh builds: every host's own
+// queue has one class per peer, each matched on that peer's address and
+// allowed the whole rate, and the switch port toward the host is one FIFO.
+func TestHostQueues(t *testing.T) {
+	needCluster(t)
+	if noU32 {
+		t.Skip("no tc u32 filter here: per-peer queues cannot be built")
+	}
+	p := prefix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := script(ctx, p, &out, "netcluster.sh", "up", "3", "12mbit").Run(); err != nil {
+		t.Fatalf("netcluster.sh up: %v\n%s", err, out.String())
+	}
+	tc := func(ns string, args ...string) string {
+		t.Helper()
+		b, err := exec.Command("tc", append([]string{"-n", p + ns}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tc %v: %v: %s", args, err, b)
+		}
+		return string(b)
+	}
+	classes := tc("h0", "class", "show", "dev", "eth0")
+	filters := tc("h0", "filter", "show", "dev", "eth0")
+	// host 0 is 10.77.0.11; its peers 10.77.0.12 and .13 (0a4d000c, 0a4d000d)
+	for i, peer := range []string{"0a4d000c", "0a4d000d"} {
+		class := fmt.Sprintf("1:%d", 101+i)
+		if !strings.Contains(classes, "class htb "+class+" parent 1:1") || !strings.Contains(classes, "rate 4Mbit ceil 12Mbit") {
+			t.Errorf("host 0: no class %s sharing 12 Mbit/s for peer %s:\n%s", class, peer, classes)
+		}
+		if !strings.Contains(filters, "flowid "+class) || !strings.Contains(filters, "match "+peer+"/ffffffff at 16") {
+			t.Errorf("host 0: no filter sending %s to %s:\n%s", peer, class, filters)
+		}
+	}
+	if port := tc("br", "class", "show", "dev", "v0"); strings.Count(port, "leaf") != 1 || !strings.Contains(port, "rate 12Mbit ceil 12Mbit") {
+		t.Errorf("switch port toward host 0: want one 12 Mbit/s FIFO class:\n%s", port)
+	}
+	out.Reset()
+	cmd := script(ctx, p, &out, "netcluster.sh", "up", "2", "12mbit")
+	cmd.Env = append(cmd.Env, "GOBPS_NET_QUEUE=fq")
+	if err := cmd.Run(); err == nil || !strings.Contains(out.String(), "GOBPS_NET_QUEUE must be fair or fifo") {
+		t.Errorf("GOBPS_NET_QUEUE=fq: got %v, %q; want a clear error", err, out.String())
+	}
 }
 
 // TestQuickBench is CI's sanity check of the allreduce-vs-PS benchmark: 2
