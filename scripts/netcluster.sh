@@ -12,6 +12,10 @@
 #   netcluster.sh verify [T]    measure the TCP goodput every link really
 #                               has, with one stream in and one out of every
 #                               host at once, for T (default 3s)
+#   netcluster.sh mesh W [T]    one stream each way between every host below
+#                               W and every host from W up, all at once, for
+#                               T (default 6s): how evenly many flows share
+#                               the links (see GOBPS_NET_QUEUE)
 #
 # Each host is a network namespace PREFIXhI (gobps-h0, …) with one interface, eth0,
 # at SUBNET.(11+I)/24. eth0 is one end of a veth pair whose other end is a
@@ -270,6 +274,52 @@ cmd_verify() {
 		}'
 }
 
+# cmd_mesh W [T]: every host below W (the "workers") exchanges one TCP
+# stream each way with every host from W up (the "servers") at once, the
+# traffic of a parameter server with dedicated servers, and reports how
+# evenly the flows shared the links: a PS key waits for its slowest push.
+cmd_mesh() {
+	local w=${1:-} t=${2:-6s} n i j dir pids=()
+	n=$(nhosts)
+	[[ $w =~ ^[0-9]+$ ]] && ((w >= 1 && w < n)) || die "usage: netcluster.sh mesh W [T] with 1 <= W < hosts ($n)"
+	local bench=${BPSBENCH:-bin/bpsbench}
+	[[ -x $bench ]] || die "no $bench: build it (make build) or set BPSBENCH"
+	dir=$(mktemp -d)
+	for ((i = 0; i < w; i++)); do
+		for ((j = w; j < n; j++)); do
+			ip netns exec "$(hostns "$i")" "$bench" netperf -listen "$(hostip "$i"):$((5400 + j))" \
+				-to "$(hostip "$j"):$((5400 + i))" -time "$t" >"$dir/$i-$j" 2>&1 &
+			pids+=($!)
+			ip netns exec "$(hostns "$j")" "$bench" netperf -listen "$(hostip "$j"):$((5400 + i))" \
+				-to "$(hostip "$i"):$((5400 + j))" -time "$t" >"$dir/$j-$i" 2>&1 &
+			pids+=($!)
+		done
+	done
+	local fail=0 pid f bps
+	for pid in "${pids[@]}"; do
+		wait "$pid" || fail=1
+	done
+	# one line per flow: receiver sender bps
+	for f in "$dir"/*; do
+		bps=$(sed -n 's/.*recv_bps=\([0-9]*\).*/\1/p' "$f")
+		if [[ -z $bps ]]; then
+			echo "netcluster: flow $(basename "$f"): no measurement: $(cat "$f")" >&2
+			fail=1
+			continue
+		fi
+		echo "${f##*/} $bps"
+	done | tr - ' ' | sort -k3,3n | awk -v w="$w" '
+		{ host[$1] += $3; flow[NR] = $3 }
+		END {
+			if (NR == 0) exit
+			for (h in host) printf "host %d received %.1f Mbit/s in all\n", h, host[h] / 1e6
+			med = (NR % 2) ? flow[(NR + 1) / 2] : (flow[NR / 2] + flow[NR / 2 + 1]) / 2
+			printf "mesh: %d flows (hosts 0-%d each way with the rest): per flow min %.1f median %.1f max %.1f Mbit/s\n", NR, w - 1, flow[1] / 1e6, med / 1e6, flow[NR] / 1e6
+		}' | sort -V
+	rm -rf "$dir"
+	((fail == 0)) || die "mesh failed"
+}
+
 case ${1:-} in
 up) shift; cmd_up "$@" ;;
 down) shift; cmd_down ;;
@@ -277,6 +327,7 @@ exec) shift; cmd_exec "$@" ;;
 ip) shift; checkhost "${1:-x}"; hostip "$1" ;;
 hosts) nhosts ;;
 verify) shift; cmd_verify "$@" ;;
+mesh) shift; cmd_mesh "$@" ;;
 *)
 	sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
 	exit 2
