@@ -172,6 +172,46 @@ func TestHostQueues(t *testing.T) {
 	}
 }
 
+// TestMesh runs netcluster.sh mesh on 4 hosts at 10 Mbit/s: hosts 0 and 1
+// each exchange a stream with hosts 2 and 3, 8 flows, each host sending 2
+// that split its link. It checks the command: every flow measured, and
+// figures that add up (about half the link each, no flow below half
+// another's). It does not tell queues apart: at 10 Mbit/s FIFO queues split
+// this evenly too. TestHostQueues checks the queues.
+func TestMesh(t *testing.T) {
+	bin := needCluster(t)
+	p := prefix(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := script(ctx, p, &out, "netcluster.sh", "up", "4", "10mbit").Run(); err != nil {
+		t.Fatalf("netcluster.sh up: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	cmd := script(ctx, p, &out, "netcluster.sh", "mesh", "2", "4s")
+	cmd.Env = append(cmd.Env, "BPSBENCH="+filepath.Join(bin, "bpsbench"))
+	err := cmd.Run()
+	t.Logf("netcluster.sh mesh 2 4s:\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var flows int
+	var lo, mid, hi float64
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.HasPrefix(line, "mesh:") {
+			if _, err := fmt.Sscanf(line, "mesh: %d flows (hosts 0-1 each way with the rest): per flow min %f median %f max %f Mbit/s", &flows, &lo, &mid, &hi); err != nil {
+				t.Fatalf("cannot read %q: %v", line, err)
+			}
+		}
+	}
+	if flows != 8 {
+		t.Fatalf("%d flows measured, want 8", flows)
+	}
+	if lo < hi/2 || mid < 3 || mid > 6 {
+		t.Errorf("flows got %.1f–%.1f Mbit/s (median %.1f), want about 4.7 each", lo, hi, mid)
+	}
+}
+
 // TestQuickBench is CI's sanity check of the allreduce-vs-PS benchmark: 2
 // workers and 2 dedicated servers on 10 Mbit/s links, a 1 MiB float32
 // model. The push_pull sums must be exact (psworker checks every element
