@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/gobps/gobps/core/proto"
@@ -90,5 +91,34 @@ func TestTimeline(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestTimelineUnwritable: a trace directory that cannot be created makes
+// Shutdown report it, after leaving the job as usual.
+func TestTimelineUnwritable(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tc := startCluster(t, 1, 1, "BYTEPS_TRACE_ON", "1", "BYTEPS_TRACE_DIR", file)
+	e := tc.engines[0]
+	tn, err := e.Declare("grad", proto.Float32, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := e.PushPull(tn, make([]byte, 40), Sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	err = e.Shutdown()
+	if err == nil || !strings.Contains(err.Error(), "trace") {
+		t.Fatalf("Shutdown with an unwritable trace directory: %v, want a trace error", err)
+	}
+	if _, err := e.PushPull(tn, make([]byte, 40), Sum); err == nil {
+		t.Error("PushPull after Shutdown succeeded")
 	}
 }
