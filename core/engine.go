@@ -198,6 +198,11 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	}
 	e.mu.tensors = make(map[string]*Tensor)
 	e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
+	if cfg.MixedMode {
+		weights, note := mixedWeights(e.book)
+		e.mu.balancer = proto.NewWeightedBalancer(weights)
+		logf("gobps: %s", note)
+	}
 	e.mu.pending = make([][]proto.Decl, len(e.book.Servers))
 	e.mu.queue = scheduler.New[*task](cfg.SchedulingCredit)
 	e.mu.reqs = make(map[uint64]*task)
@@ -779,8 +784,13 @@ func (e *Engine) failServer(s *server, cause error) {
 		default:
 		}
 	}
+	// Once Shutdown has begun, the servers hang up as the job ends: not
+	// worth a notice.
+	quiet := e.mu.shutdown
 	e.mu.Unlock()
-	e.logf("%v", s.failed)
+	if !quiet {
+		e.logf("%v", s.failed)
+	}
 	for _, l := range s.lanes {
 		l.conn.Close()
 	}

@@ -26,7 +26,8 @@
 #   --layouts LIST      n:k pairs: n workers and k dedicated server hosts;
 #                       k=0 puts one server on every worker host
 #                       (co-located); n:k+ is BytePS's mixed mode, n
-#                       co-located servers plus k dedicated
+#                       co-located servers plus k dedicated, with
+#                       BYTEPS_ENABLE_MIXED_MODE=1
 #                       [2:0,2:1,2:2,4:0,4:2,4:4,4:2+]
 #   --methods LIST      of ps, ring, gloo [ps,ring,gloo]
 #   --partition SIZE    BYTEPS_PARTITION_BYTES [4MiB]
@@ -266,6 +267,7 @@ run_ps() {
 	PORT=$((PORT + 1))
 	local -a common=(DMLC_NUM_WORKER="$n" DMLC_NUM_SERVER="$nserv" DMLC_PS_ROOT_URI="$(ip_of 0)"
 		DMLC_PS_ROOT_PORT="$PORT" BYTEPS_PARTITION_BYTES="$PART_BYTES" BYTEPS_SCHEDULING_CREDIT="$CREDIT_BYTES")
+	[[ $mode != mixed ]] || common+=(BYTEPS_ENABLE_MIXED_MODE=1)
 	local -a bg=() workers=() logs=()
 	start 0 "$OUT/logs/$tag-scheduler.log" timeout -k 5 "$limit" env "${common[@]}" DMLC_ROLE=scheduler \
 		DMLC_NODE_HOST="$(ip_of 0)" "$BIN/bpsrun"

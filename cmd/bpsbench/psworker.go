@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 	"unsafe"
@@ -51,7 +52,10 @@ func psWorker(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	e, err := core.Init(ctx, core.Options{Config: cfg})
+	// the engine's few notices (transport, mixed-mode split, timeline) go
+	// to stderr, so they land in the benchmark's logs
+	logf := func(format string, args ...any) { fmt.Fprintf(os.Stderr, "psworker: "+format+"\n", args...) }
+	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: logf})
 	if err != nil {
 		return err
 	}

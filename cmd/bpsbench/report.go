@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/gobps/gobps/core/proto"
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
@@ -146,9 +147,10 @@ func ringBound(n, m int, goodput float64) float64 {
 //   - colocated (one server on every worker host): a host sends its
 //     worker's pushes to the n−1 other servers and its server's answers to
 //     the n−1 other workers: 2(n−1)/n · M/B, the ring's bound.
-//   - mixed (n colocated servers plus k dedicated hosts, a share
-//     x = k/(n+k) of the bytes on the dedicated ones): a worker host moves
-//     x·M + 2(1−x)(n−1)/n · M, a dedicated host n·x·M/k.
+//   - mixed (n colocated servers plus k dedicated hosts, BytePS's mixed
+//     mode: the share x = proto.MixedShare(n, k) of the bytes on the
+//     dedicated ones): a worker host moves x·M + 2(1−x)(n−1)/n · M, a
+//     dedicated host n·x·M/k.
 func psBound(mode string, n, k, m int, goodput float64) float64 {
 	M := float64(m)
 	var load float64 // bytes over the busiest link, one way
@@ -156,7 +158,7 @@ func psBound(mode string, n, k, m int, goodput float64) float64 {
 	case "colocated":
 		load = 2 * float64(n-1) / float64(n) * M
 	case "mixed":
-		x := float64(k) / float64(n+k)
+		x := proto.MixedShare(n, k)
 		load = max(x*M+2*(1-x)*float64(n-1)/float64(n)*M, float64(n)*x*M/float64(k))
 	default:
 		load = max(1, float64(n)/float64(k)) * M

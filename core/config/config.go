@@ -60,6 +60,7 @@ type Config struct {
 	ServerPort        int           // GOBPS_SERVER_PORT: data port of a server; 0 picks a free one
 	ServerID          int           // GOBPS_SERVER_ID: rank of this server; -1 when unset (ranks by arrival)
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
+	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
 	GPU               string        // GOBPS_GPU: auto, off or fake (lower-case)
 	GPUTimeout        time.Duration // GOBPS_GPU_TIMEOUT: bound of each wait on a device copy
 	GPUFakeDelay      time.Duration // GOBPS_GPU_FAKE_DELAY: the fake device's copy delay (and jitter)
@@ -108,6 +109,7 @@ const (
 	envServerPort    = "GOBPS_SERVER_PORT"
 	envServerID      = "GOBPS_SERVER_ID"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
+	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
 	envGPUTimeout    = "GOBPS_GPU_TIMEOUT"
 	envGPUFakeDelay  = "GOBPS_GPU_FAKE_DELAY"
@@ -320,6 +322,11 @@ var table = []spec{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
 			Doc: "Sum the workers of one machine in shared memory first, so that one push per machine reaches the servers (as BytePS does); 0 makes every worker push."},
 		field: func(c *Config) any { return &c.LocalAggregation },
+	},
+	{
+		Variable: Variable{Name: envMixedMode, Default: "0", Roles: workerOnly,
+			Doc: "Mixed mode: servers on worker machines (co-located) and servers on machines of their own (dedicated) get shares of the bytes that balance the two kinds of machine, as BytePS's mixed mode does; 0 spreads the bytes evenly over all servers."},
+		field: func(c *Config) any { return &c.MixedMode },
 	},
 	{
 		Variable: Variable{Name: envGPU, Default: defaultConfig.GPU, Roles: workerOnly,

@@ -1,6 +1,9 @@
 package proto
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+)
 
 // PageSize is the granularity of partitions: every partition but the last
 // of a tensor is a whole number of pages, so partitions of a page-aligned
@@ -45,21 +48,49 @@ func Partition(nbytes, partBytes int) ([]Range, error) {
 }
 
 // Balancer assigns keys to servers, balanced by bytes: each key goes to the
-// server with the fewest bytes so far, ties to the lowest index. Every worker
-// that assigns the same keys in the same order gets the same answer.
+// server whose bytes, with the key's, are the smallest share of its weight,
+// ties to the lowest index. With equal weights that is the server with the
+// fewest bytes so far. Every worker that assigns the same keys in the same
+// order, with the same weights, gets the same answer.
 type Balancer struct {
-	load []uint64
+	load   []uint64
+	weight []float64 // nil: all equal
 }
 
-// NewBalancer returns a Balancer over n servers.
+// NewBalancer returns a Balancer over n servers of equal weight.
 func NewBalancer(n int) *Balancer { return &Balancer{load: make([]uint64, n)} }
+
+// NewWeightedBalancer returns a Balancer that gives server i bytes in
+// proportion to weights[i]. A server of weight 0 gets no key unless every
+// weight is 0 (then all count as equal); negative weights count as 0.
+func NewWeightedBalancer(weights []float64) *Balancer {
+	b := NewBalancer(len(weights))
+	for _, w := range weights {
+		if w > 0 {
+			b.weight = append([]float64(nil), weights...)
+			break
+		}
+	}
+	return b
+}
 
 // Assign returns the server for a key of nbytes and accounts for it.
 func (b *Balancer) Assign(nbytes uint64) int {
 	best := 0
-	for i, l := range b.load {
-		if l < b.load[best] {
-			best = i
+	if b.weight == nil {
+		for i, l := range b.load {
+			if l < b.load[best] {
+				best = i
+			}
+		}
+	} else {
+		bestShare := math.Inf(1)
+		for i, l := range b.load {
+			if w := b.weight[i]; w > 0 {
+				if share := float64(l+nbytes) / w; share < bestShare {
+					best, bestShare = i, share
+				}
+			}
 		}
 	}
 	b.load[best] += nbytes
@@ -68,3 +99,15 @@ func (b *Balancer) Assign(nbytes uint64) int {
 
 // Load returns the bytes assigned to each server so far.
 func (b *Balancer) Load() []uint64 { return append([]uint64(nil), b.load...) }
+
+// MixedShare is the share of the bytes BytePS's mixed mode gives the k
+// dedicated servers when each of n worker machines also runs a server:
+// x = 2k(n−1) / (n² + k(n−2)), at which a worker machine (x·M + 2(1−x)(n−1)/n·M
+// per iteration) and a dedicated one (n·x·M/k) are equally busy; capped at 1
+// (reached at k = n), 0 without dedicated servers or with one worker machine.
+func MixedShare(n, k int) float64 {
+	if n <= 1 || k <= 0 {
+		return 0
+	}
+	return min(1, float64(2*k*(n-1))/float64(n*n+k*(n-2)))
+}

@@ -3,6 +3,8 @@ package proto
 import (
 	"bytes"
 	"errors"
+	"math"
+	"slices"
 	"testing"
 )
 
@@ -172,6 +174,49 @@ func TestBalancer(t *testing.T) {
 	}
 	if l := b.Load(); l[0] != 100 || l[1] != 20 || l[2] != 60 {
 		t.Fatalf("load %v", l)
+	}
+}
+
+// TestWeightedBalancer: BytePS's mixed mode at n = 4, k = 2 gives each of
+// the 2 dedicated servers 0.3 of the bytes and each of the 4 co-located ones
+// 0.1; 100 equal keys must split 30, 30, 10, 10, 10, 10.
+func TestWeightedBalancer(t *testing.T) {
+	b := NewWeightedBalancer([]float64{0.1, 0.1, 0.1, 0.1, 0.3, 0.3})
+	count := make([]int, 6)
+	for i := 0; i < 100; i++ {
+		count[b.Assign(4096)]++
+	}
+	if want := []int{10, 10, 10, 10, 30, 30}; !slices.Equal(count, want) {
+		t.Errorf("keys per server %v, want %v", count, want)
+	}
+	// A weight of 0 gets nothing; all zero counts as equal.
+	b = NewWeightedBalancer([]float64{0, 1, -1})
+	for i := 0; i < 5; i++ {
+		if s := b.Assign(10); s != 1 {
+			t.Fatalf("key %d went to server %d, want 1", i, s)
+		}
+	}
+	b = NewWeightedBalancer([]float64{0, 0})
+	if got := []int{b.Assign(1), b.Assign(1), b.Assign(1)}; !slices.Equal(got, []int{0, 1, 0}) {
+		t.Errorf("all-zero weights: %v, want an even split", got)
+	}
+	// Equal weights behave as NewBalancer.
+	b, e := NewWeightedBalancer([]float64{2, 2, 2}), NewBalancer(3)
+	for _, n := range []uint64{100, 10, 10, 10, 50, 7, 300, 1} {
+		if x, y := b.Assign(n), e.Assign(n); x != y {
+			t.Fatalf("equal weights chose %d, NewBalancer %d", x, y)
+		}
+	}
+}
+
+func TestMixedShare(t *testing.T) {
+	for _, tc := range []struct {
+		n, k int
+		want float64
+	}{{4, 2, 0.6}, {4, 1, 6.0 / 18}, {3, 1, 0.4}, {4, 4, 1}, {4, 8, 1}, {2, 1, 0.5}, {1, 3, 0}, {4, 0, 0}} {
+		if got := MixedShare(tc.n, tc.k); math.Abs(got-tc.want) > 1e-12 {
+			t.Errorf("MixedShare(%d, %d) = %v, want %v", tc.n, tc.k, got, tc.want)
+		}
 	}
 }
 
