@@ -126,6 +126,15 @@ func script(ctx context.Context, p string, out io.Writer, name string, args ...s
 	return cmd
 }
 
+// up builds a cluster of n hosts at rate with prefix p, or fails the test.
+func up(ctx context.Context, t *testing.T, p, n, rate string) {
+	t.Helper()
+	var out bytes.Buffer
+	if err := script(ctx, p, &out, "netcluster.sh", "up", n, rate).Run(); err != nil {
+		t.Fatalf("netcluster.sh up %s %s: %v\n%s", n, rate, err, out.String())
+	}
+}
+
 // TestHostQueues checks the links netcluster.sh builds: every host's own
 // queue has one class per peer, each matched on that peer's address and
 // allowed the whole rate, and the switch port toward the host is one FIFO.
@@ -137,10 +146,7 @@ func TestHostQueues(t *testing.T) {
 	p := prefix(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var out bytes.Buffer
-	if err := script(ctx, p, &out, "netcluster.sh", "up", "3", "12mbit").Run(); err != nil {
-		t.Fatalf("netcluster.sh up: %v\n%s", err, out.String())
-	}
+	up(ctx, t, p, "3", "12mbit")
 	tc := func(ns string, args ...string) string {
 		t.Helper()
 		b, err := exec.Command("tc", append([]string{"-n", p + ns}, args...)...).CombinedOutput()
@@ -164,7 +170,7 @@ func TestHostQueues(t *testing.T) {
 	if port := tc("br", "class", "show", "dev", "v0"); strings.Count(port, "leaf") != 1 || !strings.Contains(port, "rate 12Mbit ceil 12Mbit") {
 		t.Errorf("switch port toward host 0: want one 12 Mbit/s FIFO class:\n%s", port)
 	}
-	out.Reset()
+	var out bytes.Buffer
 	cmd := script(ctx, p, &out, "netcluster.sh", "up", "2", "12mbit")
 	cmd.Env = append(cmd.Env, "GOBPS_NET_QUEUE=fq")
 	if err := cmd.Run(); err == nil || !strings.Contains(out.String(), "GOBPS_NET_QUEUE must be fair or fifo") {
@@ -183,11 +189,8 @@ func TestMesh(t *testing.T) {
 	p := prefix(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
+	up(ctx, t, p, "4", "10mbit")
 	var out bytes.Buffer
-	if err := script(ctx, p, &out, "netcluster.sh", "up", "4", "10mbit").Run(); err != nil {
-		t.Fatalf("netcluster.sh up: %v\n%s", err, out.String())
-	}
-	out.Reset()
 	cmd := script(ctx, p, &out, "netcluster.sh", "mesh", "2", "4s")
 	cmd.Env = append(cmd.Env, "BPSBENCH="+filepath.Join(bin, "bpsbench"))
 	err := cmd.Run()
