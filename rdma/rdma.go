@@ -2,6 +2,7 @@ package rdma
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/gobps/gobps/core/proto"
 )
@@ -230,4 +231,19 @@ func CountersOf(t Transport) (Counters, bool) {
 		return c.Counters(), true
 	}
 	return Counters{}, false
+}
+
+// stamp readies h for sending payload, as every transport's Send does
+// first: refuses a payload over proto.MaxPayload, sets the length and, with
+// checksum, the CRC.
+func stamp(h *proto.Header, payload []byte, checksum bool) error {
+	if len(payload) > proto.MaxPayload {
+		return fmt.Errorf("rdma: payload of %d bytes exceeds %d", len(payload), proto.MaxPayload)
+	}
+	h.Length = uint32(len(payload))
+	if checksum && len(payload) > 0 {
+		h.Flags |= proto.FlagCRC
+		h.CRC = proto.Checksum(payload)
+	}
+	return nil
 }

@@ -89,13 +89,8 @@ func (c *tcpConn) RemoteAddr() string { return c.remote }
 
 // Send implements Conn: one writev with the header and the payload.
 func (c *tcpConn) Send(h proto.Header, payload []byte) error {
-	if len(payload) > proto.MaxPayload {
-		return fmt.Errorf("rdma: payload of %d bytes exceeds %d", len(payload), proto.MaxPayload)
-	}
-	h.Length = uint32(len(payload))
-	if c.checksum && len(payload) > 0 {
-		h.Flags |= proto.FlagCRC
-		h.CRC = proto.Checksum(payload)
+	if err := stamp(&h, payload, c.checksum); err != nil {
+		return err
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()

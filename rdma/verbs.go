@@ -757,13 +757,8 @@ func (c *verbsConn) watch() {
 // and one RDMA write with immediate straight from payload, which is
 // registered through the MR cache; Send returns when the write completed.
 func (c *verbsConn) Send(h proto.Header, payload []byte) error {
-	if len(payload) > proto.MaxPayload {
-		return fmt.Errorf("rdma: payload of %d bytes exceeds %d", len(payload), proto.MaxPayload)
-	}
-	h.Length = uint32(len(payload))
-	if c.checksum && len(payload) > 0 {
-		h.Flags |= proto.FlagCRC
-		h.CRC = proto.Checksum(payload)
+	if err := stamp(&h, payload, c.checksum); err != nil {
+		return err
 	}
 	if failed, _ := c.failed(); failed {
 		return c.sendErr(h.Op)
