@@ -2,7 +2,6 @@ package rdma
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"net"
 	"strings"
@@ -18,23 +17,12 @@ type frame struct {
 	err     error
 }
 
+// pair connects two TCP transports with opt; srv handles the server's
+// frames, the returned hrec the client's.
 func pair(t *testing.T, opt Options, srv *hrec) (Conn, *hrec) {
 	t.Helper()
 	tr := NewTCP(opt)
-	ln, err := tr.Listen("127.0.0.1:0", srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	cli := newHrec()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := tr.Dial(ctx, ln.Addr(), cli)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c, cli
+	return connect(t, tr, tr, srv)
 }
 
 func TestPayloadLandsInDestination(t *testing.T) {
