@@ -828,46 +828,76 @@ func (c *verbsConn) endSend(sid uint32) {
 	c.mu.Unlock()
 }
 
-// sendStable sends a frame into a stable destination of the peer, holding
-// its credit: an RDMA write of the header into the destination's header
-// slot, then one RDMA write with immediate of the payload; no RTS, no CTS.
-// The QP executes them in order, so the header is in place when the
-// receiver sees the immediate.
-func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error {
+// openWrite readies a frame that is written straight from payload: it
+// registers payload through the MR cache and opens a send (its id and
+// state). closeWrite undoes both.
+func (c *verbsConn) openWrite(h *proto.Header, payload []byte) (*mrEntry, uint32, *sendOp, error) {
 	ent, err := c.t.cache.get(payload)
 	if err != nil {
-		g.credit <- struct{}{} // unused: still ours (the channel holds one)
-		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+		return nil, 0, nil, fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
 	}
 	sid, op, ok := c.newSend()
 	if !ok {
 		c.t.cache.put(ent)
-		return c.sendErr(h.Op)
+		return nil, 0, nil, c.sendErr(h.Op)
 	}
-	writing := false
-	defer func() {
-		c.endSend(sid)
-		if writing {
-			<-c.dead // the write may still read payload
-		}
-		c.t.cache.put(ent)
-	}()
+	return ent, sid, op, nil
+}
+
+// closeWrite ends a send opened by openWrite. With writing (the NIC may
+// still be reading payload) it first waits until the QP is gone, so that
+// the memory is never reused or evicted under a write.
+func (c *verbsConn) closeWrite(ent *mrEntry, sid uint32, writing bool) {
+	c.endSend(sid)
+	if writing {
+		<-c.dead
+	}
+	c.t.cache.put(ent)
+}
+
+// postCtl posts one control work request from a free control slot: fill
+// writes the message into the slot's buffer and returns the request. The
+// slot comes back with the completion, or at once if the post fails, which
+// fails the connection ("rdma: VERB OP WHAT to PEER").
+func (c *verbsConn) postCtl(h *proto.Header, verb, what string, fill func(slot int, b []byte) ibv.SendWR) error {
 	var slot int
 	select {
 	case slot = <-c.ctlFree:
 	case <-c.done:
 		return c.sendErr(h.Op)
 	}
-	b := c.ctlBuf(slot)[:proto.HeaderSize]
-	h.Encode(b)
-	if err := c.postSend(&ibv.SendWR{ID: wrID(wrHdr, uint32(slot)), Op: ibv.OpWrite, Signaled: true,
-		Addr: c.slabAddr(b), Len: proto.HeaderSize, LKey: c.mr.LKey(), RemoteAddr: g.hdrAddr, RKey: g.hdrRKey,
-		Inline: proto.HeaderSize <= c.inl}); err != nil {
+	wr := fill(slot, c.ctlBuf(slot))
+	if err := c.postSend(&wr); err != nil {
 		c.ctlFree <- slot
 		if !errors.Is(err, net.ErrClosed) {
-			c.fail(fmt.Errorf("rdma: write %s header to %s: %w", h.Op, c.remote, err), false)
+			c.fail(fmt.Errorf("rdma: %s %s %s to %s: %w", verb, h.Op, what, c.remote, err), false)
 		}
 		return c.sendErr(h.Op)
+	}
+	return nil
+}
+
+// sendStable sends a frame into a stable destination of the peer, holding
+// its credit: an RDMA write of the header into the destination's header
+// slot, then one RDMA write with immediate of the payload; no RTS, no CTS.
+// The QP executes them in order, so the header is in place when the
+// receiver sees the immediate.
+func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error {
+	ent, sid, op, err := c.openWrite(h, payload)
+	if err != nil {
+		g.credit <- struct{}{} // unused: still ours (the channel holds one)
+		return err
+	}
+	writing := false
+	defer func() { c.closeWrite(ent, sid, writing) }()
+	if err := c.postCtl(h, "write", "header", func(slot int, b []byte) ibv.SendWR {
+		b = b[:proto.HeaderSize]
+		h.Encode(b)
+		return ibv.SendWR{ID: wrID(wrHdr, uint32(slot)), Op: ibv.OpWrite, Signaled: true,
+			Addr: c.slabAddr(b), Len: proto.HeaderSize, LKey: c.mr.LKey(), RemoteAddr: g.hdrAddr, RKey: g.hdrRKey,
+			Inline: proto.HeaderSize <= c.inl}
+	}); err != nil {
+		return err
 	}
 	c.t.cnt.stable.Add(1)
 	return c.writeImm(h, op, &writing, &ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
@@ -911,42 +941,19 @@ func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
 }
 
 func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
-	ent, err := c.t.cache.get(payload)
+	ent, sid, op, err := c.openWrite(h, payload)
 	if err != nil {
-		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
-	}
-	sid, op, ok := c.newSend()
-	if !ok {
-		c.t.cache.put(ent)
-		return c.sendErr(h.Op)
+		return err
 	}
 	writing := false
-	defer func() {
-		c.endSend(sid)
-		if writing {
-			// The write may still be reading payload: wait until the
-			// QP is gone before the memory may be reused or evicted.
-			<-c.dead
-		}
-		c.t.cache.put(ent)
-	}()
-
-	var slot int
-	select {
-	case slot = <-c.ctlFree:
-	case <-c.done:
-		return c.sendErr(h.Op)
-	}
-	b := c.ctlBuf(slot)
-	putMsgHeader(b, msgRTS, 0, sid)
-	h.Encode(b[msgHeaderSize:])
-	if err := c.postSend(&ibv.SendWR{ID: wrID(wrRTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
-		Addr: c.slabAddr(b), Len: rtsSize, LKey: c.mr.LKey(), Inline: rtsSize <= c.inl}); err != nil {
-		c.ctlFree <- slot
-		if !errors.Is(err, net.ErrClosed) {
-			c.fail(fmt.Errorf("rdma: send %s RTS to %s: %w", h.Op, c.remote, err), false)
-		}
-		return c.sendErr(h.Op)
+	defer func() { c.closeWrite(ent, sid, writing) }()
+	if err := c.postCtl(h, "send", "RTS", func(slot int, b []byte) ibv.SendWR {
+		putMsgHeader(b, msgRTS, 0, sid)
+		h.Encode(b[msgHeaderSize:])
+		return ibv.SendWR{ID: wrID(wrRTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
+			Addr: c.slabAddr(b), Len: rtsSize, LKey: c.mr.LKey(), Inline: rtsSize <= c.inl}
+	}); err != nil {
+		return err
 	}
 	var m cts
 	select {
