@@ -197,11 +197,12 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		e.trace = newTimeline(cfg.TraceDir, e.self.Rank)
 	}
 	e.mu.tensors = make(map[string]*Tensor)
-	e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
 	if cfg.MixedMode {
 		weights, note := mixedWeights(e.book)
 		e.mu.balancer = proto.NewWeightedBalancer(weights)
 		logf("gobps: %s", note)
+	} else {
+		e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
 	}
 	e.mu.pending = make([][]proto.Decl, len(e.book.Servers))
 	e.mu.queue = scheduler.New[*task](cfg.SchedulingCredit)
@@ -877,7 +878,6 @@ func (e *Engine) Shutdown() error {
 	e.close()
 	e.failAll(ErrNotInitialized)
 	if terr := e.trace.write(); terr != nil {
-		e.logf("%v", terr)
 		err = errors.Join(err, terr)
 	} else if e.trace != nil {
 		e.logf("gobps: timeline written to %s", e.trace.path())
