@@ -234,44 +234,63 @@ cmd_exec() {
 	exec ip netns exec "$ns" "$@"
 }
 
+# need_bench sets BENCH, the bpsbench binary verify and mesh run.
+need_bench() {
+	BENCH=${BPSBENCH:-bin/bpsbench}
+	[[ -x $BENCH ]] || die "no $BENCH: build it (make build) or set BPSBENCH"
+}
+
+# stream H LISTEN TO T OUT runs bpsbench netperf on host H in the
+# background ($! is its pid): it accepts one stream on LISTEN and sends one
+# to TO for T, and writes its report to OUT.
+stream() {
+	ip netns exec "$(hostns "$1")" "$BENCH" netperf -listen "$2" -to "$3" -time "$4" >"$5" 2>&1 &
+}
+
+# received OUT WHAT prints the receive rate in bit/s of the netperf report
+# in OUT, or says WHAT has no measurement and fails.
+received() {
+	local bps
+	bps=$(sed -n 's/.*recv_bps=\([0-9]*\).*/\1/p' "$1")
+	if [[ -z $bps ]]; then
+		echo "netcluster: $2: no measurement: $(cat "$1")" >&2
+		return 1
+	fi
+	echo "$bps"
+}
+
+# median_of reads sorted numbers, one a line, and prints "min median max".
+median_of() {
+	awk '{ v[NR] = $1 } END { if (NR) printf "%.1f %.1f %.1f\n", v[1], (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[NR] }'
+}
+
 cmd_verify() {
-	local t=${1:-3s} n i next dir out pids=() bps list=()
+	local t=${1:-3s} n i dir bps pids=() list=()
 	n=$(nhosts)
 	((n >= 2)) || die "verify needs at least 2 hosts (have $n)"
-	local bench=${BPSBENCH:-bin/bpsbench}
-	[[ -x $bench ]] || die "no $bench: build it (make build) or set BPSBENCH"
+	need_bench
 	dir=$(mktemp -d)
 	for ((i = 0; i < n; i++)); do
-		next=$(((i + 1) % n))
-		ip netns exec "$(hostns "$i")" "$bench" netperf -listen "$(hostip "$i"):5301" \
-			-to "$(hostip "$next"):5301" -time "$t" >"$dir/$i" 2>&1 &
+		stream "$i" "$(hostip "$i"):5301" "$(hostip $(((i + 1) % n))):5301" "$t" "$dir/$i"
 		pids+=($!)
 	done
-	local fail=0
-	for i in "${!pids[@]}"; do
-		wait "${pids[$i]}" || fail=1
+	local fail=0 pid
+	for pid in "${pids[@]}"; do
+		wait "$pid" || fail=1
 	done
 	for ((i = 0; i < n; i++)); do
-		out=$(cat "$dir/$i")
-		bps=$(sed -n 's/.*recv_bps=\([0-9]*\).*/\1/p' <<<"$out")
-		if [[ -z $bps ]]; then
-			echo "netcluster: host $i: no measurement: $out" >&2
-			fail=1
-			continue
-		fi
+		bps=$(received "$dir/$i" "host $i") || { fail=1; continue; }
 		list+=("$bps")
 		printf 'host %d <- host %d: %8.1f Mbit/s\n' "$i" $(((i + n - 1) % n)) "$(awk "BEGIN{print $bps/1e6}")"
 	done
 	rm -rf "$dir"
 	((fail == 0)) || die "verify failed"
-	# min, median, max over the links
-	printf '%s\n' "${list[@]}" | sort -n | awk -v n="$n" -v cc="$(hostcc)" '
-		{ v[NR] = $1 }
-		END {
-			med = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
-			printf "verify: %d links, TCP goodput with every link loaded both ways (%s): min %.1f median %.1f max %.1f Mbit/s\n", NR, cc, v[1] / 1e6, med / 1e6, v[NR] / 1e6
-			printf "goodput_bps=%.0f min_bps=%.0f cc=%s\n", med, v[1], cc
-		}'
+	local lo med hi
+	read -r lo med hi < <(printf '%s\n' "${list[@]}" | sort -n | median_of)
+	awk -v n="$n" -v cc="$(hostcc)" -v lo="$lo" -v med="$med" -v hi="$hi" 'BEGIN {
+		printf "verify: %d links, TCP goodput with every link loaded both ways (%s): min %.1f median %.1f max %.1f Mbit/s\n", n, cc, lo / 1e6, med / 1e6, hi / 1e6
+		printf "goodput_bps=%.0f min_bps=%.0f cc=%s\n", med, lo, cc
+	}'
 }
 
 # cmd_mesh W [T]: every host below W (the "workers") exchanges one TCP
@@ -279,45 +298,41 @@ cmd_verify() {
 # traffic of a parameter server with dedicated servers, and reports how
 # evenly the flows shared the links: a PS key waits for its slowest push.
 cmd_mesh() {
-	local w=${1:-} t=${2:-6s} n i j dir pids=()
+	local w=${1:-} t=${2:-6s} n i j dir bps pids=() flows=()
 	n=$(nhosts)
 	[[ $w =~ ^[0-9]+$ ]] && ((w >= 1 && w < n)) || die "usage: netcluster.sh mesh W [T] with 1 <= W < hosts ($n)"
-	local bench=${BPSBENCH:-bin/bpsbench}
-	[[ -x $bench ]] || die "no $bench: build it (make build) or set BPSBENCH"
+	need_bench
 	dir=$(mktemp -d)
+	# report i-j: host i receiving from host j
 	for ((i = 0; i < w; i++)); do
 		for ((j = w; j < n; j++)); do
-			ip netns exec "$(hostns "$i")" "$bench" netperf -listen "$(hostip "$i"):$((5400 + j))" \
-				-to "$(hostip "$j"):$((5400 + i))" -time "$t" >"$dir/$i-$j" 2>&1 &
+			stream "$i" "$(hostip "$i"):$((5400 + j))" "$(hostip "$j"):$((5400 + i))" "$t" "$dir/$i-$j"
 			pids+=($!)
-			ip netns exec "$(hostns "$j")" "$bench" netperf -listen "$(hostip "$j"):$((5400 + i))" \
-				-to "$(hostip "$i"):$((5400 + j))" -time "$t" >"$dir/$j-$i" 2>&1 &
+			stream "$j" "$(hostip "$j"):$((5400 + i))" "$(hostip "$i"):$((5400 + j))" "$t" "$dir/$j-$i"
 			pids+=($!)
 		done
 	done
-	local fail=0 pid f bps
+	local fail=0 pid f
 	for pid in "${pids[@]}"; do
 		wait "$pid" || fail=1
 	done
-	# one line per flow: receiver sender bps
+	local -A host=()
 	for f in "$dir"/*; do
-		bps=$(sed -n 's/.*recv_bps=\([0-9]*\).*/\1/p' "$f")
-		if [[ -z $bps ]]; then
-			echo "netcluster: flow $(basename "$f"): no measurement: $(cat "$f")" >&2
-			fail=1
-			continue
-		fi
-		echo "${f##*/} $bps"
-	done | tr - ' ' | sort -k3,3n | awk -v w="$w" '
-		{ host[$1] += $3; flow[NR] = $3 }
-		END {
-			if (NR == 0) exit
-			for (h in host) printf "host %d received %.1f Mbit/s in all\n", h, host[h] / 1e6
-			med = (NR % 2) ? flow[(NR + 1) / 2] : (flow[NR / 2] + flow[NR / 2 + 1]) / 2
-			printf "mesh: %d flows (hosts 0-%d each way with the rest): per flow min %.1f median %.1f max %.1f Mbit/s\n", NR, w - 1, flow[1] / 1e6, med / 1e6, flow[NR] / 1e6
-		}' | sort -V
+		f=${f##*/}
+		bps=$(received "$dir/$f" "flow to host ${f%-*} from host ${f#*-}") || { fail=1; continue; }
+		flows+=("$bps")
+		host[${f%-*}]=$((${host[${f%-*}]:-0} + bps))
+	done
 	rm -rf "$dir"
 	((fail == 0)) || die "mesh failed"
+	for i in $(printf '%s\n' "${!host[@]}" | sort -n); do
+		printf 'host %d received %.1f Mbit/s in all\n' "$i" "$(awk "BEGIN{print ${host[$i]}/1e6}")"
+	done
+	local lo med hi
+	read -r lo med hi < <(printf '%s\n' "${flows[@]}" | sort -n | median_of)
+	awk -v f="${#flows[@]}" -v w="$w" -v lo="$lo" -v med="$med" -v hi="$hi" 'BEGIN {
+		printf "mesh: %d flows (hosts 0-%d each way with the rest): per flow min %.1f median %.1f max %.1f Mbit/s\n", f, w - 1, lo / 1e6, med / 1e6, hi / 1e6
+	}'
 }
 
 case ${1:-} in
