@@ -3,6 +3,7 @@ package proto
 import (
 	"fmt"
 	"math"
+	"slices"
 )
 
 // PageSize is the granularity of partitions: every partition but the last
@@ -54,42 +55,36 @@ func Partition(nbytes, partBytes int) ([]Range, error) {
 // order, with the same weights, gets the same answer.
 type Balancer struct {
 	load   []uint64
-	weight []float64 // nil: all equal
+	weight []float64
 }
 
 // NewBalancer returns a Balancer over n servers of equal weight.
-func NewBalancer(n int) *Balancer { return &Balancer{load: make([]uint64, n)} }
+func NewBalancer(n int) *Balancer {
+	b := &Balancer{load: make([]uint64, n), weight: make([]float64, n)}
+	for i := range b.weight {
+		b.weight[i] = 1
+	}
+	return b
+}
 
 // NewWeightedBalancer returns a Balancer that gives server i bytes in
 // proportion to weights[i]. A server of weight 0 gets no key unless every
 // weight is 0 (then all count as equal); negative weights count as 0.
 func NewWeightedBalancer(weights []float64) *Balancer {
 	b := NewBalancer(len(weights))
-	for _, w := range weights {
-		if w > 0 {
-			b.weight = append([]float64(nil), weights...)
-			break
-		}
+	if slices.ContainsFunc(weights, func(w float64) bool { return w > 0 }) {
+		b.weight = append(b.weight[:0], weights...)
 	}
 	return b
 }
 
 // Assign returns the server for a key of nbytes and accounts for it.
 func (b *Balancer) Assign(nbytes uint64) int {
-	best := 0
-	if b.weight == nil {
-		for i, l := range b.load {
-			if l < b.load[best] {
-				best = i
-			}
-		}
-	} else {
-		bestShare := math.Inf(1)
-		for i, l := range b.load {
-			if w := b.weight[i]; w > 0 {
-				if share := float64(l+nbytes) / w; share < bestShare {
-					best, bestShare = i, share
-				}
+	best, bestShare := 0, math.Inf(1)
+	for i, l := range b.load {
+		if w := b.weight[i]; w > 0 {
+			if share := float64(l+nbytes) / w; share < bestShare {
+				best, bestShare = i, share
 			}
 		}
 	}
