@@ -587,6 +587,9 @@ func (l *lane) send() {
 		l.e.mu.Lock()
 		tk.sending = false
 		tk.times.sent = l.e.trace.now()
+		if tk.finished {
+			l.e.trace.record(tk) // answered before the push returned
+		}
 		if tk.failed != nil {
 			l.e.finishLocked(tk, tk.failed)
 		}
@@ -742,7 +745,10 @@ func (e *Engine) finishLocked(tk *task, err error) {
 		return
 	}
 	tk.finished = true
-	e.trace.record(tk, e.trace.now(), err)
+	tk.times.done, tk.times.err = e.trace.now(), err
+	if !tk.sending {
+		e.trace.record(tk) // else the sender records it once its Send returns
+	}
 	if tk.reqID != 0 {
 		delete(e.mu.reqs, tk.reqID)
 	}

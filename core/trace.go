@@ -46,8 +46,11 @@ func newTimeline(dir string, rank int) *timeline {
 }
 
 // taskTimes are the moments a partition passed; zero where it never did.
+// A push carries its pull, so the answer may start, and even end, before
+// the push's Send has returned: first and done may come before sent.
 type taskTimes struct {
-	queued, dispatched, sending, sent, first time.Time
+	queued, dispatched, sending, sent, first, done time.Time
+	err                                            error // what the partition finished with
 }
 
 // now returns the time when tracing, and the zero time otherwise, so an
@@ -59,12 +62,18 @@ func (tl *timeline) now() time.Time {
 	return time.Now()
 }
 
-// record adds the stages of one finished partition.
-func (tl *timeline) record(tk *task, end time.Time, err error) {
+// record adds the stages of one partition that has finished and whose
+// push, if it began, has returned.
+func (tl *timeline) record(tk *task) {
 	if tl == nil {
 		return
 	}
 	tt := &tk.times
+	end, err := tt.done, tt.err
+	wait := tt.first
+	if !wait.After(tt.sent) {
+		wait = time.Time{} // the answer began while the push was still being sent
+	}
 	name := fmt.Sprintf("%s[%d]", tk.t.name, tk.p.key.Part())
 	args := map[string]any{"key": tk.p.key.String(), "round": tk.round, "bytes": tk.p.rng.Len}
 	if err != nil {
@@ -77,7 +86,7 @@ func (tl *timeline) record(tk *task, end time.Time, err error) {
 		{"queue", tt.queued, tt.dispatched}, // waiting for credit
 		{"lane", tt.dispatched, tt.sending}, // waiting for the lane's sender
 		{"push", tt.sending, tt.sent},       // on the wire
-		{"wait", tt.sent, tt.first},         // the server summing the others' pushes
+		{"wait", tt.sent, wait},             // the server summing the others' pushes
 		{"pull", tt.first, end},             // the answer arriving
 	}
 	tl.mu.Lock()
