@@ -139,6 +139,11 @@ func TestMalformedFrame(t *testing.T) {
 		t.Fatalf("connection with a malformed frame stayed open (read %d bytes)", n)
 	}
 	round(t, cs, 1, [][]int32{{1, 1}, {2, 2}}, []int32{3, 3})
+	// The transport hangs up before it tells the server why, so the count
+	// may lag the close we saw: give it up to 5 s.
+	for deadline := time.Now().Add(5 * time.Second); s.Stats().BadConns == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
 	if st := s.Stats(); st.BadConns != 1 {
 		t.Fatalf("bad connections %d, want 1", st.BadConns)
 	}
