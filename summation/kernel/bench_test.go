@@ -48,7 +48,7 @@ func benchOperands(dt proto.DType, n int) (dst, src []byte) {
 // BenchmarkSum measures Add (dst += src) for each implementation, dtype and
 // size. Throughput counts the bytes read plus the bytes written, 3 × size.
 func BenchmarkSum(b *testing.B) {
-	for _, name := range []string{"avx512", "avx2", "generic"} {
+	for _, name := range []string{"avx512fp16", "avx512", "avx2", "generic"} {
 		b.Run(name, func(b *testing.B) {
 			restore, err := SetImpl(name)
 			if err != nil {

@@ -4,9 +4,13 @@
 //
 // # Implementations
 //
-// There are three implementations of the sums, chosen once at start from the
-// CPU's features (golang.org/x/sys/cpu); Impl names the one in use:
+// There are four implementations of the sums, chosen once at start from the
+// CPU's features (golang.org/x/sys/cpu, and CPUID for AVX512-FP16, which
+// x/sys/cpu does not report); Impl names the one in use:
 //
+//   - "avx512fp16": "avx512", except that float16 is added by VADDPH
+//     (AVX512-FP16) directly, six times fewer vector micro-ops than through
+//     float32 (Sapphire Rapids and later);
 //   - "avx512": AVX-512 F+BW+VL kernels, 64-byte vectors;
 //   - "avx2": AVX2+F16C kernels, 32-byte vectors;
 //   - "generic": the scalar Go loops of generic.go, everywhere.
@@ -30,6 +34,10 @@
 // half an ulp of float32 of the exact sum. float16 uses F16C (VCVTPH2PS,
 // VCVTPS2PH with rounding mode 0); its sums match those of the scalar code
 // (F16ToF32, F32ToF16) bit for bit, denormals and NaN payloads included.
+// VADDPH rounds the exact sum to float16 once instead, which gives the same
+// bits: rounding twice, through float32's 24 bits, cannot differ from
+// rounding once to float16's 11 when 24 >= 2·11+2 (asmgen's f16fp16 says
+// more; TestF16FP16AllPairs adds all 2^32 pairs both ways).
 // bfloat16 is widened by
 // shifting and rounded with integer adds exactly as F32ToBF16 does; a NaN
 // stays a quiet NaN (see asmgen's bf16 for why no special case is needed).

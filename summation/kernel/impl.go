@@ -51,7 +51,8 @@ func init() {
 	current.Store(impls[len(impls)-1])
 }
 
-// Impl names the implementation in use: "avx512", "avx2" or "generic".
+// Impl names the implementation in use: "avx512fp16", "avx512", "avx2" or
+// "generic".
 func Impl() string { return current.Load().name }
 
 // Impls names the implementations this CPU and build can run, from the

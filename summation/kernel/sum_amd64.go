@@ -67,3 +67,12 @@ func addF16AVX512(dst *byte, a *byte, b *byte, n int)
 // bit as kernel.F32ToBF16.
 // n must be a multiple of 64.
 func addBF16AVX512(dst *byte, a *byte, b *byte, n int)
+
+// addF16AVX512FP16 sets dst = a + b over n bytes of IEEE 754 half with
+// VADDPH (AVX512-FP16; round to nearest even), bit for bit as
+// addF16AVX512.
+// n must be a multiple of 64.
+func addF16AVX512FP16(dst *byte, a *byte, b *byte, n int)
+
+// cpuid executes CPUID with EAX = leaf and ECX = sub.
+func cpuid(leaf uint32, sub uint32) (eax uint32, ebx uint32, ecx uint32, edx uint32)

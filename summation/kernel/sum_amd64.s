@@ -1330,3 +1330,161 @@ addBF16AVX512_single:
 addBF16AVX512_done:
 	VZEROUPPER
 	RET
+
+// func addF16AVX512FP16(dst *byte, a *byte, b *byte, n int)
+// Requires: AVX, AVX512F, AVX512FP16, MMX+
+TEXT ·addF16AVX512FP16(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), AX
+	MOVQ a+8(FP), CX
+	MOVQ b+16(FP), DX
+	MOVQ n+24(FP), BX
+
+addF16AVX512FP16_prefetching:
+	CMPQ       BX, $0x00001100
+	JB         addF16AVX512FP16_loop
+	PREFETCHT0 4096(CX)
+	PREFETCHT0 4096(DX)
+	PREFETCHT0 4160(CX)
+	PREFETCHT0 4160(DX)
+	PREFETCHT0 4224(CX)
+	PREFETCHT0 4224(DX)
+	PREFETCHT0 4288(CX)
+	PREFETCHT0 4288(DX)
+	VMOVDQU64  (CX), Z0
+	VMOVDQU64  (DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, (AX)
+	VMOVDQU64 64(CX), Z0
+	VMOVDQU64 64(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 64(AX)
+	VMOVDQU64 128(CX), Z0
+	VMOVDQU64 128(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 128(AX)
+	VMOVDQU64 192(CX), Z0
+	VMOVDQU64 192(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 192(AX)
+	ADDQ      $0x00000100, AX
+	ADDQ      $0x00000100, CX
+	ADDQ      $0x00000100, DX
+	SUBQ      $0x00000100, BX
+	JMP       addF16AVX512FP16_prefetching
+
+addF16AVX512FP16_loop:
+	CMPQ      BX, $0x00000100
+	JB        addF16AVX512FP16_single
+	VMOVDQU64 (CX), Z0
+	VMOVDQU64 (DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, (AX)
+	VMOVDQU64 64(CX), Z0
+	VMOVDQU64 64(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 64(AX)
+	VMOVDQU64 128(CX), Z0
+	VMOVDQU64 128(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 128(AX)
+	VMOVDQU64 192(CX), Z0
+	VMOVDQU64 192(DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, 192(AX)
+	ADDQ      $0x00000100, AX
+	ADDQ      $0x00000100, CX
+	ADDQ      $0x00000100, DX
+	SUBQ      $0x00000100, BX
+	JMP       addF16AVX512FP16_loop
+
+addF16AVX512FP16_single:
+	TESTQ     BX, BX
+	JZ        addF16AVX512FP16_done
+	VMOVDQU64 (CX), Z0
+	VMOVDQU64 (DX), Z1
+
+	// VADDPH Z1, Z0, Z2
+	BYTE      $0x62
+	BYTE      $0xf5
+	BYTE      $0x7c
+	BYTE      $0x48
+	BYTE      $0x58
+	BYTE      $0xd1
+	VMOVDQU64 Z2, (AX)
+	ADDQ      $0x00000040, AX
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000040, DX
+	SUBQ      $0x00000040, BX
+	JMP       addF16AVX512FP16_single
+
+addF16AVX512FP16_done:
+	VZEROUPPER
+	RET
+
+// func cpuid(leaf uint32, sub uint32) (eax uint32, ebx uint32, ecx uint32, edx uint32)
+// Requires: CPUID
+TEXT ·cpuid(SB), NOSPLIT, $0-24
+	MOVL leaf+0(FP), AX
+	MOVL sub+4(FP), CX
+	CPUID
+	MOVL AX, eax+8(FP)
+	MOVL BX, ebx+12(FP)
+	MOVL CX, ecx+16(FP)
+	MOVL DX, edx+20(FP)
+	RET
