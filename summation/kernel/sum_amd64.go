@@ -6,72 +6,102 @@ package kernel
 
 // addF32AVX2 sets dst = a + b over n bytes of float32.
 // n must be a multiple of 32.
+//
+//go:noescape
 func addF32AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addF64AVX2 sets dst = a + b over n bytes of float64.
 // n must be a multiple of 32.
+//
+//go:noescape
 func addF64AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addI32AVX2 sets dst = a + b over n bytes of int32 (wrapping).
 // n must be a multiple of 32.
+//
+//go:noescape
 func addI32AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addI64AVX2 sets dst = a + b over n bytes of int64 (wrapping).
 // n must be a multiple of 32.
+//
+//go:noescape
 func addI64AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addU8AVX2 sets dst = a + b over n bytes of uint8 (wrapping).
 // n must be a multiple of 32.
+//
+//go:noescape
 func addU8AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addF16AVX2 sets dst = a + b over n bytes of IEEE 754 half: widened with
 // VCVTPH2PS (exact), added in float32, narrowed with VCVTPS2PH
 // imm 0 (round to nearest even).
 // n must be a multiple of 16.
+//
+//go:noescape
 func addF16AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addBF16AVX2 sets dst = a + b over n bytes of bfloat16: widened by shifts,
 // added in float32, rounded to nearest even by integer adds, bit for
 // bit as kernel.F32ToBF16.
 // n must be a multiple of 32.
+//
+//go:noescape
 func addBF16AVX2(dst *byte, a *byte, b *byte, n int)
 
 // addF32AVX512 sets dst = a + b over n bytes of float32.
 // n must be a multiple of 64.
+//
+//go:noescape
 func addF32AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addF64AVX512 sets dst = a + b over n bytes of float64.
 // n must be a multiple of 64.
+//
+//go:noescape
 func addF64AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addI32AVX512 sets dst = a + b over n bytes of int32 (wrapping).
 // n must be a multiple of 64.
+//
+//go:noescape
 func addI32AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addI64AVX512 sets dst = a + b over n bytes of int64 (wrapping).
 // n must be a multiple of 64.
+//
+//go:noescape
 func addI64AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addU8AVX512 sets dst = a + b over n bytes of uint8 (wrapping).
 // n must be a multiple of 64.
+//
+//go:noescape
 func addU8AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addF16AVX512 sets dst = a + b over n bytes of IEEE 754 half: widened with
 // VCVTPH2PS (exact), added in float32, narrowed with VCVTPS2PH
 // imm 0 (round to nearest even).
 // n must be a multiple of 32.
+//
+//go:noescape
 func addF16AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addBF16AVX512 sets dst = a + b over n bytes of bfloat16: widened by shifts,
 // added in float32, rounded to nearest even by integer adds, bit for
 // bit as kernel.F32ToBF16.
 // n must be a multiple of 64.
+//
+//go:noescape
 func addBF16AVX512(dst *byte, a *byte, b *byte, n int)
 
 // addF16AVX512FP16 sets dst = a + b over n bytes of IEEE 754 half with
 // VADDPH (AVX512-FP16; round to nearest even), bit for bit as
 // addF16AVX512.
 // n must be a multiple of 64.
+//
+//go:noescape
 func addF16AVX512FP16(dst *byte, a *byte, b *byte, n int)
 
 // cpuid executes CPUID with EAX = leaf and ECX = sub.

@@ -49,6 +49,8 @@ type isa struct {
 	half  func() reg.VecVirtual   // a register of half the width
 	movu  func(src, dst Op)       // unaligned integer move
 	and   func(src, src1, dst Op) // bitwise and
+	or    func(src, src1, dst Op) // bitwise or
+	xor   func(src, src1, dst Op) // bitwise exclusive or
 	bcst  func(v uint32) reg.VecVirtual
 }
 
@@ -59,6 +61,8 @@ var avx2 = isa{
 	half:  XMM,
 	movu:  func(src, dst Op) { VMOVDQU(src, dst) },
 	and:   func(src, src1, dst Op) { VPAND(src, src1, dst) },
+	or:    func(src, src1, dst Op) { VPOR(src, src1, dst) },
+	xor:   func(src, src1, dst Op) { VPXOR(src, src1, dst) },
 	bcst: func(v uint32) reg.VecVirtual {
 		g := GP32()
 		MOVL(U32(v), g)
@@ -83,6 +87,8 @@ var avx512 = isa{
 		}
 	},
 	and: func(src, src1, dst Op) { VPANDD(src, src1, dst) },
+	or:  func(src, src1, dst Op) { VPORQ(src, src1, dst) },
+	xor: func(src, src1, dst Op) { VPXORQ(src, src1, dst) },
 	bcst: func(v uint32) reg.VecVirtual {
 		g := GP32()
 		MOVL(U32(v), g)
@@ -317,6 +323,8 @@ func main() {
 	ConstraintExpr("!noasm,gc")
 	if *stream {
 		genCopy()
+		genRead(avx2)
+		genRead(avx512)
 	} else {
 		for _, x := range []isa{avx2, avx512} {
 			for _, k := range kernels {
@@ -335,6 +343,7 @@ func gen(x isa, k kern) {
 	name := "add" + k.dtype + x.name
 	unit := k.unit(x)
 	TEXT(name, NOSPLIT, "func(dst, a, b *byte, n int)")
+	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
 	Doc(append(strings.Split(name+" "+k.doc+".", "\n"), fmt.Sprintf("n must be a multiple of %d.", unit))...)
 	d := Load(Param("dst"), GP64())
 	a := Load(Param("a"), GP64())
@@ -405,6 +414,7 @@ func prefetchAhead(span int, srcs ...reg.Register) {
 func genCopy() {
 	const span = 128
 	TEXT("copyNT", NOSPLIT, "func(dst, src *byte, n int)")
+	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
 	Doc("copyNT copies n bytes from src to dst with non-temporal stores.",
 		fmt.Sprintf("dst must be 32-byte aligned and n a multiple of %d.", span))
 	d := Load(Param("dst"), GP64())
@@ -444,6 +454,46 @@ func genCPUID() {
 	Store(reg.EBX, Return("ebx"))
 	Store(reg.ECX, Return("ecx"))
 	Store(reg.EDX, Return("edx"))
+	RET()
+}
+
+// genRead emits package stream's read kernel: it only loads, four vectors of
+// each buffer an iteration, ORing each into its own accumulator so that no
+// load waits for another, and stores the OR of them all to out.
+func genRead(x isa) {
+	const unroll = 4
+	span := unroll * x.width
+	name := "read" + x.name
+	TEXT(name, NOSPLIT, "func(a, b *byte, n int, out *[64]byte)")
+	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
+	Doc(name+" ORs every vector of a and b (n bytes each) into out.",
+		fmt.Sprintf("n must be a multiple of %d.", span))
+	a := Load(Param("a"), GP64())
+	b := Load(Param("b"), GP64())
+	n := Load(Param("n"), GP64())
+	var acc [2 * unroll]reg.VecVirtual
+	for i := range acc {
+		acc[i] = x.vec()
+		x.xor(acc[i], acc[i], acc[i])
+	}
+	Label(name + "_loop")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	for i := 0; i < unroll; i++ {
+		x.or(Mem{Base: a, Disp: i * x.width}, acc[i], acc[i])
+		x.or(Mem{Base: b, Disp: i * x.width}, acc[unroll+i], acc[unroll+i])
+	}
+	ADDQ(U32(span), a)
+	ADDQ(U32(span), b)
+	SUBQ(U32(span), n)
+	JMP(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	for i := 1; i < len(acc); i++ {
+		x.or(acc[i], acc[0], acc[0])
+	}
+	out := Load(Param("out"), GP64())
+	x.movu(acc[0], Mem{Base: out})
+	VZEROUPPER()
 	RET()
 }
 

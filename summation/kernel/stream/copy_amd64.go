@@ -6,4 +6,18 @@ package stream
 
 // copyNT copies n bytes from src to dst with non-temporal stores.
 // dst must be 32-byte aligned and n a multiple of 128.
+//
+//go:noescape
 func copyNT(dst *byte, src *byte, n int)
+
+// readAVX2 ORs every vector of a and b (n bytes each) into out.
+// n must be a multiple of 128.
+//
+//go:noescape
+func readAVX2(a *byte, b *byte, n int, out *[64]byte)
+
+// readAVX512 ORs every vector of a and b (n bytes each) into out.
+// n must be a multiple of 256.
+//
+//go:noescape
+func readAVX512(a *byte, b *byte, n int, out *[64]byte)

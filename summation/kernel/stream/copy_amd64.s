@@ -33,3 +33,91 @@ done:
 	SFENCE
 	VZEROUPPER
 	RET
+
+// func readAVX2(a *byte, b *byte, n int, out *[64]byte)
+// Requires: AVX, AVX2
+TEXT ·readAVX2(SB), NOSPLIT, $0-32
+	MOVQ  a+0(FP), AX
+	MOVQ  b+8(FP), CX
+	MOVQ  n+16(FP), DX
+	VPXOR Y0, Y0, Y0
+	VPXOR Y1, Y1, Y1
+	VPXOR Y2, Y2, Y2
+	VPXOR Y3, Y3, Y3
+	VPXOR Y4, Y4, Y4
+	VPXOR Y5, Y5, Y5
+	VPXOR Y6, Y6, Y6
+	VPXOR Y7, Y7, Y7
+
+readAVX2_loop:
+	TESTQ DX, DX
+	JZ    readAVX2_done
+	VPOR  (AX), Y0, Y0
+	VPOR  (CX), Y4, Y4
+	VPOR  32(AX), Y1, Y1
+	VPOR  32(CX), Y5, Y5
+	VPOR  64(AX), Y2, Y2
+	VPOR  64(CX), Y6, Y6
+	VPOR  96(AX), Y3, Y3
+	VPOR  96(CX), Y7, Y7
+	ADDQ  $0x00000080, AX
+	ADDQ  $0x00000080, CX
+	SUBQ  $0x00000080, DX
+	JMP   readAVX2_loop
+
+readAVX2_done:
+	VPOR    Y1, Y0, Y0
+	VPOR    Y2, Y0, Y0
+	VPOR    Y3, Y0, Y0
+	VPOR    Y4, Y0, Y0
+	VPOR    Y5, Y0, Y0
+	VPOR    Y6, Y0, Y0
+	VPOR    Y7, Y0, Y0
+	MOVQ    out+24(FP), AX
+	VMOVDQU Y0, (AX)
+	VZEROUPPER
+	RET
+
+// func readAVX512(a *byte, b *byte, n int, out *[64]byte)
+// Requires: AVX, AVX512F
+TEXT ·readAVX512(SB), NOSPLIT, $0-32
+	MOVQ   a+0(FP), AX
+	MOVQ   b+8(FP), CX
+	MOVQ   n+16(FP), DX
+	VPXORQ Z0, Z0, Z0
+	VPXORQ Z1, Z1, Z1
+	VPXORQ Z2, Z2, Z2
+	VPXORQ Z3, Z3, Z3
+	VPXORQ Z4, Z4, Z4
+	VPXORQ Z5, Z5, Z5
+	VPXORQ Z6, Z6, Z6
+	VPXORQ Z7, Z7, Z7
+
+readAVX512_loop:
+	TESTQ DX, DX
+	JZ    readAVX512_done
+	VPORQ (AX), Z0, Z0
+	VPORQ (CX), Z4, Z4
+	VPORQ 64(AX), Z1, Z1
+	VPORQ 64(CX), Z5, Z5
+	VPORQ 128(AX), Z2, Z2
+	VPORQ 128(CX), Z6, Z6
+	VPORQ 192(AX), Z3, Z3
+	VPORQ 192(CX), Z7, Z7
+	ADDQ  $0x00000100, AX
+	ADDQ  $0x00000100, CX
+	SUBQ  $0x00000100, DX
+	JMP   readAVX512_loop
+
+readAVX512_done:
+	VPORQ     Z1, Z0, Z0
+	VPORQ     Z2, Z0, Z0
+	VPORQ     Z3, Z0, Z0
+	VPORQ     Z4, Z0, Z0
+	VPORQ     Z5, Z0, Z0
+	VPORQ     Z6, Z0, Z0
+	VPORQ     Z7, Z0, Z0
+	MOVQ      out+24(FP), AX
+	VMOVDQU64 Z0, (AX)
+	VZEROUPPER
+	RET

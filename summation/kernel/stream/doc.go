@@ -10,5 +10,10 @@
 // which is why gobps itself does not use it. Elsewhere, and in the noasm
 // build, Copy is copy().
 //
+// Read only reads two buffers, with the widest vector loads the CPU has: the
+// rate no dst += src over the same buffers can beat, since it must read as
+// much and also write. In cache, where the two differ most, it shows how
+// much of a kernel's time goes to the cache's bandwidth.
+//
 //go:generate go run ../asmgen -stream -out copy_amd64.s -stubs copy_amd64.go -pkg stream
 package stream

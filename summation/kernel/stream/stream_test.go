@@ -60,3 +60,38 @@ func BenchmarkCopy(b *testing.B) {
 		})
 	}
 }
+
+// TestRead checks that Read reads every byte of both buffers, up to the
+// shorter one's length and no further: a single set bit anywhere in range
+// must show in the result, and one past the end must not.
+func TestRead(t *testing.T) {
+	r := rand.New(rand.NewSource(2))
+	for i := 0; i < 300; i++ {
+		n := r.Intn(4 << 10)
+		if i%10 == 0 {
+			n = r.Intn(1 << 20)
+		}
+		a, b := make([]byte, n+r.Intn(300)), make([]byte, n)
+		if r.Intn(2) == 0 {
+			a, b = b, a
+		}
+		if got := Read(a, b); got != 0 {
+			t.Fatalf("%d/%d zero bytes read as %#x", len(a), len(b), got)
+		}
+		for _, p := range [][]byte{a, b} {
+			if len(p) > n {
+				p[n+r.Intn(len(p)-n)] = 0xff // past the shorter length: not read
+			}
+			if n == 0 {
+				continue
+			}
+			bit := byte(1) << r.Intn(8)
+			at := r.Intn(n)
+			p[at] = bit
+			if got := Read(a, b); got != bit {
+				t.Fatalf("%d/%d bytes, bit %#x at %d: Read = %#x", len(a), len(b), bit, at, got)
+			}
+			p[at] = 0
+		}
+	}
+}
