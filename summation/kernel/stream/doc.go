@@ -10,10 +10,12 @@
 // which is why gobps itself does not use it. Elsewhere, and in the noasm
 // build, Copy is copy().
 //
-// Read only reads two buffers, with the widest vector loads the CPU has: the
-// rate no dst += src over the same buffers can beat, since it must read as
-// much and also write. In cache, where the two differ most, it shows how
-// much of a kernel's time goes to the cache's bandwidth.
+// Read only reads two buffers, with the widest vector loads the CPU has.
+// Where the buffers are larger than L1, so that the loads wait on L2 or
+// memory, no dst += src over the same buffers can beat it: it must read as
+// much and also write. In L2 it shows how much of a kernel's time goes to
+// the cache's bandwidth. (In L1 its OR loop runs slower than the kernels,
+// and it bounds nothing.)
 //
 //go:generate go run ../asmgen -stream -out copy_amd64.s -stubs copy_amd64.go -pkg stream
 package stream
