@@ -160,15 +160,13 @@ func moduleRoot(t *testing.T) string {
 	}
 }
 
-// listPackages runs `go list -e -json ./...` in the module root.
-func listPackages(t *testing.T, goBin, root string) []pkgInfo {
+// listPackages runs `go list -e -json ./...` in the module root, with the
+// environment variables env (and any more arguments to go list).
+func listPackages(t *testing.T, goBin, root string, env []string, args ...string) []pkgInfo {
 	t.Helper()
-	cmd := exec.Command(goBin, "list", "-e", "-json", "./...")
+	cmd := exec.Command(goBin, append(append([]string{"list", "-e", "-json"}, args...), "./...")...)
 	cmd.Dir = root
-	// With CGO_ENABLED=0 (the default where no C compiler is found), files
-	// that import "C" are left out of CgoFiles; force it on so the cgo rule
-	// sees them.
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	cmd.Env = append(os.Environ(), env...)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -196,7 +194,10 @@ func TestForbiddenImports(t *testing.T) {
 	if err != nil {
 		t.Skipf("go command not on PATH: %v", err)
 	}
-	pkgs := listPackages(t, goBin, moduleRoot(t))
+	// With CGO_ENABLED=0 (the default where no C compiler is found), files
+	// that import "C" are left out of CgoFiles; force it on so the cgo rule
+	// sees them.
+	pkgs := listPackages(t, goBin, moduleRoot(t), []string{"CGO_ENABLED=1"})
 
 	// Guard against passing vacuously, e.g. because go list ran somewhere
 	// else or the module was renamed.
@@ -244,6 +245,35 @@ func TestForbiddenImports(t *testing.T) {
 				if r.forbids(pkg, relImp, inModule) {
 					t.Errorf("%s imports %s: forbidden (%s)", p.ImportPath, imp, r.desc)
 				}
+			}
+		}
+	}
+}
+
+// TestEveryBuildHasItsFiles lists every package, with its dependencies,
+// for the builds other than the development machine's: without cgo (the
+// default when cross-compiling, or with no C compiler), on arm64, and with
+// the noasm tag. A package that some build leaves without files (gpu/nvml
+// was cgo-only, which broke every CGO_ENABLED=0 build of the commands) or
+// an import that does not resolve fails it. It does not compile them:
+// `make test-noasm` does that for noasm.
+func TestEveryBuildHasItsFiles(t *testing.T) {
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("go command not on PATH: %v", err)
+	}
+	root := moduleRoot(t)
+	for _, b := range []struct {
+		env  []string
+		args []string
+	}{
+		{env: []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64"}},
+		{env: []string{"CGO_ENABLED=0", "GOOS=linux", "GOARCH=arm64"}},
+		{env: []string{"CGO_ENABLED=1", "GOOS=linux", "GOARCH=amd64"}, args: []string{"-tags", "noasm"}},
+	} {
+		for _, p := range listPackages(t, goBin, root, b.env, append(b.args, "-deps")...) {
+			if p.Error != nil {
+				t.Errorf("%s %s: %s: %s", strings.Join(b.env, " "), strings.Join(b.args, " "), p.ImportPath, p.Error.Err)
 			}
 		}
 	}
