@@ -9,8 +9,8 @@
 // x/sys/cpu does not report); Impl names the one in use:
 //
 //   - "avx512fp16": "avx512", except that float16 is added by VADDPH
-//     (AVX512-FP16) directly, six times fewer vector micro-ops than through
-//     float32 (Sapphire Rapids and later);
+//     (AVX512-FP16) directly, one vector micro-op per 64 bytes instead of
+//     the 14 of converting through float32 (Sapphire Rapids and later);
 //   - "avx512": AVX-512 F+BW+VL kernels, 64-byte vectors;
 //   - "avx2": AVX2+F16C kernels, 32-byte vectors;
 //   - "generic": the scalar Go loops of generic.go, everywhere.

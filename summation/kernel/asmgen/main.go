@@ -174,7 +174,9 @@ var kernels = []kern{
 
 // f16fp16 is the float16 kernel for AVX512-FP16: VADDPH adds 32 halves in
 // one instruction, where the F16C kernel widens both operands to float32,
-// adds and narrows again (about six times the vector micro-ops per byte).
+// adds and narrows again: per 64 bytes stored, four widenings and two
+// narrowings of two micro-ops each and two adds, 14 vector micro-ops
+// against one.
 //
 // It gives the same bits as the F16C kernel and the scalar code, for every
 // pair of halves. Both compute round-to-nearest-even(a + b), VADDPH
