@@ -344,8 +344,7 @@ func main() {
 func gen(x isa, k kern) {
 	name := "add" + k.dtype + x.name
 	unit := k.unit(x)
-	TEXT(name, NOSPLIT, "func(dst, a, b *byte, n int)")
-	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
+	text(name, "func(dst, a, b *byte, n int)")
 	Doc(append(strings.Split(name+" "+k.doc+".", "\n"), fmt.Sprintf("n must be a multiple of %d.", unit))...)
 	d := Load(Param("dst"), GP64())
 	a := Load(Param("a"), GP64())
@@ -415,8 +414,7 @@ func prefetchAhead(span int, srcs ...reg.Register) {
 // whatever the caller does next.
 func genCopy() {
 	const span = 128
-	TEXT("copyNT", NOSPLIT, "func(dst, src *byte, n int)")
-	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
+	text("copyNT", "func(dst, src *byte, n int)")
 	Doc("copyNT copies n bytes from src to dst with non-temporal stores.",
 		fmt.Sprintf("dst must be 32-byte aligned and n a multiple of %d.", span))
 	d := Load(Param("dst"), GP64())
@@ -444,6 +442,14 @@ func genCopy() {
 	RET()
 }
 
+// text starts a NOSPLIT function that takes pointers and keeps none, so
+// its stub says //go:noescape: without it every pointer passed in escapes,
+// and a caller's stack buffer would move to the heap.
+func text(name, signature string) {
+	TEXT(name, NOSPLIT, signature)
+	Pragma("noescape")
+}
+
 // genCPUID emits cpuid, for the features golang.org/x/sys/cpu does not
 // report (AVX512-FP16).
 func genCPUID() {
@@ -466,8 +472,7 @@ func genRead(x isa) {
 	const unroll = 4
 	span := unroll * x.width
 	name := "read" + x.name
-	TEXT(name, NOSPLIT, "func(a, b *byte, n int, out *[64]byte)")
-	Pragma("noescape") // keeps no pointer: callers' buffers may stay on the stack
+	text(name, "func(a, b *byte, n int, out *[64]byte)")
 	Doc(name+" ORs every vector of a and b (n bytes each) into out.",
 		fmt.Sprintf("n must be a multiple of %d.", span))
 	a := Load(Param("a"), GP64())

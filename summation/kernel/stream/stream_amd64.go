@@ -30,43 +30,33 @@ func Copy(dst, src []byte) int {
 	return n
 }
 
-// readSpan is the bytes of each buffer one iteration of the widest read
-// kernel this CPU runs reads, or 0 without AVX2.
-var readSpan = func() int {
-	switch {
-	case cpu.X86.HasAVX512F:
-		return 256
-	case cpu.X86.HasAVX2:
-		return 128
-	}
-	return 0
-}()
-
 // Read reads the first min(len(a), len(b)) bytes of a and of b, with the
 // widest vector loads this CPU has and nothing else, and returns the OR of
 // all those bytes (so that the reads have a result). It is the other
-// baseline of bpsbench sum: no dst += src can be faster than reading its
-// two operands.
+// baseline of bpsbench sum: beyond L1, no dst += src can be faster than
+// reading its two operands.
 func Read(a, b []byte) byte {
 	n := min(len(a), len(b))
 	a, b = a[:n], b[:n]
-	var or byte
-	if readSpan != 0 && n >= readSpan {
-		body := n &^ (readSpan - 1)
-		var out [64]byte // called directly, not through a func value, it stays on the stack
-		if readSpan == 256 {
-			readAVX512(&a[0], &b[0], body, &out)
-		} else {
-			readAVX2(&a[0], &b[0], body, &out)
-		}
-		var w uint64
-		for i := 0; i < len(out); i += 8 {
-			w |= binary.LittleEndian.Uint64(out[i:])
-		}
-		for ; w != 0; w >>= 8 {
-			or |= byte(w)
-		}
-		a, b = a[body:], b[body:]
+	// The kernels are called directly, not through a func value, so that
+	// out stays on the stack (they are noescape).
+	var out [64]byte
+	body := 0
+	switch {
+	case cpu.X86.HasAVX512F && n >= 256:
+		body = n &^ 255
+		readAVX512(&a[0], &b[0], body, &out)
+	case cpu.X86.HasAVX2 && n >= 128:
+		body = n &^ 127
+		readAVX2(&a[0], &b[0], body, &out)
 	}
-	return or | readOR(a, b)
+	var w uint64
+	for i := 0; i < len(out); i += 8 {
+		w |= binary.LittleEndian.Uint64(out[i:])
+	}
+	or := readOR(a[body:], b[body:])
+	for ; w != 0; w >>= 8 {
+		or |= byte(w)
+	}
+	return or
 }
