@@ -95,7 +95,7 @@ race: deps
 # -fuzztime as a duration, go test sometimes fails with "context deadline
 # exceeded" when a worker is slow to stop on a loaded machine.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 300000x ./core/proto
+	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 300000x ./proto
 	$(GO) test -run '^$$' -fuzz FuzzKernels -fuzztime 100000x ./summation/kernel
 
 # The verbs transport over real RC queue pairs, and a job of 2 servers and

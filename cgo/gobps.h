@@ -91,7 +91,7 @@ enum {
 	GOBPS_ERR_NOT_SUPPORTED = 8
 };
 
-/* Element types. The values are those of the wire protocol (core/proto). */
+/* Element types. The values are those of the wire protocol (proto). */
 enum {
 	GOBPS_FLOAT32 = 1,
 	GOBPS_FLOAT64 = 2,

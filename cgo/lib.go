@@ -11,10 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
 	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/proto"
 )
 
 // apiVersion is GOBPS_API_VERSION of gobps.h.

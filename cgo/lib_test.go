@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/cluster"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/summation"
 )

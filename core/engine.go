@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gobps/gobps/core/cluster"
-	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/cluster"
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core/local"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/scheduler"
 	"github.com/gobps/gobps/summation/kernel"

@@ -13,9 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/cluster"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/cluster"
+	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/summation"
 )

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
 	"github.com/gobps/gobps/gpu"
 	"github.com/gobps/gobps/gpu/fake"
+	"github.com/gobps/gobps/proto"
 )
 
 // TestPushPullDeviceFake runs GPU tensors through the whole pipeline on the

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/gobps/gobps/core/cluster"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/cluster"
+	"github.com/gobps/gobps/proto"
 )
 
 // mixedWeights returns each server's share of the bytes in BytePS's mixed

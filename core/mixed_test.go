@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/gobps/gobps/core/cluster"
+	"github.com/gobps/gobps/cluster"
 )
 
 // book makes an address book: one worker per host in workers, one server

@@ -9,7 +9,7 @@ import (
 	"net"
 	"sync"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // TCP is the TCP transport.

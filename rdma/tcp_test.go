@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 type frame struct {

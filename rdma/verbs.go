@@ -14,7 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma/ibv"
 )
 

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/ibv"
 	"github.com/gobps/gobps/summation"
@@ -121,7 +121,7 @@ func summationOverVerbs(t *testing.T, newVerbs func() *rdma.Verbs) {
 				t.Fatal(err)
 			}
 		}
-		send(proto.Header{Op: proto.OpHello, Sender: 3<<24 | uint32(rank)}, nil)
+		send(proto.Header{Op: proto.OpHello, Sender: proto.NodeID(proto.RoleWorker, rank)}, nil)
 		send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls(decls))
 		if h := w.next(t); h.Op != proto.OpDeclareAck {
 			t.Fatalf("declare answered with %v", &h)

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
 	"github.com/gobps/gobps/internal/leakcheck"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma/ibv"
 )
 

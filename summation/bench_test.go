@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 )
 

@@ -3,7 +3,7 @@ package summation
 import (
 	"fmt"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 )
 

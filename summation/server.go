@@ -6,7 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 )
 
@@ -413,8 +413,8 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 	}
 	switch hd.Op {
 	case proto.OpHello:
-		role, rank := hd.Sender>>24, int(hd.Sender&0xffffff)
-		if role != 3 || rank >= s.cfg.Workers {
+		role, rank, ok := proto.SplitNodeID(hd.Sender)
+		if !ok || role != proto.RoleWorker || rank >= s.cfg.Workers {
 			s.refuse(p, hd, fmt.Errorf("hello from node %#x: not a worker rank below %d", hd.Sender, s.cfg.Workers))
 			return
 		}

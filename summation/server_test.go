@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 )
 
@@ -32,7 +32,7 @@ func (c *client) Handle(_ rdma.Conn, h *proto.Header, p []byte, err error) {
 }
 func (c *client) Closed(_ rdma.Conn, err error) { c.closed <- err }
 
-func workerID(rank int) uint32 { return 3<<24 | uint32(rank) }
+func workerID(rank int) uint32 { return proto.NodeID(proto.RoleWorker, rank) }
 
 func dial(t *testing.T, s *Server, rank int) *client {
 	t.Helper()

@@ -9,9 +9,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // psWorker is a worker program for bpsrun's environment mode: it joins the

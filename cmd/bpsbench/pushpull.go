@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/cmd/internal/roles"
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 func parseSizes(s string) ([]int, error) {

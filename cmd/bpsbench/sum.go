@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 	"github.com/gobps/gobps/summation/kernel/stream"
 )

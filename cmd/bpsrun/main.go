@@ -25,7 +25,7 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/cmd/internal/roles"
-	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/config"
 )
 
 const usage = `bpsrun: launch a gobps job.

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // BenchmarkRound measures one round of one float32 key (Contribute, Reduce,

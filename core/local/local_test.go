@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // joinAll joins ranks 0..cfg.Size-1 of cfg's group from goroutines of this

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // checkOwners checks that the children of one group saw no error and that

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // op is the operation of a frame between local ranks.

@@ -20,11 +20,11 @@ import (
 	"os"
 	"time"
 
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
 	"github.com/gobps/gobps/gpu"
 	"github.com/gobps/gobps/gpu/fake"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 
 	// NVML device discovery for the worker engine (see gpu.Discover).

@@ -34,9 +34,9 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
-	"github.com/gobps/gobps/core/config"
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 
 	// NVML device discovery for the worker engine (see gpu.Discover).
 	_ "github.com/gobps/gobps/gpu/nvml"

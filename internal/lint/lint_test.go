@@ -31,7 +31,7 @@ type pkgInfo struct {
 }
 
 // rule forbids some imports for some packages. Packages and in-module imports
-// are given module-relative ("core/proto"; "" is the module root); imports
+// are given module-relative ("proto"; "" is the module root); imports
 // from outside the module are given as full import paths.
 type rule struct {
 	desc    string
@@ -59,69 +59,69 @@ func isStd(imp string) bool {
 }
 
 // onlyProtoAndOwn returns a rule body that lets the packages under dir import,
-// from gobps, only core/proto and packages under dir itself.
+// from gobps, only proto and packages under dir itself.
 func onlyProtoAndOwn(dir string) func(pkg, imp string, inModule bool) bool {
 	return func(pkg, imp string, inModule bool) bool {
-		return inModule && imp != "core/proto" && !under(imp, dir)
+		return inModule && imp != "proto" && !under(imp, dir)
 	}
 }
 
 var rules = []rule{
 	{
-		desc:    "core/proto is the leaf: it imports only the standard library",
-		applies: is("core/proto"),
+		desc:    "proto is the leaf: it imports only the standard library",
+		applies: is("proto"),
 		forbids: func(pkg, imp string, inModule bool) bool { return inModule || !isStd(imp) },
 	},
 	{
-		desc:    "summation/kernel imports from gobps only core/proto (and its own subpackages)",
+		desc:    "summation/kernel imports from gobps only proto (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "summation/kernel") },
 		forbids: onlyProtoAndOwn("summation/kernel"),
 	},
 	{
-		desc:    "scheduler imports from gobps only core/proto (and its own subpackages)",
+		desc:    "scheduler imports from gobps only proto (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "scheduler") },
 		forbids: onlyProtoAndOwn("scheduler"),
 	},
 	{
-		desc:    "rdma and rdma/... import from gobps only core/proto (and rdma/...)",
+		desc:    "rdma and rdma/... import from gobps only proto (and rdma/...)",
 		applies: func(pkg string) bool { return under(pkg, "rdma") },
 		forbids: onlyProtoAndOwn("rdma"),
 	},
 	{
-		desc:    "cmd/internal/ring (the all-reduce baseline) imports from gobps only core/proto and rdma",
+		desc:    "cmd/internal/ring (the all-reduce baseline) imports from gobps only proto and rdma",
 		applies: is("cmd/internal/ring"),
 		forbids: func(pkg, imp string, inModule bool) bool {
-			return inModule && imp != "core/proto" && !under(imp, "rdma")
+			return inModule && imp != "proto" && !under(imp, "rdma")
 		},
 	},
 	{
-		desc:    "core/local imports from gobps only core/proto and summation/kernel",
+		desc:    "core/local imports from gobps only proto and summation/kernel",
 		applies: func(pkg string) bool { return under(pkg, "core/local") },
 		forbids: func(pkg, imp string, inModule bool) bool {
-			return inModule && imp != "core/proto" && imp != "summation/kernel" && !under(imp, "core/local")
+			return inModule && imp != "proto" && imp != "summation/kernel" && !under(imp, "core/local")
 		},
 	},
 	{
-		desc:    "gpu and gpu/... import from gobps only core/proto (and gpu/...)",
+		desc:    "gpu and gpu/... import from gobps only proto (and gpu/...)",
 		applies: func(pkg string) bool { return under(pkg, "gpu") },
 		forbids: onlyProtoAndOwn("gpu"),
 	},
 	{
-		desc:    "core/config imports from gobps only core/proto (and its own subpackages)",
-		applies: func(pkg string) bool { return under(pkg, "core/config") },
-		forbids: onlyProtoAndOwn("core/config"),
+		desc:    "config imports from gobps only proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "config") },
+		forbids: onlyProtoAndOwn("config"),
 	},
 	{
-		desc:    "core/cluster imports from gobps only core/proto (and its own subpackages)",
-		applies: func(pkg string) bool { return under(pkg, "core/cluster") },
-		forbids: onlyProtoAndOwn("core/cluster"),
+		desc:    "cluster imports from gobps only proto (and its own subpackages)",
+		applies: func(pkg string) bool { return under(pkg, "cluster") },
+		forbids: onlyProtoAndOwn("cluster"),
 	},
 	{
-		desc:    "summation (the server) is handed its transport and config: it must not import core, core/cluster, core/config or cmd/...",
+		desc:    "summation (the server) is handed its transport and config: it must not import core, cluster, config or cmd/...",
 		applies: is("summation"),
 		forbids: func(pkg, imp string, inModule bool) bool {
-			return inModule && (imp == "core" || under(imp, "core/cluster") ||
-				under(imp, "core/config") || under(imp, "cmd"))
+			return inModule && (imp == "core" || under(imp, "cluster") ||
+				under(imp, "config") || under(imp, "cmd"))
 		},
 	},
 	{
@@ -205,7 +205,7 @@ func TestForbiddenImports(t *testing.T) {
 	for _, p := range pkgs {
 		seen[p.ImportPath] = true
 	}
-	for _, want := range []string{"core/proto", "core", "summation"} {
+	for _, want := range []string{"proto", "core", "summation"} {
 		if !seen[modulePath+"/"+want] {
 			t.Fatalf("go list did not report %s/%s; found %d packages", modulePath, want, len(pkgs))
 		}

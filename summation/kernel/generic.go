@@ -3,7 +3,7 @@ package kernel
 import (
 	"unsafe"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // This file is the scalar code: the whole "generic" implementation, the

@@ -3,7 +3,7 @@ package kernel
 import (
 	"fmt"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // Add sets dst[i] += src[i] for every element of dtype dt. dst and src must

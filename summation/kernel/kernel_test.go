@@ -5,7 +5,7 @@ import (
 	"math/rand"
 	"testing"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // TestF16RoundTrip checks every half value survives widening and narrowing.

@@ -5,7 +5,7 @@ package kernel
 import (
 	"golang.org/x/sys/cpu"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // The kernels are generated into sum_amd64.s by asmgen (go generate).

@@ -42,7 +42,7 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 )
 

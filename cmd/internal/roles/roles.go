@@ -11,8 +11,8 @@ import (
 	"os"
 	"strconv"
 
-	"github.com/gobps/gobps/core/cluster"
-	"github.com/gobps/gobps/core/config"
+	"github.com/gobps/gobps/cluster"
+	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/summation"
 	"github.com/gobps/gobps/summation/kernel"

@@ -11,5 +11,5 @@ import (
 // tests: every Coordinator is closed and every Member has left or ended by
 // then, and both promise to stop everything they started.
 func TestMain(m *testing.M) {
-	os.Exit(leakcheck.Main(m.Run(), "gobps/gobps/core/cluster."))
+	os.Exit(leakcheck.Main(m.Run(), "gobps/gobps/cluster."))
 }

@@ -619,7 +619,7 @@ func TestVariablesTable(t *testing.T) {
 // variable has a table row "| `NAME` | default | roles | ... |" whose default
 // and roles agree with the code.
 func TestDocsListEveryVariable(t *testing.T) {
-	b, err := os.ReadFile("../../docs/env.md")
+	b, err := os.ReadFile("../docs/env.md")
 	if err != nil {
 		t.Fatal(err)
 	}

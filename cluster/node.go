@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/gobps/gobps/proto"
 )
 
 // Role is what a process does in the job.
@@ -18,27 +20,24 @@ const (
 	RoleWorker    Role = "worker"
 )
 
-// code is the role's byte in a node id, or 0 for an unknown role.
-func (r Role) code() uint32 {
+// wire is the role as node ids carry it (proto.NodeRole), or 0 for an
+// unknown role.
+func (r Role) wire() proto.NodeRole {
 	switch r {
 	case RoleScheduler:
-		return 1
+		return proto.RoleScheduler
 	case RoleServer:
-		return 2
+		return proto.RoleServer
 	case RoleWorker:
-		return 3
+		return proto.RoleWorker
 	}
 	return 0
 }
 
-// maxRank bounds ranks so that they fit in the low 24 bits of a node id.
-const maxRank = 1<<24 - 1
-
-// NodeID is the id of the node with role r and rank rank: the role's code
-// (scheduler 1, server 2, worker 3) in the top byte and the rank in the low 24
-// bits. It is what the node puts in proto.Header.Sender.
+// NodeID is the id of the node with role r and rank rank (proto.NodeID):
+// what the node puts in proto.Header.Sender.
 func NodeID(r Role, rank int) uint32 {
-	return r.code()<<24 | uint32(rank)&maxRank
+	return proto.NodeID(r.wire(), rank)
 }
 
 // SchedulerID is the coordinator's node id, the Sender of its frames.
@@ -46,17 +45,11 @@ var SchedulerID = NodeID(RoleScheduler, 0)
 
 // SplitNodeID is the inverse of NodeID; ok is false when id names no role.
 func SplitNodeID(id uint32) (r Role, rank int, ok bool) {
-	switch id >> 24 {
-	case 1:
-		r = RoleScheduler
-	case 2:
-		r = RoleServer
-	case 3:
-		r = RoleWorker
-	default:
+	pr, rank, ok := proto.SplitNodeID(id)
+	if !ok {
 		return "", 0, false
 	}
-	return r, int(id & maxRank), true
+	return Role(pr.String()), rank, true
 }
 
 // Node is one member of the job as the address book lists it.

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // Role is what a process does in the job; the names are those of DMLC_ROLE.

@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // DefaultHeartbeatTimeout is used when CoordinatorConfig.HeartbeatTimeout is 0.
@@ -37,11 +37,11 @@ func (cfg *CoordinatorConfig) validate() error {
 	if cfg.Addr == "" {
 		return errors.New("cluster: coordinator: empty listen address")
 	}
-	if cfg.NumWorkers < 1 || cfg.NumWorkers > maxRank+1 {
-		return fmt.Errorf("cluster: coordinator: %d workers, want 1..%d", cfg.NumWorkers, maxRank+1)
+	if cfg.NumWorkers < 1 || cfg.NumWorkers > proto.MaxRank+1 {
+		return fmt.Errorf("cluster: coordinator: %d workers, want 1..%d", cfg.NumWorkers, proto.MaxRank+1)
 	}
-	if cfg.NumServers < 0 || cfg.NumServers > maxRank+1 {
-		return fmt.Errorf("cluster: coordinator: %d servers, want 0..%d", cfg.NumServers, maxRank+1)
+	if cfg.NumServers < 0 || cfg.NumServers > proto.MaxRank+1 {
+		return fmt.Errorf("cluster: coordinator: %d servers, want 0..%d", cfg.NumServers, proto.MaxRank+1)
 	}
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = DefaultHeartbeatTimeout

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobps/gobps/core/proto"
+	"github.com/gobps/gobps/proto"
 )
 
 // fast is the member pacing used by the tests that need quick detection.
