@@ -67,8 +67,11 @@ func (o Op) String() string {
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
 
-// carriesTensor reports whether frames of o must name a dtype.
-func (o Op) carriesTensor() bool { return o == OpPush || o == OpPullResp }
+// CarriesTensor reports whether frames of o carry tensor data: they must
+// name a dtype, their payload may exceed MaxControlPayload, and a
+// transport moves it as a tensor (verbs: by rendezvous, straight between
+// registered buffers) rather than as a small control message.
+func (o Op) CarriesTensor() bool { return o == OpPush || o == OpPullResp }
 
 // Flags are per-frame bits.
 type Flags uint16
@@ -106,7 +109,8 @@ const (
 	// MaxPayload bounds a frame's payload (1 GiB): larger lengths are
 	// rejected before anything is allocated.
 	MaxPayload = 1 << 30
-	// MaxControlPayload bounds the payload of frames that carry no tensor.
+	// MaxControlPayload bounds the payload of frames that carry no tensor
+	// (every op but OpPush and OpPullResp; declarations included).
 	MaxControlPayload = 1 << 20
 )
 
@@ -208,7 +212,7 @@ func (h *Header) Check() error {
 	if h.DType != 0 && !h.DType.Valid() {
 		return badFrame("unknown dtype %d", uint8(h.DType))
 	}
-	if h.Op.carriesTensor() {
+	if h.Op.CarriesTensor() {
 		if h.DType == 0 {
 			return badFrame("%s without a dtype", h.Op)
 		}
@@ -219,7 +223,7 @@ func (h *Header) Check() error {
 	if h.Length > MaxPayload {
 		return badFrame("payload length %d exceeds %d", h.Length, MaxPayload)
 	}
-	if !h.Op.carriesTensor() && h.Op != OpDeclare && h.Length > MaxControlPayload {
+	if !h.Op.CarriesTensor() && h.Length > MaxControlPayload {
 		return badFrame("%s payload length %d exceeds %d", h.Op, h.Length, MaxControlPayload)
 	}
 	if h.Flags&FlagCRC == 0 && h.CRC != 0 {

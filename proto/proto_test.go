@@ -227,6 +227,10 @@ func FuzzDecodeHeader(f *testing.F) {
 	(&Header{Op: OpDeclare, Length: DeclSize}).Encode(b[:])
 	f.Add(b[:])
 	f.Add([]byte("GBPS"))
+	(&Header{Op: OpHello, Sender: 3}).Encode(b[:])
+	f.Add(b[:])
+	(&Header{Op: OpPullResp, DType: Int32}).Encode(b[:])
+	f.Add(b[:])
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var h Header
 		if err := h.Decode(in); err != nil {
@@ -244,5 +248,47 @@ func FuzzDecodeHeader(f *testing.F) {
 		// And its frame reader never panics either.
 		_, _, _ = ReadFrame(bytes.NewReader(in), 1<<16)
 		_, _ = DecodeDecls(in[HeaderSize:])
+		// Every decoded header is admitted, refused or a bad frame, on
+		// either side, and what is taken keeps to the protocol.
+		for _, side := range []Side{ServerSide, WorkerSide} {
+			for _, hello := range []bool{false, true} {
+				err := Admit(side, hello, &h)
+				switch {
+				case err == nil:
+					checkAdmitted(t, side, hello, &h)
+				case !errors.Is(err, ErrRefused) && !errors.Is(err, ErrBadFrame):
+					t.Fatalf("Admit(%s, %v, %v) = %v: neither refused nor a bad frame", side, hello, &h, err)
+				}
+			}
+		}
 	})
+}
+
+// checkAdmitted fails t if Admit took a frame the protocol does not allow.
+func checkAdmitted(t *testing.T, side Side, hello bool, h *Header) {
+	t.Helper()
+	ok := false
+	switch side {
+	case ServerSide:
+		switch h.Op {
+		case OpHello:
+			ok = !hello && h.Length == 0
+		case OpDeclare:
+			ok = hello && h.Length > 0 && h.Length <= MaxControlPayload
+		case OpPush:
+			ok = hello && h.Length > 0
+		case OpPull:
+			ok = hello && h.Length == 0
+		case OpError:
+			ok = hello
+		}
+	case WorkerSide:
+		ok = (h.Op == OpPullResp && h.Length > 0) || (h.Op == OpDeclareAck && h.Length == 0) || h.Op == OpError
+	}
+	if !ok {
+		t.Fatalf("Admit(%s, hello %v) took %v", side, hello, h)
+	}
+	if !h.Op.CarriesTensor() && h.Length > MaxControlPayload {
+		t.Fatalf("Admit took a %d-byte %s, over the control limit", h.Length, h.Op)
+	}
 }
