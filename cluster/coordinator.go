@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobps/gobps/internal/accept"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -247,29 +248,14 @@ func (c *Coordinator) post(ev event) bool {
 
 func (c *Coordinator) accept() {
 	defer c.wg.Done()
-	delay := 5 * time.Millisecond
-	for {
-		conn, err := c.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Transient, such as running out of file descriptors.
-			c.logf("cluster: coordinator: accept: %v", err)
-			select {
-			case <-time.After(delay):
-				delay = min(2*delay, time.Second)
-				continue
-			case <-c.loopDone:
-				return
-			}
-		}
-		delay = 5 * time.Millisecond
+	logf := func(format string, args ...any) { c.logf("cluster: coordinator: "+format, args...) }
+	// A transient Accept error (running out of file descriptors, say) is
+	// retried with a backoff that ends when the loop stops.
+	accept.Loop(c.ln, c.loopDone, logf, func(conn net.Conn) {
 		if !c.post(event{kind: evConn, conn: conn}) {
 			_ = conn.Close()
-			return
 		}
-	}
+	})
 }
 
 // read forwards p's frames to the loop. Heartbeats only refresh lastSeen.

@@ -112,9 +112,16 @@ var rules = []rule{
 		forbids: onlyProtoAndOwn("config"),
 	},
 	{
-		desc:    "cluster imports from gobps only proto (and its own subpackages)",
+		desc:    "cluster imports from gobps only proto and internal/accept (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "cluster") },
-		forbids: onlyProtoAndOwn("cluster"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return onlyProtoAndOwn("cluster")(pkg, imp, inModule) && imp != "internal/accept"
+		},
+	},
+	{
+		desc:    "internal/accept imports nothing of gobps",
+		applies: is("internal/accept"),
+		forbids: func(pkg, imp string, inModule bool) bool { return inModule },
 	},
 	{
 		desc:    "summation (the server) is handed its transport and config: it must not import core, cluster, config or cmd/...",
