@@ -50,12 +50,12 @@ type sim struct {
 	ops   []*Op
 	lanes int
 	// what is waiting to be carried out
-	sends   []*Task           // handed to a lane, Sending not yet called
-	inSend  []*Task           // Sending returned true, Sent not yet called
-	busy    []Effect          // stage effects running
-	stages  []Effect          // StageIn / StageOut running
-	recv    map[[2]int]*Task  // the task whose piece a lane is reading
-	pieces  map[*Task][]int   // pieces of the answer still to come
+	sends   []*Task          // handed to a lane, Sending not yet called
+	inSend  []*Task          // Sending returned true, Sent not yet called
+	busy    []Effect         // stage effects running
+	stages  []Effect         // StageIn / StageOut running
+	recv    map[[2]int]*Task // the task whose piece a lane is reading
+	pieces  map[*Task][]int  // pieces of the answer still to come
 	steps   int
 	stopped bool
 }
