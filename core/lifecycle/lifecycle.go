@@ -40,7 +40,8 @@ type OpSpec struct {
 	Round    uint64
 	Parts    []Part
 	// Buf holds every partition: the caller's buffer, or the engine's
-	// staging buffer with StageIn and StageOut.
+	// staging buffer. With StageIn it may be nil until StagedIn gives it
+	// (a staging buffer is leased when the device-to-host copy starts).
 	Buf []byte
 	// Push is false for a broadcast receiver, which only pulls.
 	Push bool
@@ -69,6 +70,21 @@ type Op struct {
 	cancelled bool  // CancelStage issued
 	abandoned bool
 	done      bool // Complete issued
+}
+
+// slice points every task at its part of Spec.Buf.
+func (op *Op) slice() {
+	if op.Spec.Buf == nil {
+		return
+	}
+	for _, t := range op.Tasks {
+		p := t.Part
+		b := op.Spec.Buf[p.Off : p.Off+p.Len : p.Off+p.Len]
+		t.Buf, t.In, t.Out = b, b, b
+		if !op.Spec.Push {
+			t.In = nil
+		}
+	}
 }
 
 // Err is the error the op completed with (after Complete).
@@ -261,19 +277,19 @@ func (m *Machine) Start(spec OpSpec) *Op {
 	if spec.Local != nil && len(spec.Local) != len(spec.Parts) {
 		panic(fmt.Sprintf("lifecycle: %q: %d local owners for %d parts", spec.Name, len(spec.Local), len(spec.Parts)))
 	}
+	if spec.Buf == nil && !spec.StageIn {
+		panic(fmt.Sprintf("lifecycle: %q: no buffer", spec.Name))
+	}
 	for i, p := range spec.Parts {
-		if p.Server < 0 || p.Server >= len(m.live) || p.Off < 0 || p.Len <= 0 || p.Off+p.Len > len(spec.Buf) {
+		if p.Server < 0 || p.Server >= len(m.live) || p.Off < 0 || p.Len <= 0 || (spec.Buf != nil && p.Off+p.Len > len(spec.Buf)) {
 			panic(fmt.Sprintf("lifecycle: %q part %d: %+v does not fit %d servers and %d bytes", spec.Name, i, p, len(m.live), len(spec.Buf)))
 		}
-		b := spec.Buf[p.Off : p.Off+p.Len : p.Off+p.Len]
 		m.seq++
-		t := &Task{Op: op, Index: i, Part: p, Round: spec.Round, Buf: b, In: b, Out: b, seq: m.seq}
-		if !spec.Push {
-			t.In = nil
-		}
+		t := &Task{Op: op, Index: i, Part: p, Round: spec.Round, seq: m.seq}
 		op.Tasks[i] = t
 		m.live[p.Server][t] = struct{}{}
 	}
+	op.slice()
 	if len(spec.Parts) == 0 {
 		m.opDone(op)
 		return op
@@ -310,13 +326,26 @@ func (m *Machine) Start(spec OpSpec) *Op {
 	return op
 }
 
-// StagedIn reports that op's StageIn has returned: its buffer holds the
-// data, or err says why not (every task then fails with it).
-func (m *Machine) StagedIn(op *Op, err error) {
+// StagedIn reports that op's StageIn has returned: buf (or the op's Buf,
+// when buf is nil) holds the data, or err says why not (every task then
+// fails with it).
+func (m *Machine) StagedIn(op *Op, buf []byte, err error) {
 	if !op.stagingIn {
 		panic(fmt.Sprintf("lifecycle: StagedIn for %q, which is not staging in", op.Spec.Name))
 	}
 	op.stagingIn = false
+	if err == nil && buf != nil {
+		for _, p := range op.Spec.Parts {
+			if p.Off+p.Len > len(buf) {
+				panic(fmt.Sprintf("lifecycle: StagedIn for %q with %d bytes: part %+v does not fit", op.Spec.Name, len(buf), p))
+			}
+		}
+		op.Spec.Buf = buf
+		op.slice()
+	}
+	if err == nil && op.Spec.Buf == nil {
+		panic(fmt.Sprintf("lifecycle: StagedIn for %q without a buffer", op.Spec.Name))
+	}
 	if err != nil && op.cancelled {
 		// The copy was cancelled because a task failed: that failure, not
 		// the cancellation's echo, is what the handle reports.

@@ -146,6 +146,9 @@ func (s *sim) start(round map[proto.Key]uint64, servers int) {
 	switch r.IntN(4) {
 	case 0:
 		spec.StageIn, spec.StageOut = true, true
+		if r.IntN(2) == 0 {
+			spec.Buf = nil // leased when the copy in starts, as for GPU tensors
+		}
 	case 1:
 		spec.StageOut = true
 	}
@@ -305,7 +308,15 @@ func (s *sim) act() bool {
 				err = errors.New("stage failure")
 			}
 			if e.Kind == StageIn {
-				m.StagedIn(e.Op, err)
+				var buf []byte
+				if e.Op.Spec.Buf == nil && err == nil {
+					n := 0
+					for _, p := range e.Op.Spec.Parts {
+						n = max(n, p.Off+p.Len)
+					}
+					buf = scratch[:n]
+				}
+				m.StagedIn(e.Op, buf, err)
 				s.chk.stagedIn(e.Op)
 			} else {
 				m.StagedOut(e.Op, err)

@@ -357,7 +357,7 @@ func (sc *scenario) step(args []string) (string, error) {
 			return "", fmt.Errorf("no op %q", pos[0])
 		}
 		if cmd == "staged-in" {
-			m.StagedIn(op, errArg())
+			m.StagedIn(op, nil, errArg())
 			sc.chk.stagedIn(op)
 		} else {
 			m.StagedOut(op, errArg())
