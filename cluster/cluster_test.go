@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,6 +31,20 @@ type testCoord struct {
 // registered, if not nil, is called for every registration.
 func startCoordinator(t *testing.T, cfg CoordinatorConfig, registered func(Node)) *testCoord {
 	t.Helper()
+	return startCoordinatorWith(t, cfg, hooks{registered: registered})
+}
+
+// hooks are the coordinator's test hooks (see Coordinator): what its loop
+// has done, in the order it did it.
+type hooks struct {
+	registered func(Node)
+	handling   func(Node, proto.Op)
+	sent       func(Node, proto.Op)
+	ticked     func()
+}
+
+func startCoordinatorWith(t *testing.T, cfg CoordinatorConfig, h hooks) *testCoord {
+	t.Helper()
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
@@ -41,7 +56,7 @@ func startCoordinator(t *testing.T, cfg CoordinatorConfig, registered func(Node)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.registered = registered
+	c.registered, c.handling, c.sent, c.ticked = h.registered, h.handling, h.sent, h.ticked
 	tc := &testCoord{Coordinator: c, runErr: make(chan error, 1)}
 	go func() { tc.runErr <- c.Run(context.Background()) }()
 	t.Cleanup(func() { c.Close() })
@@ -134,6 +149,60 @@ func recv[T any](t *testing.T, ctx context.Context, ch <-chan T, what string) T 
 
 // abort closes m's control connection abruptly, without Leave: a crash.
 func abort(m *Member) { m.conn.Close() }
+
+// watchedConn is a member's connection to the coordinator as a test sees
+// it: it counts the heartbeats the member writes and, once hung, swallows
+// everything the member writes, as a hung process would send nothing.
+// (Members write each frame in one Write.)
+type watchedConn struct {
+	net.Conn
+	heartbeats atomic.Int64
+	hung       atomic.Bool
+}
+
+func (c *watchedConn) Write(b []byte) (int, error) {
+	if c.hung.Load() {
+		return len(b), nil
+	}
+	if len(b) >= proto.HeaderSize && proto.Op(b[5]) == proto.OpHeartbeat {
+		c.heartbeats.Add(1)
+	}
+	return c.Conn.Write(b)
+}
+
+// watched returns member options that dial over TCP and hand the watched
+// connection to got; failed counts the attempts that found nobody.
+func watched(opt Options, got chan<- *watchedConn, failed *atomic.Int64) Options {
+	opt.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			if failed != nil {
+				failed.Add(1)
+			}
+			return nil, err
+		}
+		w := &watchedConn{Conn: c}
+		if got != nil {
+			got <- w
+		}
+		return w, nil
+	}
+	return opt
+}
+
+// eventually waits, polling, until cond holds; it fails the test if ctx
+// ends first.
+func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
 
 func wantErr(t *testing.T, err error, substr ...string) {
 	t.Helper()
@@ -482,8 +551,11 @@ func TestJoinBeforeCoordinator(t *testing.T) {
 	}
 	wantErr(t, err, "not reachable")
 
-	j := joinAsync(ctx, addr, worker(0), fast)
-	time.Sleep(150 * time.Millisecond)
+	// Join before the coordinator exists: it must keep trying. Start the
+	// coordinator once Join has failed to connect twice.
+	var failed atomic.Int64
+	j := joinAsync(ctx, addr, worker(0), watched(fast, nil, &failed))
+	eventually(t, ctx, "two failed attempts to connect", func() bool { return failed.Load() >= 2 })
 	tc := startCoordinator(t, CoordinatorConfig{Addr: addr, NumWorkers: 1}, nil)
 	m := recv(t, ctx, j, "join").must(t)
 	if err := m.Leave(); err != nil {
@@ -499,7 +571,28 @@ func TestJoinBeforeCoordinator(t *testing.T) {
 func TestBarrier(t *testing.T) {
 	t.Parallel()
 	ctx := timeout(t, 5*time.Second)
-	tc := startCoordinator(t, CoordinatorConfig{NumWorkers: 2, NumServers: 1}, nil)
+	// The coordinator's log of barrier frames handled and releases sent, in
+	// the order its loop did them.
+	var logMu sync.Mutex
+	var log []string
+	entered := make(chan Node, 64)
+	tc := startCoordinatorWith(t, CoordinatorConfig{NumWorkers: 2, NumServers: 1}, hooks{
+		handling: func(n Node, op proto.Op) {
+			if op == proto.OpBarrier {
+				logMu.Lock()
+				log = append(log, "entered "+n.String())
+				logMu.Unlock()
+				entered <- n
+			}
+		},
+		sent: func(n Node, op proto.Op) {
+			if op == proto.OpBarrierOK {
+				logMu.Lock()
+				log = append(log, "released "+n.String())
+				logMu.Unlock()
+			}
+		},
+	})
 	ms := joinAll(t, ctx, tc.Addr(), fast, worker(0), worker(1), server("127.0.0.1:7000", 1))
 
 	for round := range 3 {
@@ -514,18 +607,35 @@ func TestBarrier(t *testing.T) {
 			var lastIn time.Time
 			out := make([]time.Time, len(group))
 			errs := make([]error, len(group))
+			logMu.Lock()
+			log = log[:0]
+			logMu.Unlock()
 			var wg sync.WaitGroup
-			for i, m := range group {
+			enter := func(i int, m *Member) {
 				wg.Go(func() {
-					if i == last {
-						time.Sleep(30 * time.Millisecond)
-						lastIn = time.Now()
-					}
 					errs[i] = m.Barrier(ctx, g)
 					out[i] = time.Now()
 				})
 			}
+			// Everyone but the last enters, and the coordinator has
+			// handled each of them, before the last one enters.
+			for i, m := range group {
+				if i != last {
+					enter(i, m)
+				}
+			}
+			for range len(group) - 1 {
+				recv(t, ctx, entered, "a barrier entry")
+			}
+			lastIn = time.Now()
+			enter(last, group[last])
 			wg.Wait()
+			recv(t, ctx, entered, "the last barrier entry")
+			logMu.Lock()
+			if want := "entered " + group[last].Self().String(); log[len(group)-1] != want {
+				t.Fatalf("barrier %s round %d: the coordinator's log is %q; want everyone released after %q", g, round+1, log, want)
+			}
+			logMu.Unlock()
 			for i := range group {
 				if errs[i] != nil {
 					t.Fatalf("barrier %s round %d: %v", g, round+1, errs[i])
@@ -598,23 +708,43 @@ func TestHeartbeatTimeout(t *testing.T) {
 	t.Parallel()
 	ctx := timeout(t, 5*time.Second)
 	const hb = 300 * time.Millisecond
-	tc := startCoordinator(t, CoordinatorConfig{NumWorkers: 2, NumServers: 1, HeartbeatTimeout: hb}, nil)
-	ms := joinAll(t, ctx, tc.Addr(), fast, worker(0), worker(1), server("127.0.0.1:7000", 7))
+	var ticks atomic.Int64
+	tc := startCoordinatorWith(t, CoordinatorConfig{NumWorkers: 2, NumServers: 1, HeartbeatTimeout: hb}, hooks{
+		ticked: func() { ticks.Add(1) },
+	})
+	var joins []<-chan joined
+	var ws []*watchedConn
+	for _, reg := range []Registration{worker(0), worker(1), server("127.0.0.1:7000", 7)} {
+		got := make(chan *watchedConn, 1)
+		joins = append(joins, joinAsync(ctx, tc.Addr(), reg, watched(fast, got, nil)))
+		ws = append(ws, recv(t, ctx, got, "a connection"))
+	}
+	var ms []*Member
+	for _, j := range joins {
+		ms = append(ms, recv(t, ctx, j, "join").must(t))
+	}
 	hung, others := ms[1], []*Member{ms[0], ms[2]}
 
 	barrierErrs := make(chan error, len(others))
 	for _, m := range others {
 		go func() { barrierErrs <- m.Barrier(ctx, All) }()
 	}
-	// Let the healthy nodes wait well past the timeout before the hang: their
-	// waiting must not count as silence.
-	time.Sleep(2 * hb)
+	// The healthy nodes wait well past the timeout before the hang: their
+	// waiting must not count as silence. Wait until each has sent
+	// heartbeats for more than twice the timeout and the coordinator has
+	// checked for silence since.
+	beats := func() int64 { return min(ws[0].heartbeats.Load(), ws[2].heartbeats.Load()) }
+	from := beats()
+	enough := int64(2*hb/fast.HeartbeatInterval) + 1
+	eventually(t, ctx, "heartbeats over twice the timeout", func() bool { return beats()-from >= enough })
+	tick := ticks.Load()
+	eventually(t, ctx, "two checks of silence", func() bool { return ticks.Load() >= tick+2 })
 	select {
 	case err := <-barrierErrs:
 		t.Fatalf("barrier returned before the last node entered: %v", err)
 	default:
 	}
-	hung.PauseHeartbeats(true)
+	ws[1].hung.Store(true)
 	start := time.Now()
 	within := timeout(t, hb+time.Second)
 	for _, m := range others {
@@ -654,7 +784,18 @@ func TestShutdown(t *testing.T) {
 		t.Fatalf("second Leave: %v", err)
 	}
 	wantErr(t, workers[0].Barrier(ctx, Workers), "membership ended")
-	time.Sleep(50 * time.Millisecond)
+	// The coordinator has handled the departure (Leave returns once it has
+	// closed the connection). A shutdown it sent the servers then would
+	// reach them before the answer to a barrier they enter now.
+	var wg sync.WaitGroup
+	for _, s := range servers {
+		wg.Go(func() {
+			if err := s.Barrier(ctx, Servers); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
 	for _, s := range servers {
 		select {
 		case <-s.ShutdownRequested():

@@ -73,9 +73,14 @@ type Coordinator struct {
 	events   chan event    // unbuffered: a posted event is always handled
 	wg       sync.WaitGroup
 
-	// registered, if set before Run, is called by the loop for each
-	// registration. Test hook.
+	// Test hooks, set before Run, called by the loop: registered for each
+	// registration; handling when it takes up a frame of a registered
+	// node; sent for each frame queued for a registered node (heartbeats
+	// aside); ticked after each check of silence.
 	registered func(Node)
+	handling   func(Node, proto.Op)
+	sent       func(Node, proto.Op)
+	ticked     func()
 
 	// The fields below are owned by the goroutine running Run.
 	peers        map[*peer]struct{} // every connection whose reader has not finished
@@ -367,6 +372,9 @@ func (c *Coordinator) onEvent(ev event) error {
 		go c.write(p)
 	case evFrame:
 		if !p.closed {
+			if c.handling != nil && p.phase != phaseNew {
+				c.handling(p.node, ev.h.Op)
+			}
 			return c.onFrame(p, ev.h, ev.payload)
 		}
 	case evWriteFailed:
@@ -422,6 +430,9 @@ func (c *Coordinator) onTick(now time.Time) {
 			c.send(p, proto.Header{Op: proto.OpHeartbeat}, nil)
 		}
 	}
+	if c.ticked != nil {
+		c.ticked()
+	}
 }
 
 // send queues a frame for p without blocking. A peer whose queue is full is
@@ -431,6 +442,9 @@ func (c *Coordinator) send(p *peer, h proto.Header, payload []byte) {
 		return
 	}
 	h.Sender = SchedulerID
+	if c.sent != nil && p.phase != phaseNew && h.Op != proto.OpHeartbeat {
+		c.sent(p.node, h.Op)
+	}
 	select {
 	case p.out <- outFrame{h, payload}:
 	default:

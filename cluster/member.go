@@ -34,6 +34,10 @@ type Options struct {
 	// to a third of the coordinator's timeout if it is longer than that.
 	HeartbeatInterval time.Duration
 	Logf              func(format string, args ...any) // optional
+	// Dial, if set, makes each attempt to connect to the coordinator
+	// (default: TCP with a 5 s timeout). Tests wrap the connection to
+	// watch or stall what the member sends.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // Member is a server's or worker's membership in the job: its control
@@ -50,7 +54,6 @@ type Member struct {
 	sender   atomic.Uint32 // our node id once known, for frame headers
 	interval atomic.Int64  // heartbeat interval, ns
 	timeout  atomic.Int64  // coordinator's heartbeat timeout, ns; 0 until the book
-	paused   atomic.Bool
 
 	wmu sync.Mutex // serialises frames onto conn
 
@@ -101,7 +104,7 @@ func Join(ctx context.Context, coordAddr string, reg Registration, opt Options) 
 	if err != nil {
 		return nil, fmt.Errorf("cluster: join: encode registration: %w", err)
 	}
-	conn, err := dial(ctx, coordAddr)
+	conn, err := dial(ctx, coordAddr, opt.Dial)
 	if err != nil {
 		return nil, err
 	}
@@ -148,12 +151,16 @@ func Join(ctx context.Context, coordAddr string, reg Registration, opt Options) 
 	}
 }
 
-// dial connects to addr, retrying with backoff until ctx is done.
-func dial(ctx context.Context, addr string) (net.Conn, error) {
-	d := net.Dialer{Timeout: 5 * time.Second}
+// dial connects to addr with attempt (nil: TCP), retrying with backoff
+// until ctx is done.
+func dial(ctx context.Context, addr string, attempt func(context.Context, string) (net.Conn, error)) (net.Conn, error) {
+	if attempt == nil {
+		d := net.Dialer{Timeout: 5 * time.Second}
+		attempt = func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", addr) }
+	}
 	backoff := 20 * time.Millisecond
 	for {
-		conn, err := d.DialContext(ctx, "tcp", addr)
+		conn, err := attempt(ctx, addr)
 		if err == nil {
 			return conn, nil
 		}
@@ -193,10 +200,6 @@ func (m *Member) Err() error {
 	defer m.mu.Unlock()
 	return m.mu.err
 }
-
-// PauseHeartbeats stops (or resumes) sending heartbeats, to simulate a hung
-// node in tests.
-func (m *Member) PauseHeartbeats(paused bool) { m.paused.Store(paused) }
 
 // Barrier blocks until every live member of g has called Barrier(g) as many
 // times as this one, or until ctx is done. If a member of g has died, it
@@ -352,9 +355,6 @@ func (m *Member) heartbeat() {
 		if iv := time.Duration(m.interval.Load()); iv != cur {
 			cur = iv
 			t.Reset(cur)
-		}
-		if m.paused.Load() {
-			continue
 		}
 		if err := m.write(proto.Header{Op: proto.OpHeartbeat}, nil); err != nil {
 			m.end(m.lost(err))
