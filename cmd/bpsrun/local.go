@@ -195,6 +195,10 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	// a peer died usually exit a moment before their dead peer is reaped,
 	// so "first reaped" alone would blame them.
 	var failures []exit
+	// stalled is a process found stopped (SIGSTOP, a debugger) when the
+	// first failure came: it cannot exit, but it is why the others failed
+	// (they give up on it once its heartbeats stop).
+	var stalled *proc
 	code := 0
 	var verdict string
 	stopping := false
@@ -214,6 +218,9 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 					failures = append(failures, ex)
 					if deadline == nil || len(failures) == 1 {
 						deadline = time.After(f.grace)
+					}
+					if len(failures) == 1 {
+						stalled = findStopped(running)
 					}
 				}
 			}
@@ -257,6 +264,12 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 				others = append(others, fmt.Sprintf("%s exited: %v", ex.p.name, ex.err))
 			}
 		}
+		if stalled != nil && !signaled(root.err) {
+			// Nothing crashed: the processes that exited gave up on the
+			// one that was stopped.
+			others = append([]string{verdict}, others...)
+			verdict = fmt.Sprintf("%s (pid %d) was stopped and stopped answering", stalled.name, stalled.cmd.Process.Pid)
+		}
 		if len(others) > 0 {
 			verdict += " (then " + strings.Join(others, "; ") + ")"
 		}
@@ -271,13 +284,42 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 // by a signal, else the first to exit non-zero.
 func rootCause(failures []exit) exit {
 	for _, ex := range failures {
-		if ee, ok := ex.err.(*exec.ExitError); ok {
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				return ex
-			}
+		if signaled(ex.err) {
+			return ex
 		}
 	}
 	return failures[0]
+}
+
+// signaled reports whether err is the exit of a process killed by a signal.
+func signaled(err error) bool {
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return true
+		}
+	}
+	return false
+}
+
+// findStopped returns a running process that is stopped (state T or t in
+// /proc/PID/stat: SIGSTOP, or a tracer), or nil. Off Linux it finds none.
+func findStopped(running map[*proc]bool) *proc {
+	var found *proc
+	for p := range running {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
+		if err != nil {
+			continue
+		}
+		// "pid (comm) state ...": comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 || i+2 >= len(b) {
+			continue
+		}
+		if st := b[i+2]; (st == 'T' || st == 't') && (found == nil || p.cmd.Process.Pid < found.cmd.Process.Pid) {
+			found = p
+		}
+	}
+	return found
 }
 
 func firstErr(errs ...error) error {
