@@ -59,6 +59,8 @@ type Config struct {
 	Checksum          bool          // GOBPS_CHECKSUM: CRC32C on every payload
 	ServerPort        int           // GOBPS_SERVER_PORT: data port of a server; 0 picks a free one
 	ServerID          int           // GOBPS_SERVER_ID: rank of this server; -1 when unset (ranks by arrival)
+	ServerMemory      int           // GOBPS_SERVER_MEMORY_BYTES: bytes of keys a server accepts; 0 = a share of the machine's memory
+	HelloTimeout      time.Duration // GOBPS_HELLO_TIMEOUT: how long an accepted data connection has to say hello
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
 	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
 	GPU               string        // GOBPS_GPU: auto, off or fake (lower-case)
@@ -108,6 +110,8 @@ const (
 	envChecksum      = "GOBPS_CHECKSUM"
 	envServerPort    = "GOBPS_SERVER_PORT"
 	envServerID      = "GOBPS_SERVER_ID"
+	envServerMemory  = "GOBPS_SERVER_MEMORY_BYTES"
+	envHelloTimeout  = "GOBPS_HELLO_TIMEOUT"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
@@ -165,6 +169,7 @@ var (
 		HeartbeatInterval: time.Second,
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
+		HelloTimeout:      10 * time.Second,
 		LocalAggregation:  true,
 		GPU:               "auto",
 		GPUTimeout:        time.Minute,
@@ -317,6 +322,16 @@ var table = []spec{
 		Variable: Variable{Name: envServerID, Roles: serverOnly,
 			Doc: "Rank of this server, 0 to DMLC_NUM_SERVER-1; unset lets the coordinator assign ranks in order of arrival."},
 		field: func(c *Config) any { return &c.ServerID },
+	},
+	{
+		Variable: Variable{Name: envServerMemory, Default: "0", Roles: serverOnly,
+			Doc: "Most bytes of keys a server accepts in declarations (it keeps two rounds' sums of each and refuses a declaration beyond this); 0 means half of the memory the server may use (its cgroup's limit, or the machine's memory)."},
+		field: func(c *Config) any { return &c.ServerMemory },
+	},
+	{
+		Variable: Variable{Name: envHelloTimeout, Default: defaultConfig.HelloTimeout.String(), Roles: serverOnly,
+			Doc: "How long a connection accepted by a server has to say hello (who it is) before it is closed."},
+		field: func(c *Config) any { return &c.HelloTimeout },
 	},
 	{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
@@ -576,6 +591,12 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	case "auto", "off", "fake":
 	default:
 		fail(envGPU, "must be auto, off or fake")
+	}
+	if c.ServerMemory < 0 {
+		fail(envServerMemory, "must not be negative (0 means a share of the machine's memory)")
+	}
+	if c.HelloTimeout <= 0 {
+		fail(envHelloTimeout, "must be positive")
 	}
 	if c.GPUTimeout <= 0 {
 		fail(envGPUTimeout, "must be positive")
