@@ -106,6 +106,7 @@ fuzz:
 test-rdma: deps
 	@mkdir -p $(GUEST)
 	$(GO) test -c -o $(GUEST)/rdma.test ./rdma
+	$(GO) test -c -o $(GUEST)/verbs.test ./rdma/verbs
 	$(GO) build -o $(GUEST)/ ./cmd/bpsrun ./e2e/testjob
 	$(GO) build -buildmode=c-shared -o $(GUEST)/libgobps.so ./cgo
 	$${CC:-cc} -Wall -Werror -O1 -Icgo -o $(GUEST)/capi cgo/testdata/capi.c -L$(GUEST) -lgobps \

@@ -317,11 +317,12 @@ func (l *library) pushPull(name string, buf []byte, dtype int, count int64, op i
 }
 
 // stageCallerMemory says whether callers' buffers must go through buffers
-// the engine owns: with verbs, whose registration cache keyed by address
-// cannot tell a C buffer freed and reallocated at the same address from
-// the one it registered (see core.Engine.PushPullCopy). Over TCP they go
-// to the socket directly.
-func stageCallerMemory(e *core.Engine) bool { return e.Transport() != "tcp" }
+// the engine owns: with a transport that registers payload memory and
+// caches registrations by address (Caps.Registered: verbs), which cannot
+// tell a C buffer freed and reallocated at the same address from the one
+// it registered (see core.Engine.PushPullCopy). Over TCP they go to the
+// socket directly.
+func stageCallerMemory(e *core.Engine) bool { return e.Caps().Registered }
 
 // pushPullCUDA is pushPull for count elements at device pointer ptr on a
 // CUDA device, written by work queued on stream.

@@ -18,6 +18,7 @@ import (
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/tcp"
 	"github.com/gobps/gobps/summation"
 )
 
@@ -148,7 +149,7 @@ func job(t *testing.T, workers, servers int) []*library {
 	for i := range servers {
 		// One machine of workers: with local aggregation (the default) one
 		// push per key per round reaches the server.
-		s, err := summation.New(summation.Config{Workers: workers, Pushers: 1, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
+		s, err := summation.New(summation.Config{Workers: workers, Pushers: 1, Engines: 2, Transport: tcp.New(rdma.Options{}), Addr: "127.0.0.1:0"})
 		if err != nil {
 			t.Fatal(err)
 		}

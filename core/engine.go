@@ -13,6 +13,9 @@ import (
 	"github.com/gobps/gobps/core/local"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	// rdma.Open chooses among the transports registered by these two.
+	_ "github.com/gobps/gobps/rdma/tcp"
+	_ "github.com/gobps/gobps/rdma/verbs"
 	"github.com/gobps/gobps/scheduler"
 	"github.com/gobps/gobps/summation/kernel"
 )
@@ -179,7 +182,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		if err != nil {
 			return nil, fmt.Errorf("gobps: %w", err)
 		}
-		logf("transport %s: %s", tr.Name(), why)
+		logf("transport %s: %s", tr.Caps().Name, why)
 	}
 	m, err := cluster.Join(ctx, cfg.RootAddr(), cluster.Registration{
 		Role: cluster.RoleWorker, WorkerID: cfg.WorkerID, LocalRank: cfg.LocalRank,
@@ -230,15 +233,12 @@ func (e *Engine) connect(ctx context.Context) error {
 		e.servers = append(e.servers, s)
 		for j := 0; j < lanes; j++ {
 			l := &lane{e: e, srv: s, sendq: make(chan *task, 1024)}
-			c, err := e.tr.Dial(ctx, n.Addr, l)
+			c, err := e.tr.Dial(ctx, n.Addr, e.self.ID, l) // sends the hello
 			if err != nil {
 				return fmt.Errorf("gobps: connect to %s: %w", n, err)
 			}
 			l.conn = c
 			s.lanes = append(s.lanes, l)
-			if err := c.Send(proto.Header{Op: proto.OpHello, Sender: e.self.ID}, nil); err != nil {
-				return fmt.Errorf("gobps: hello to %s: %w", n, err)
-			}
 			e.wg.Add(1)
 			go l.send()
 		}
@@ -262,7 +262,10 @@ func (e *Engine) LocalSize() int { return e.cfg.LocalSize }
 func (e *Engine) NumServers() int { return len(e.servers) }
 
 // Transport names the transport in use.
-func (e *Engine) Transport() string { return e.tr.Name() }
+func (e *Engine) Transport() string { return e.tr.Caps().Name }
+
+// Caps says what the transport in use does (rdma.Caps).
+func (e *Engine) Caps() rdma.Caps { return e.tr.Caps() }
 
 // Declare declares a tensor of count elements of dtype for PushPull.
 // Every worker must declare the same tensors in the same order. Declaring a

@@ -17,6 +17,7 @@ import (
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/tcp"
 	"github.com/gobps/gobps/summation"
 )
 
@@ -60,7 +61,7 @@ func startCluster(t *testing.T, workers, servers int, extra ...string) *testClus
 	errs := make([]error, workers+servers)
 	tc.members = make([]*cluster.Member, servers)
 	for i := 0; i < servers; i++ {
-		s, err := summation.New(summation.Config{Workers: workers, Pushers: pushers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0"})
+		s, err := summation.New(summation.Config{Workers: workers, Pushers: pushers, Engines: 2, Transport: tcp.New(rdma.Options{}), Addr: "127.0.0.1:0"})
 		if err != nil {
 			t.Fatal(err)
 		}

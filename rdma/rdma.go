@@ -2,22 +2,47 @@ package rdma
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"time"
 
 	"github.com/gobps/gobps/proto"
 )
+
+// Caps says what a transport does beyond the common contract. A caller
+// asks the transport (Transport.Caps) instead of testing for its type.
+type Caps struct {
+	// Name is the transport's name: "tcp" or "verbs".
+	Name string
+	// Chunks: the transport delivers large payloads to a ChunkReceiver
+	// handler in pieces of at most proto.PieceBytes (tcp).
+	Chunks bool
+	// StableDest: the transport grants stable destinations to a
+	// StableReceiver handler, which must then call Conn.Release (verbs).
+	StableDest bool
+	// Registered: payload memory is registered with a NIC and
+	// registrations are cached by address, so memory that C code may free
+	// and reuse at the same address must be staged through Go-owned
+	// buffers first (verbs).
+	Registered bool
+	// Counts: Counters reports real work counts (verbs).
+	Counts bool
+}
 
 // Handler receives the frames of a Conn. See the package doc for the call
 // protocol.
 type Handler interface {
 	// Dest returns the memory the payload of h is read into; it must be
-	// exactly h.Length bytes. A nil slice with a nil error asks the transport
-	// to allocate (allowed for payloads up to proto.MaxControlPayload and for
-	// OpDeclare). An error refuses the payload: the transport discards it
-	// and calls Handle with a nil payload and that error.
+	// exactly h.Length bytes. A nil slice with a nil error asks the
+	// transport to allocate, which it does only for payloads up to
+	// proto.MaxControlPayload (a larger one closes the connection as a bad
+	// frame). An error refuses the payload: the transport discards it and
+	// calls Handle with a nil payload and that error.
 	Dest(c Conn, h *proto.Header) ([]byte, error)
 	// Handle is called once the frame's payload is in place, or with the
-	// error Dest returned.
+	// error Dest returned, or with the reason the transport refused the
+	// frame (an error wrapping proto.ErrRefused: see proto.Admit) and a nil
+	// payload.
 	Handle(c Conn, h *proto.Header, payload []byte, err error)
 	// Closed is called once when the connection ends. err is nil when this
 	// side closed it.
@@ -28,18 +53,14 @@ type Handler interface {
 // payloads in pieces, so that it can start on the first piece (summing it,
 // say) while the rest is still arriving. For a frame it accepts, Chunks is
 // called instead of Dest; the transport then reads the payload in pieces of
-// at most ChunkBytes and calls the sink for each, in order, then Handle with
-// a nil payload. Transports whose payloads land in one piece (RDMA writes)
-// call Dest instead and never use it.
+// at most proto.PieceBytes and calls the sink for each, in order, then
+// Handle with a nil payload. Only transports with Caps.Chunks use it
+// (TCP); those whose payloads land in one piece (RDMA writes) call Dest.
 type ChunkReceiver interface {
 	// Chunks returns the sink for h's payload; ok false asks for Dest
 	// instead. An error refuses the payload as Dest's error does.
 	Chunks(c Conn, h *proto.Header) (sink ChunkSink, ok bool, err error)
 }
-
-// ChunkBytes is the size of the pieces a ChunkReceiver gets: a few hundred
-// KiB, so that a piece is still in cache when it is summed.
-const ChunkBytes = 256 << 10
 
 // ChunkSink receives one payload in pieces.
 type ChunkSink interface {
@@ -56,14 +77,16 @@ type ChunkSink interface {
 
 // StableReceiver is an optional interface of a Handler: the frames of one
 // (op, key) from one Conn always land in one buffer the handler keeps for
-// them, so that a transport with remote memory access (verbs) can exchange
-// that buffer's address once and let the peer write every later frame
-// straight into it, without a per-frame rendezvous. TCP ignores it.
+// them, so that a transport with remote memory access (Caps.StableDest:
+// verbs) can exchange that buffer's address once and let the peer write
+// every later frame straight into it, without a per-frame rendezvous.
+// Other transports ignore it.
 //
 // A handler that gives a stable buffer must not let the payload of a frame
 // delivered there be overwritten before it is done with it: it calls
-// Release on the Conn (which implements Releaser) once it no longer needs
-// the payload, and only then may the peer write the next frame there.
+// Conn.Release once it no longer needs the payload, and only then may the
+// peer write the next frame there. Handle tells such a frame by its
+// payload being the stable buffer.
 type StableReceiver interface {
 	// StableDest returns the buffer for h's (op, key) on c, exactly
 	// h.Length bytes, and ok true; or ok false to keep the per-frame path
@@ -76,23 +99,21 @@ type StableReceiver interface {
 	StableDest(c Conn, h *proto.Header) (buf []byte, ok bool, err error)
 }
 
-// Releaser is implemented by the Conns of transports that grant stable
-// destinations (verbs). After Handle delivered a frame into a buffer that
-// StableDest gave, the handler calls Release(op, key) once, when it no
-// longer needs that payload; the peer may then write the next frame of
-// (op, key) there. Handle tells such a frame by its payload being the
-// stable buffer. Release on a Conn that has failed does nothing.
-type Releaser interface {
-	Release(op proto.Op, key proto.Key)
-}
-
 // Conn is one connection to a peer.
 type Conn interface {
 	// Send writes one frame. h.Length is set from the payload, and so is the
 	// CRC when the transport checksums. The payload must not change until
 	// Send returns; after that it may be reused. Safe for concurrent use.
 	Send(h proto.Header, payload []byte) error
-	// Close ends the connection. Pending and later Sends fail.
+	// Release says the handler is done with the frame of (op, key) in its
+	// stable destination (see StableReceiver): the peer may write the next
+	// one there. Call it once per such frame; on a Conn that has failed
+	// it does nothing. A no-op on transports without Caps.StableDest.
+	Release(op proto.Op, key proto.Key)
+	// Close ends the connection: pending and later Sends fail, and the
+	// handler's Closed follows (with a nil error). Close does not wait for
+	// the connection's goroutines, so a handler may call it from inside
+	// Handle; Transport.Close does the waiting.
 	Close() error
 	// RemoteAddr names the peer, for messages.
 	RemoteAddr() string
@@ -102,29 +123,78 @@ type Conn interface {
 type Listener interface {
 	// Addr is the address peers dial.
 	Addr() string
-	// Close stops accepting; established Conns stay open.
+	// Close stops accepting and waits for the listener's accept goroutine
+	// (and, on verbs, the bootstraps it started, which it abandons).
+	// Established Conns stay open; Transport.Close ends them.
 	Close() error
-}
-
-// Region is registered memory.
-type Region interface {
-	Bytes() []byte
-	// Deregister releases the registration. The memory itself is the
-	// caller's.
-	Deregister() error
 }
 
 // Transport creates connections. One Transport serves a whole process.
 type Transport interface {
-	// Name is "tcp" or "verbs".
-	Name() string
-	// Listen accepts connections at addr and serves each with h.
+	// Caps says what the transport does beyond this contract.
+	Caps() Caps
+	// Listen accepts connections at addr and serves each with h. A
+	// connection must send its hello (proto.OpHello) within
+	// Options.HelloTimeout of being accepted, or it is closed with an
+	// error wrapping ErrNoHello.
 	Listen(addr string, h Handler) (Listener, error)
-	// Dial connects to addr and serves the connection with h.
-	Dial(ctx context.Context, addr string, h Handler) (Conn, error)
-	// Register registers b for sending and receiving.
-	Register(b []byte) (Region, error)
+	// Dial connects to addr, serves the connection with h, and sends the
+	// hello (proto.OpHello, Sender = self, no payload) as the connection's
+	// first frame before it returns.
+	Dial(ctx context.Context, addr string, self uint32, h Handler) (Conn, error)
+	// Counters returns the work counts so far; zero unless Caps.Counts.
+	Counters() Counters
+	// Close closes every listener and connection of the transport, waits
+	// for every goroutine it started (accept loops, readers, pollers,
+	// bootstraps), and releases device resources (verbs: queue pairs,
+	// completion queues, the MR cache, the protection domain, the device
+	// context). Idempotent. Listen and Dial fail afterwards.
+	Close() error
 }
+
+// ErrNoHello is wrapped by the error a connection accepted by Listen is
+// closed with when its hello did not come within Options.HelloTimeout.
+var ErrNoHello = errors.New("rdma: no hello")
+
+// NoHello is the error for a connection from remote accepted waited ago
+// that sent no hello.
+func NoHello(remote string, waited time.Duration) error {
+	return fmt.Errorf("%w from %s within %v of accepting the connection", ErrNoHello, remote, waited)
+}
+
+// Admission is one connection's frame admission: proto.Admit's rules with
+// the connection's hello state. A transport makes one per connection
+// (proto.ServerSide for those Listen accepts, proto.WorkerSide for those
+// Dial makes) and calls Admit on every decoded header, before it reads any
+// of the payload or asks the handler for a destination.
+//
+// Locking: none. Admit and Hello are called from the connection's reading
+// goroutine only.
+type Admission struct {
+	side  proto.Side
+	hello bool
+}
+
+// NewAdmission returns the admission of a connection read on side.
+func NewAdmission(side proto.Side) Admission { return Admission{side: side} }
+
+// Admit applies proto.Admit to h and notes an admitted hello. nil: take
+// the frame. An error wrapping proto.ErrRefused: discard the payload
+// unread and call Handle with the header, a nil payload and the error.
+// An error wrapping proto.ErrBadFrame: close the connection with it.
+func (a *Admission) Admit(h *proto.Header) error {
+	err := proto.Admit(a.side, a.hello, h)
+	if err == nil && h.Op == proto.OpHello {
+		a.hello = true
+	}
+	return err
+}
+
+// Hello reports whether the connection's hello has been admitted.
+func (a *Admission) Hello() bool { return a.hello }
+
+// Side is the side the connection is read on.
+func (a *Admission) Side() proto.Side { return a.side }
 
 // Mode says whether Open may, must or must not use RDMA verbs.
 type Mode string
@@ -150,6 +220,9 @@ const (
 	// DefaultMRCacheBytes bounds the memory the verbs MR cache keeps
 	// registered while unused (see Options.MRCacheBytes).
 	DefaultMRCacheBytes = 4 << 30
+	// DefaultHelloTimeout bounds the wait for an accepted connection's
+	// hello (see Options.HelloTimeout).
+	DefaultHelloTimeout = 10 * time.Second
 )
 
 // Options configure Open.
@@ -182,15 +255,29 @@ type Options struct {
 	// use by a transfer are never evicted, so the bound can be exceeded
 	// while they are.
 	MRCacheBytes int
+	// HelloTimeout bounds the time from accepting a connection to its
+	// hello (on verbs the bootstrap included); 0 means
+	// DefaultHelloTimeout.
+	HelloTimeout time.Duration
 	// Logf, if set, receives one line per notable transport event (an MR
-	// cache that overflows its bound, say). The transport never logs
-	// otherwise.
+	// cache that overflows its bound, an accept loop backing off, say).
+	// The transport never logs otherwise.
 	Logf func(format string, args ...any)
+}
+
+// HelloWait is o.HelloTimeout, or DefaultHelloTimeout when it is 0.
+func (o Options) HelloWait() time.Duration {
+	if o.HelloTimeout > 0 {
+		return o.HelloTimeout
+	}
+	return DefaultHelloTimeout
 }
 
 // Counters are a transport's work counts, for tests and benchmarks: how
 // often it registered memory and copied payloads, and what it put on the
-// wire. Sub gives the work of an interval.
+// wire (Transport.Counters; zero on transports without Caps.Counts, such
+// as TCP, whose copies are the kernel's). Sub gives the work of an
+// interval.
 type Counters struct {
 	Registrations   uint64 // memory registrations (ibv_reg_mr)
 	Deregistrations uint64 // ibv_dereg_mr
@@ -219,24 +306,10 @@ func (c Counters) Sub(o Counters) Counters {
 	}
 }
 
-// Counting is implemented by transports that count their work (verbs).
-type Counting interface {
-	Counters() Counters
-}
-
-// CountersOf returns t's counters, and false for a transport that does not
-// count (TCP, whose copies are the kernel's).
-func CountersOf(t Transport) (Counters, bool) {
-	if c, ok := t.(Counting); ok {
-		return c.Counters(), true
-	}
-	return Counters{}, false
-}
-
-// stamp readies h for sending payload, as every transport's Send does
+// Stamp readies h for sending payload, as every transport's Send does
 // first: refuses a payload over proto.MaxPayload, sets the length and, with
 // checksum, the CRC.
-func stamp(h *proto.Header, payload []byte, checksum bool) error {
+func Stamp(h *proto.Header, payload []byte, checksum bool) error {
 	if len(payload) > proto.MaxPayload {
 		return fmt.Errorf("rdma: payload of %d bytes exceeds %d", len(payload), proto.MaxPayload)
 	}

@@ -42,7 +42,7 @@ func BenchmarkRoundsChunked(b *testing.B) {
 	const workers = 4
 	d := proto.Decl{Key: 1, DType: proto.Float32, Root: proto.NoRoot, Bytes: size}
 	r := NewRounds(d, workers)
-	chunk := make([]byte, ChunkBytes)
+	chunk := make([]byte, proto.PieceBytes)
 	b.SetBytes(workers * size)
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -52,7 +52,7 @@ func BenchmarkRoundsChunked(b *testing.B) {
 			if err := r.Begin(w, round); err != nil {
 				b.Fatal(err)
 			}
-			for off := 0; off < size; off += ChunkBytes {
+			for off := 0; off < size; off += proto.PieceBytes {
 				r.Chunk(w, round, off, chunk)
 			}
 		}

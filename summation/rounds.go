@@ -16,8 +16,8 @@ type Pull struct {
 }
 
 // Answer says: send Buf, the sum of Round or a piece of it, to Pull. A
-// whole answer has Piece < 0; a piece starts at Piece×ChunkBytes of the
-// sum. Buf belongs to the key until Served(Round) is called for the pull,
+// whole answer has Piece < 0; a piece starts at Piece×proto.PieceBytes of
+// the sum. Buf belongs to the key until Served(Round) is called for the pull,
 // once, after its Last answer was sent; it must not be written.
 type Answer struct {
 	Pull  Pull
@@ -26,10 +26,6 @@ type Answer struct {
 	Piece int
 	Last  bool
 }
-
-// ChunkBytes is the granularity of chunked pushes: Chunk offsets are
-// multiples of it. It matches rdma.ChunkBytes.
-const ChunkBytes = proto.PieceBytes
 
 // slot is the state of one round in the window.
 type slot struct {
@@ -93,8 +89,8 @@ type op struct {
 // duplicated is an error to its sender and changes nothing.
 //
 // A push arrives whole (Push) or in chunks (Begin, then Chunk for each
-// ChunkBytes piece in order, as the TCP transport delivers them), so that a
-// chunk is summed while it is still in cache and the rest of the push is
+// proto.PieceBytes piece in order, as the TCP transport delivers them), so
+// that a chunk is summed while it is still in cache and the rest of the push is
 // still on the wire. Each chunk of the sum buffer counts its contributions:
 // the first is copied in, later ones are added with kernel.Add. A whole
 // push into a round nobody has touched yet is swapped in as the sum buffer
@@ -119,7 +115,7 @@ func NewRounds(decl proto.Decl, workers int) *Rounds { return NewRoundsOf(decl, 
 // machine under local aggregation, whichever local rank owns the key. All
 // workers still pull a broadcast key.
 func NewRoundsOf(decl proto.Decl, workers, pushers int) *Rounds {
-	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + ChunkBytes - 1) / ChunkBytes)}
+	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + proto.PieceBytes - 1) / proto.PieceBytes)}
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.pushed = make([]bool, workers)
@@ -273,11 +269,11 @@ func (r *Rounds) Begin(w int, round uint64) error {
 }
 
 // Chunk sums bytes [off, off+len(b)) of worker w's push for round, begun
-// with Begin. Chunks come in order, each ChunkBytes long but the last. b
-// stays the caller's. The last chunk completes the push.
+// with Begin. Chunks come in order, each proto.PieceBytes long but the
+// last. b stays the caller's. The last chunk completes the push.
 func (r *Rounds) Chunk(w int, round uint64, off int, b []byte) Result {
 	var res Result
-	if off%ChunkBytes != 0 || off+len(b) > int(r.decl.Bytes) || (len(b) != ChunkBytes && off+len(b) != int(r.decl.Bytes)) {
+	if off%proto.PieceBytes != 0 || off+len(b) > int(r.decl.Bytes) || (len(b) != proto.PieceBytes && off+len(b) != int(r.decl.Bytes)) {
 		panic(fmt.Sprintf("summation: key %s: chunk of %d bytes at %d", r.decl.Key, len(b), off))
 	}
 	if h := r.heldPush(w, round); h != nil {
@@ -296,14 +292,14 @@ func (r *Rounds) add(w int, round uint64, off int, b []byte, res *Result) {
 	s := &r.slots[i]
 	buf := r.bufs[i]
 	for len(b) > 0 {
-		c := off / ChunkBytes
-		n := min(len(b), ChunkBytes-off%ChunkBytes)
+		c := off / proto.PieceBytes
+		n := min(len(b), proto.PieceBytes-off%proto.PieceBytes)
 		if s.count[c] == 0 {
 			copy(buf[off:off+n], b[:n])
 		} else {
 			kernel.Add(r.decl.DType, buf[off:off+n], b[:n])
 		}
-		if off%ChunkBytes+n == ChunkBytes || off+n == len(buf) {
+		if off%proto.PieceBytes+n == proto.PieceBytes || off+n == len(buf) {
 			s.count[c]++
 			s.summed++
 		}
@@ -396,8 +392,8 @@ func (r *Rounds) answerFrom(p Pull, round uint64, from int, res *Result) {
 func (r *Rounds) answerPieces(p Pull, round uint64, from, to int, res *Result) {
 	buf := r.bufs[round%2]
 	for c := from; c < to; c++ {
-		end := min((c+1)*ChunkBytes, len(buf))
-		res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: buf[c*ChunkBytes : end], Piece: c, Last: end == len(buf)})
+		end := min((c+1)*proto.PieceBytes, len(buf))
+		res.Answers = append(res.Answers, Answer{Pull: p, Round: round, Buf: buf[c*proto.PieceBytes : end], Piece: c, Last: end == len(buf)})
 	}
 }
 

@@ -144,7 +144,7 @@ func TestRoundsBroadcast(t *testing.T) {
 // chunked push for round base+2 that is only half in when the window moves.
 // Every sum must equal the element-wise sum computed directly.
 func TestRoundsChunks(t *testing.T) {
-	const n = (3*ChunkBytes + 1000) / 4 // 3 full chunks and a short one
+	const n = (3*proto.PieceBytes + 1000) / 4 // 3 full chunks and a short one
 	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 4 * n}
 	data := func(w, round int) []byte {
 		vs := make([]int32, n)
@@ -164,8 +164,8 @@ func TestRoundsChunks(t *testing.T) {
 	}
 	chunksOf := func(b []byte) [][]byte {
 		var out [][]byte
-		for off := 0; off < len(b); off += ChunkBytes {
-			out = append(out, b[off:min(off+ChunkBytes, len(b))])
+		for off := 0; off < len(b); off += proto.PieceBytes {
+			out = append(out, b[off:min(off+proto.PieceBytes, len(b))])
 		}
 		return out
 	}
@@ -182,7 +182,7 @@ func TestRoundsChunks(t *testing.T) {
 	for _, w := range rng {
 		i := next[w]
 		next[w]++
-		if res := r.Chunk(w, 0, i*ChunkBytes, cs[w][i]); len(res.Answers) != 0 {
+		if res := r.Chunk(w, 0, i*proto.PieceBytes, cs[w][i]); len(res.Answers) != 0 {
 			t.Fatal("answer before the round completed")
 		}
 	}
@@ -212,7 +212,7 @@ func TestRoundsChunks(t *testing.T) {
 	}
 	c2 := chunksOf(data(0, 2))
 	r.Chunk(0, 2, 0, c2[0])
-	r.Chunk(0, 2, ChunkBytes, c2[1])
+	r.Chunk(0, 2, proto.PieceBytes, c2[1])
 	for w := 0; w < 3; w++ {
 		r.Served(0)
 	}
@@ -220,8 +220,8 @@ func TestRoundsChunks(t *testing.T) {
 		t.Fatalf("base %d", r.Base())
 	}
 	// the held half was replayed; the rest arrives in the window
-	r.Chunk(0, 2, 2*ChunkBytes, c2[2])
-	r.Chunk(0, 2, 3*ChunkBytes, c2[3])
+	r.Chunk(0, 2, 2*proto.PieceBytes, c2[2])
+	r.Chunk(0, 2, 3*proto.PieceBytes, c2[3])
 	for w := 1; w < 3; w++ {
 		if _, err := r.Push(w, 2, data(w, 2)); err != nil {
 			t.Fatal(err)
@@ -281,7 +281,7 @@ func TestRoundsOnePusherPerMachine(t *testing.T) {
 // chunk, the last piece marked; a pull arriving midway gets the chunks
 // already summed at once; a round complete at pull time goes whole.
 func TestRoundsStreamsPieces(t *testing.T) {
-	n := 3*ChunkBytes + 8 // 4 chunks, the last one 8 bytes
+	n := 3*proto.PieceBytes + 8 // 4 chunks, the last one 8 bytes
 	d := proto.Decl{Key: 9, DType: proto.Int32, Root: proto.NoRoot, Bytes: uint64(n)}
 	r := NewRounds(d, 2)
 	data := func(w int) []byte {
@@ -297,13 +297,13 @@ func TestRoundsStreamsPieces(t *testing.T) {
 		sum[i] = int32(i*3 + 2)
 	}
 	want := i32s(sum...)
-	chunk := func(b []byte, c int) []byte { return b[c*ChunkBytes : min((c+1)*ChunkBytes, n)] }
+	chunk := func(b []byte, c int) []byte { return b[c*proto.PieceBytes : min((c+1)*proto.PieceBytes, n)] }
 	// Worker 0 pushes everything; nothing is summed for good yet.
 	if err := r.Begin(0, 0); err != nil {
 		t.Fatal(err)
 	}
 	for c := 0; c < 4; c++ {
-		if res := r.Chunk(0, 0, c*ChunkBytes, chunk(d0, c)); len(res.Answers) != 0 {
+		if res := r.Chunk(0, 0, c*proto.PieceBytes, chunk(d0, c)); len(res.Answers) != 0 {
 			t.Fatalf("chunk %d of one push answered %d", c, len(res.Answers))
 		}
 	}
@@ -338,13 +338,13 @@ func TestRoundsStreamsPieces(t *testing.T) {
 		t.Fatalf("late pull: %v, %d answers, want chunk 0", err, len(res.Answers))
 	}
 	check(res.Answers, 2, 0, false)
-	res = r.Chunk(1, 0, ChunkBytes, chunk(d1, 1))
+	res = r.Chunk(1, 0, proto.PieceBytes, chunk(d1, 1))
 	check(res.Answers, 1, 1, false)
 	check(res.Answers, 2, 1, false)
-	res = r.Chunk(1, 0, 2*ChunkBytes, chunk(d1, 2))
+	res = r.Chunk(1, 0, 2*proto.PieceBytes, chunk(d1, 2))
 	check(res.Answers, 1, 2, false)
 	check(res.Answers, 2, 2, false)
-	res = r.Chunk(1, 0, 3*ChunkBytes, chunk(d1, 3))
+	res = r.Chunk(1, 0, 3*proto.PieceBytes, chunk(d1, 3))
 	check(res.Answers, 1, 3, true)
 	check(res.Answers, 2, 3, true)
 	if len(res.Answers) != 2 {

@@ -43,8 +43,9 @@ type Stats struct {
 
 // Server is a summation server.
 type Server struct {
-	cfg Config
-	ln  rdma.Listener
+	cfg    Config
+	ln     rdma.Listener
+	stable bool // the transport grants stable destinations (Caps.StableDest)
 
 	mu struct {
 		sync.RWMutex
@@ -132,7 +133,7 @@ func (cp *chunkPool) get(done <-chan struct{}) []byte {
 	default:
 	}
 	if cp.made.Add(1) <= chunksPerConn {
-		return make([]byte, rdma.ChunkBytes)
+		return make([]byte, proto.PieceBytes)
 	}
 	select {
 	case b := <-cp.free:
@@ -143,7 +144,7 @@ func (cp *chunkPool) get(done <-chan struct{}) []byte {
 }
 
 func (cp *chunkPool) put(b []byte) {
-	if cap(b) != rdma.ChunkBytes {
+	if cap(b) != proto.PieceBytes {
 		return // a stand-in made while the server was closing
 	}
 	select {
@@ -172,7 +173,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Server{cfg: cfg, done: make(chan struct{})}
+	s := &Server{cfg: cfg, stable: cfg.Transport.Caps().StableDest, done: make(chan struct{})}
 	s.mu.keys = make(map[proto.Key]*key)
 	s.mu.load = make([]uint64, cfg.Engines)
 	s.mu.peers = make(map[rdma.Conn]*peer)
@@ -326,13 +327,13 @@ func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
 }
 
 // StableDest implements rdma.StableReceiver on transports that grant
-// stable destinations (their Conns are rdma.Releasers: verbs): each
-// worker's pushes of a key land in one buffer of its own, allocated once,
-// which the push's task sums by copy or add (never swapping it into the
-// round) and then releases for the next push.
+// stable destinations (Caps.StableDest: verbs): each worker's pushes of a
+// key land in one buffer of its own, allocated once, which the push's task
+// sums by copy or add (never swapping it into the round) and then releases
+// (Conn.Release) for the next push.
 func (h *handler) StableDest(c rdma.Conn, hd *proto.Header) ([]byte, bool, error) {
 	s := (*Server)(h)
-	if _, ok := c.(rdma.Releaser); !ok || hd.Op != proto.OpPush {
+	if !s.stable || hd.Op != proto.OpPush {
 		return nil, false, nil
 	}
 	p := s.peer(c)
@@ -557,7 +558,7 @@ func (e *engine) do(t task) {
 			err = e.pullToo(t, &res)
 		}
 		// Summed (or refused): the peer may write the next push there.
-		t.peer.conn.(rdma.Releaser).Release(proto.OpPush, k.decl.Key)
+		t.peer.conn.Release(proto.OpPush, k.decl.Key)
 	case taskBegin:
 		if err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
 			t.push.refused = true

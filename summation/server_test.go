@@ -9,6 +9,7 @@ import (
 
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/tcp"
 )
 
 // client is a raw worker connection that speaks frames directly.
@@ -34,21 +35,57 @@ func (c *client) Closed(_ rdma.Conn, err error) { c.closed <- err }
 
 func workerID(rank int) uint32 { return proto.NodeID(proto.RoleWorker, rank) }
 
+// dial connects a worker of rank rank to s; its hello goes with Dial.
 func dial(t *testing.T, s *Server, rank int) *client {
 	t.Helper()
 	c := &client{t: t, frames: make(chan frame, 64), closed: make(chan error, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	conn, err := rdma.NewTCP(rdma.Options{}).Dial(ctx, s.Addr(), c)
+	tr := tcp.New(rdma.Options{})
+	conn, err := tr.Dial(ctx, s.Addr(), workerID(rank), c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { tr.Close() })
 	c.conn = conn
-	if rank >= 0 {
-		c.send(proto.Header{Op: proto.OpHello, Sender: workerID(rank)}, nil)
-	}
 	return c
+}
+
+// rawClient is a connection that speaks frames without a transport: it
+// can do what Dial never does, such as send a push before any hello.
+type rawClient struct {
+	t  *testing.T
+	nc net.Conn
+}
+
+func dialRaw(t *testing.T, s *Server) *rawClient {
+	t.Helper()
+	nc, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &rawClient{t: t, nc: nc}
+}
+
+func (c *rawClient) send(h proto.Header, p []byte) {
+	c.t.Helper()
+	if err := proto.WriteFrame(c.nc, h, p); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *rawClient) expectError(reqID uint64, want string) {
+	c.t.Helper()
+	c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	h, p, err := proto.ReadFrame(c.nc, proto.MaxControlPayload)
+	if err != nil {
+		c.t.Fatalf("no answer: %v", err)
+	}
+	if h.Op != proto.OpError || h.ReqID != reqID || !strings.Contains(string(p), want) {
+		c.t.Fatalf("got %v %q, want error for request %d containing %q", &h, p, reqID, want)
+	}
+	c.t.Logf("error to sender: %s", p)
 }
 
 func (c *client) send(h proto.Header, p []byte) {
@@ -80,11 +117,12 @@ func (c *client) expectError(reqID uint64, want string) {
 
 func newServer(t *testing.T, workers int) *Server {
 	t.Helper()
-	s, err := New(Config{Workers: workers, Engines: 2, Transport: rdma.NewTCP(rdma.Options{}), Addr: "127.0.0.1:0", Logf: t.Logf})
+	tr := tcp.New(rdma.Options{})
+	s, err := New(Config{Workers: workers, Engines: 2, Transport: tr, Addr: "127.0.0.1:0", Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { s.Close() })
+	t.Cleanup(func() { s.Close(); tr.Close() })
 	return s
 }
 
@@ -177,7 +215,7 @@ func TestUndeclaredKey(t *testing.T) {
 
 func TestHelloRequired(t *testing.T) {
 	s, cs := twoWorkers(t)
-	anon := dial(t, s, -1)
+	anon := dialRaw(t, s)
 	anon.send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: testKey.Key, Round: 1, ReqID: 3}, i32s(9, 9))
 	anon.expectError(3, "push before hello")
 	rogue := dial(t, s, 7)
@@ -230,7 +268,7 @@ func (c *client) answer(t *testing.T, n int) []byte {
 // sums them as they arrive. Two workers ask for the sum with their push
 // (FlagPull), and may get it in pieces; the third pulls after its push.
 func TestLargeKeyChunked(t *testing.T) {
-	const n = (5*ChunkBytes + 4000) / 4
+	const n = (5*proto.PieceBytes + 4000) / 4
 	s := newServer(t, 3)
 	d := proto.Decl{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 4 * n}
 	cs := []*client{dial(t, s, 0), dial(t, s, 1), dial(t, s, 2)}

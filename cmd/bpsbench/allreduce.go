@@ -11,6 +11,7 @@ import (
 
 	"github.com/gobps/gobps/cmd/internal/ring"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/tcp"
 )
 
 // allReduce runs one rank of a ring all-reduce (cmd/internal/ring) over
@@ -58,7 +59,8 @@ func allReduce(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	tr := rdma.NewTCP(rdma.Options{})
+	tr := tcp.New(rdma.Options{})
+	defer tr.Close()
 	run := func(cfg ring.Config) error {
 		r, err := ring.New(ctx, cfg)
 		if err != nil {

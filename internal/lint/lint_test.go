@@ -83,9 +83,18 @@ var rules = []rule{
 		forbids: onlyProtoAndOwn("scheduler"),
 	},
 	{
-		desc:    "rdma and rdma/... import from gobps only proto (and rdma/...)",
+		desc:    "rdma and rdma/... import from gobps only proto, rdma/... and internal/... (the shared accept loop)",
 		applies: func(pkg string) bool { return under(pkg, "rdma") },
-		forbids: onlyProtoAndOwn("rdma"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return onlyProtoAndOwn("rdma")(pkg, imp, inModule) && !under(imp, "internal")
+		},
+	},
+	{
+		desc:    "the contract (rdma) imports none of its implementations: they register with it",
+		applies: is("rdma"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return inModule && (under(imp, "rdma/tcp") || under(imp, "rdma/verbs"))
+		},
 	},
 	{
 		desc:    "cmd/internal/ring (the all-reduce baseline) imports from gobps only proto and rdma",

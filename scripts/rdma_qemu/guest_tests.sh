@@ -2,8 +2,11 @@
 # guest_tests.sh: what `make test-rdma` runs inside the QEMU guest
 # (scripts/rdma_qemu.sh run), in /work with the binaries under guest/:
 #
-#   1. the verbs transport tests over real RC queue pairs on rxe0
-#      (GOBPS_IN_QEMU=1 makes them fail, not skip, without a device);
+#   1. the transport tests over real RC queue pairs on rxe0: rdma.test
+#      (package rdma: the behaviours every transport shares, the summation
+#      server, Open) and verbs.test (package rdma/verbs: the verbs
+#      protocol, the MR cache, RLIMIT_MEMLOCK, device discovery);
+#      GOBPS_IN_QEMU=1 makes them fail, not skip, without a device;
 #   2. jobs of a coordinator, 2 servers and 2 workers with RDMA required
 #      (BYTEPS_ENABLE_RDMA=1) and the exact-sum check of e2e/testjob; it
 #      must say that it ran over verbs;
@@ -18,6 +21,8 @@ ibv_devices || true
 
 echo "== rdma transport tests over rxe0"
 ./rdma.test -test.v -test.count=1 -test.timeout=10m -test.run 'Verbs|Open'
+echo "== verbs transport tests over rxe0"
+./verbs.test -test.v -test.count=1 -test.timeout=10m -test.run 'Verbs|Open'
 
 # job NAME ENV...: a 2-server, 2-worker job with RDMA required; both
 # workers must report exact sums over verbs.

@@ -44,6 +44,7 @@ import (
 
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/tcp"
 )
 
 // Config describes one rank.
@@ -53,7 +54,7 @@ type Config struct {
 	Listen string
 	// Right is the address of the right neighbour's Listen.
 	Right string
-	// Transport carries the frames; nil means rdma.NewTCP.
+	// Transport carries the frames; nil means tcp.New.
 	Transport rdma.Transport
 	// SegmentBytes bounds one frame's payload (default 1 MiB, rounded down to
 	// whole float32 values).
@@ -113,7 +114,7 @@ func New(ctx context.Context, cfg Config) (*Ring, error) {
 		return r, nil
 	}
 	if r.tr == nil {
-		r.tr = rdma.NewTCP(rdma.Options{})
+		r.tr = tcp.New(rdma.Options{})
 	}
 	ln, err := r.tr.Listen(cfg.Listen, leftHandler{r})
 	if err != nil {
@@ -128,7 +129,8 @@ func New(ctx context.Context, cfg Config) (*Ring, error) {
 	})
 	defer stop()
 	for {
-		c, err := r.tr.Dial(ctx, cfg.Right, rightHandler{r})
+		// The hello (Sender = this rank) goes with Dial.
+		c, err := r.tr.Dial(ctx, cfg.Right, uint32(r.rank), rightHandler{r})
 		if err == nil {
 			r.right = c
 			break
@@ -139,10 +141,6 @@ func New(ctx context.Context, cfg Config) (*Ring, error) {
 			return nil, fmt.Errorf("ring: rank %d: connect to right neighbour %s: %w", r.rank, cfg.Right, err)
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-	if err := r.right.Send(proto.Header{Op: proto.OpHello, Sender: uint32(r.rank)}, nil); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("ring: rank %d: hello to %s: %w", r.rank, cfg.Right, err)
 	}
 	r.mu.Lock()
 	for r.left == nil && r.err == nil && ctx.Err() == nil {
@@ -393,9 +391,6 @@ func (l leftHandler) Dest(c rdma.Conn, h *proto.Header) ([]byte, error) {
 	r := l.r
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if h.Op == proto.OpHello {
-		return nil, errors.New("ring: hello with a payload")
-	}
 	sg, err := r.frameLocked(c, h)
 	if err != nil {
 		r.failLocked(err)

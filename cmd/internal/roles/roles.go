@@ -14,6 +14,9 @@ import (
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/rdma"
+	// rdma.Open chooses among the transports registered by these two.
+	_ "github.com/gobps/gobps/rdma/tcp"
+	_ "github.com/gobps/gobps/rdma/verbs"
 	"github.com/gobps/gobps/summation"
 	"github.com/gobps/gobps/summation/kernel"
 )
@@ -70,7 +73,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	if err != nil {
 		return err
 	}
-	logf("transport %s: %s", tr.Name(), why)
+	logf("transport %s: %s", tr.Caps().Name, why)
 	host, err := AdvertiseHost(cfg)
 	if err != nil {
 		return err

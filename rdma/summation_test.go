@@ -10,6 +10,7 @@ import (
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/ibv"
+	"github.com/gobps/gobps/rdma/verbs"
 	"github.com/gobps/gobps/summation"
 )
 
@@ -50,8 +51,8 @@ func (w *worker) next(t *testing.T) proto.Header {
 // the emulation.
 func TestSummationServerOverVerbs(t *testing.T) {
 	e := ibv.NewEmulator(ibv.EmuOptions{})
-	summationOverVerbs(t, func() *rdma.Verbs {
-		v, why, err := rdma.NewVerbs(e, rdma.Options{GIDIndex: -1, Checksum: true})
+	summationOverVerbs(t, func() rdma.Transport {
+		v, why, err := verbs.New(e, rdma.Options{GIDIndex: -1, Checksum: true})
 		if err != nil {
 			t.Fatalf("%s: %v", why, err)
 		}
@@ -66,7 +67,7 @@ func TestSummationServerOverVerbs(t *testing.T) {
 // must choose when verbs are required. It skips where they cannot be used,
 // and fails there instead when GOBPS_IN_QEMU=1.
 func TestVerbsRealSummationServer(t *testing.T) {
-	summationOverVerbs(t, func() *rdma.Verbs {
+	summationOverVerbs(t, func() rdma.Transport {
 		tr, why, err := rdma.Open(rdma.Options{Mode: rdma.ModeForce, GIDIndex: -1, Checksum: true})
 		if err != nil {
 			if os.Getenv("GOBPS_IN_QEMU") == "1" {
@@ -75,7 +76,7 @@ func TestVerbsRealSummationServer(t *testing.T) {
 			t.Skipf("no usable RDMA device: %s", why)
 		}
 		t.Logf("%s", why)
-		return tr.(*rdma.Verbs)
+		return tr
 	})
 }
 
@@ -87,7 +88,7 @@ func TestVerbsRealSummationServer(t *testing.T) {
 // registers only a push buffer its pool adds, once): each push is one RDMA
 // write into a server key buffer, each answer one write from the sum
 // buffer.
-func summationOverVerbs(t *testing.T, newVerbs func() *rdma.Verbs) {
+func summationOverVerbs(t *testing.T, newVerbs func() rdma.Transport) {
 	st := newVerbs()
 	srv, err := summation.New(summation.Config{Workers: 2, Engines: 2, Transport: st, Addr: "127.0.0.1:0", Logf: t.Logf})
 	if err != nil {
@@ -98,7 +99,7 @@ func summationOverVerbs(t *testing.T, newVerbs func() *rdma.Verbs) {
 	for k := 0; k < keys; k++ {
 		decls = append(decls, proto.Decl{Key: proto.MakeKey(uint32(k), 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 4 * elems})
 	}
-	var wts []*rdma.Verbs
+	var wts []rdma.Transport
 	var ws []*worker
 	in := make([][][]byte, 2)
 	for rank := 0; rank < 2; rank++ {
@@ -109,7 +110,7 @@ func summationOverVerbs(t *testing.T, newVerbs func() *rdma.Verbs) {
 			in[rank] = append(in[rank], make([]byte, d.Bytes))
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := wt.Dial(ctx, srv.Addr(), w)
+		c, err := wt.Dial(ctx, srv.Addr(), proto.NodeID(proto.RoleWorker, rank), w)
 		cancel()
 		if err != nil {
 			t.Fatal(err)
@@ -121,7 +122,6 @@ func summationOverVerbs(t *testing.T, newVerbs func() *rdma.Verbs) {
 				t.Fatal(err)
 			}
 		}
-		send(proto.Header{Op: proto.OpHello, Sender: proto.NodeID(proto.RoleWorker, rank)}, nil)
 		send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls(decls))
 		if h := w.next(t); h.Op != proto.OpDeclareAck {
 			t.Fatalf("declare answered with %v", &h)

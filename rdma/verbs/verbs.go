@@ -1,4 +1,4 @@
-package rdma
+package verbs
 
 import (
 	"context"
@@ -14,19 +14,21 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobps/gobps/internal/accept"
 	"github.com/gobps/gobps/proto"
+	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/ibv"
 )
 
-// Verbs is the RDMA verbs transport: RC queue pairs bootstrapped over TCP,
+// Transport is the RDMA verbs transport: RC queue pairs bootstrapped over TCP,
 // eager SENDs for small control frames, and a rendezvous followed by one
 // RDMA write with immediate, straight between registered buffers, for
 // tensors. See the package documentation for the protocol.
 //
 // It runs on any ibv.Library: libibverbs (ibv.Load) or the emulation
 // (ibv.NewEmulator).
-type Verbs struct {
-	opt      Options
+type Transport struct {
+	opt      rdma.Options
 	ctx      ibv.Context
 	port     int
 	attr     ibv.PortAttr
@@ -38,14 +40,21 @@ type Verbs struct {
 	cache    *mrCache
 	cnt      counters
 	desc     string
+	// onCreditWait, if set (tests), is called when a Send starts waiting
+	// for the credit of a stable destination.
+	onCreditWait func()
 
 	mu struct {
 		sync.Mutex
-		closed bool
-		conns  map[*verbsConn]struct{}
-		lns    map[*verbsListener]struct{}
-		sends  int        // Sends in progress, on callers' goroutines
-		idle   *sync.Cond // signalled when sends drops to 0
+		closed  bool
+		conns   map[*conn]struct{}
+		lns     map[*listener]struct{}
+		dialing map[net.Conn]struct{} // sockets of Dials in their handshake
+		// closeDone is closed when the first Close has released
+		// everything.
+		closeDone chan struct{}
+		sends     int        // Sends in progress, on callers' goroutines
+		idle      *sync.Cond // signalled when sends drops to 0
 	}
 	wg sync.WaitGroup // accept loops, handshakes and connection goroutines
 }
@@ -54,7 +63,7 @@ type Verbs struct {
 // back the MR cache entries it holds before it deregisters the cache: a
 // Send runs on its caller's goroutine and may still hold one for a moment
 // after its connection's goroutines have ended. False once closed.
-func (t *Verbs) enterSend() bool {
+func (t *Transport) enterSend() bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.closed {
@@ -64,7 +73,7 @@ func (t *Verbs) enterSend() bool {
 	return true
 }
 
-func (t *Verbs) leaveSend() {
+func (t *Transport) leaveSend() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.sends--; t.mu.sends == 0 && t.mu.idle != nil {
@@ -72,17 +81,17 @@ func (t *Verbs) leaveSend() {
 	}
 }
 
-// counters are the transport's Counters, counted atomically.
+// counters are the transport's rdma.Counters, counted atomically.
 type counters struct {
 	registrations, deregistrations, cacheHits, evictions  atomic.Uint64
 	copies, copiedBytes, writes, sends, eager, rendezvous atomic.Uint64
 	refused, stable, credits                              atomic.Uint64
 }
 
-// Counters implements Counting.
-func (t *Verbs) Counters() Counters {
+// Counters implements rdma.Transport.
+func (t *Transport) Counters() rdma.Counters {
 	c := &t.cnt
-	return Counters{
+	return rdma.Counters{
 		Registrations: c.registrations.Load(), Deregistrations: c.deregistrations.Load(),
 		CacheHits: c.cacheHits.Load(), Evictions: c.evictions.Load(),
 		Copies: c.copies.Load(), CopiedBytes: c.copiedBytes.Load(), Writes: c.writes.Load(),
@@ -103,34 +112,36 @@ const (
 	drainTimeout = 2 * time.Second
 )
 
-// Name implements Transport.
-func (t *Verbs) Name() string { return "verbs" }
+// Caps implements rdma.Transport: verbs grants stable destinations,
+// registers payload memory (cached by address) and counts its work.
+func (t *Transport) Caps() rdma.Caps {
+	return rdma.Caps{Name: "verbs", StableDest: true, Registered: true, Counts: true}
+}
 
 // Describe names the device, port and addressing in use, e.g. "rxe0 port 1
 // (RoCE v2, GID index 1 ::ffff:127.0.0.1, MTU 1024)".
-func (t *Verbs) Describe() string { return t.desc }
+func (t *Transport) Describe() string { return t.desc }
 
-// Register implements Transport: b is registered through the MR cache (or
-// found there) and stays registered until the Region is deregistered.
-func (t *Verbs) Register(b []byte) (Region, error) {
-	e, err := t.cache.get(b)
-	if err != nil {
-		return nil, err
-	}
-	return &verbsRegion{c: t.cache, e: e, b: b}, nil
-}
-
-// Close closes every connection and listener, waits for their goroutines,
-// and releases the device. The transport cannot be used afterwards.
-func (t *Verbs) Close() error {
+// Close implements rdma.Transport: it closes every connection and
+// listener, abandons the handshakes of Dials in progress, waits for every
+// goroutine of the transport and for the Sends in progress, and releases
+// the device. A second Close waits for the first and returns nil.
+func (t *Transport) Close() error {
 	t.mu.Lock()
 	if t.mu.closed {
+		done := t.mu.closeDone
 		t.mu.Unlock()
+		<-done
 		return nil
 	}
 	t.mu.closed = true
+	t.mu.closeDone = make(chan struct{})
+	defer close(t.mu.closeDone)
 	conns := slices.Collect(maps.Keys(t.mu.conns))
 	lns := slices.Collect(maps.Keys(t.mu.lns))
+	for nc := range t.mu.dialing {
+		nc.Close()
+	}
 	t.mu.Unlock()
 	for _, l := range lns {
 		l.Close()
@@ -152,93 +163,111 @@ func (t *Verbs) Close() error {
 	return errors.Join(t.pd.Close(), t.ctx.Close())
 }
 
-func (t *Verbs) logf(format string, args ...any) {
+func (t *Transport) logf(format string, args ...any) {
 	if t.opt.Logf != nil {
 		t.opt.Logf(format, args...)
 	}
 }
 
-// Listen implements Transport. Peers dial addr over TCP, as with the TCP
-// transport, and the connection's queue pairs are set up over that socket.
-func (t *Verbs) Listen(addr string, h Handler) (Listener, error) {
+// Listen implements rdma.Transport. Peers dial addr over TCP, as with the
+// TCP transport, and the connection's queue pairs are set up over that
+// socket.
+func (t *Transport) Listen(addr string, h rdma.Handler) (rdma.Listener, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("rdma: verbs listen %s: %w", addr, err)
 	}
-	l := &verbsListener{t: t, ln: ln, pending: map[net.Conn]struct{}{}}
+	l := &listener{t: t, ln: ln, stop: make(chan struct{}), done: make(chan struct{}), pending: map[net.Conn]struct{}{}}
 	t.mu.Lock()
 	if t.mu.closed {
 		t.mu.Unlock()
 		ln.Close()
-		return nil, errors.New("rdma: verbs transport closed")
+		return nil, errClosed
 	}
 	t.mu.lns[l] = struct{}{}
 	t.wg.Add(1)
 	t.mu.Unlock()
-	go l.accept(h)
+	go func() {
+		defer t.wg.Done()
+		defer close(l.done)
+		accept.Loop(ln, l.stop, t.logf, func(nc net.Conn) { l.bootstrap(nc, h) })
+	}()
 	return l, nil
 }
 
-type verbsListener struct {
-	t  *Verbs
-	ln net.Listener
+var errClosed = fmt.Errorf("rdma: verbs transport closed: %w", net.ErrClosed)
+
+// listener is a bootstrap listener: it accepts TCP connections and sets
+// up a queue pair over each (handshake), on a goroutine per connection.
+type listener struct {
+	t    *Transport
+	ln   net.Listener
+	once sync.Once
+	stop chan struct{}  // closed by Close: ends a backoff of the accept loop
+	done chan struct{}  // closed when the accept loop has returned
+	wg   sync.WaitGroup // bootstraps in progress
 
 	mu      sync.Mutex
 	closed  bool
 	pending map[net.Conn]struct{} // sockets still in their handshake
 }
 
-func (l *verbsListener) Addr() string { return l.ln.Addr().String() }
+func (l *listener) Addr() string { return l.ln.Addr().String() }
 
-// Close implements Listener; handshakes in progress are abandoned.
-func (l *verbsListener) Close() error {
-	l.mu.Lock()
-	l.closed = true
-	for nc := range l.pending {
-		nc.Close()
-	}
-	l.mu.Unlock()
-	l.t.mu.Lock()
-	delete(l.t.mu.lns, l)
-	l.t.mu.Unlock()
-	return l.ln.Close()
+// Close implements rdma.Listener: it stops accepting, abandons the
+// handshakes in progress and waits for the accept loop and for them.
+func (l *listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		for nc := range l.pending {
+			nc.Close()
+		}
+		l.mu.Unlock()
+		close(l.stop)
+		err = l.ln.Close()
+		l.t.mu.Lock()
+		delete(l.t.mu.lns, l)
+		l.t.mu.Unlock()
+	})
+	<-l.done
+	l.wg.Wait()
+	return err
 }
 
-func (l *verbsListener) accept(h Handler) {
-	defer l.t.wg.Done()
-	for {
-		nc, err := l.ln.Accept()
-		if err != nil {
-			return
-		}
-		l.mu.Lock()
-		if l.closed {
-			l.mu.Unlock()
-			nc.Close()
-			return
-		}
-		l.pending[nc] = struct{}{}
-		l.t.wg.Add(1)
+// bootstrap sets up a connection accepted on nc, on a goroutine of its
+// own (the accept loop's serve).
+func (l *listener) bootstrap(nc net.Conn, h rdma.Handler) {
+	l.mu.Lock()
+	if l.closed {
 		l.mu.Unlock()
-		go func() {
-			defer l.t.wg.Done()
-			c, err := l.t.handshake(context.Background(), nc, h)
-			l.mu.Lock()
-			delete(l.pending, nc)
-			closed := l.closed
-			l.mu.Unlock()
-			if err != nil {
-				if !closed {
-					// Tell the handler, as a bad first frame on TCP
-					// would: a peer that speaks another protocol, or
-					// a broken device.
-					h.Closed(&deadConn{remote: nc.RemoteAddr().String()}, err)
-				}
-				return
-			}
-			c.start()
-		}()
+		nc.Close()
+		return
 	}
+	l.pending[nc] = struct{}{}
+	l.wg.Add(1)
+	l.t.wg.Add(1)
+	l.mu.Unlock()
+	go func() {
+		defer l.t.wg.Done()
+		defer l.wg.Done()
+		c, err := l.t.handshake(context.Background(), nc, h, nil)
+		l.mu.Lock()
+		delete(l.pending, nc)
+		closed := l.closed
+		l.mu.Unlock()
+		if err != nil {
+			if !closed {
+				// Tell the handler, as a bad first frame on TCP
+				// would: a peer that speaks another protocol, or
+				// a broken device.
+				h.Closed(&deadConn{remote: nc.RemoteAddr().String()}, err)
+			}
+			return
+		}
+		c.start()
+	}()
 }
 
 // deadConn stands for a connection whose handshake failed.
@@ -249,15 +278,16 @@ type deadConn struct {
 func (d *deadConn) Send(h proto.Header, _ []byte) error {
 	return fmt.Errorf("rdma: send %s to %s: %w", h.Op, d.remote, net.ErrClosed)
 }
-func (d *deadConn) Close() error       { return nil }
-func (d *deadConn) RemoteAddr() string { return d.remote }
+func (d *deadConn) Release(proto.Op, proto.Key) {}
+func (d *deadConn) Close() error                { return nil }
+func (d *deadConn) RemoteAddr() string          { return d.remote }
 
-// Dial implements Transport.
-func (t *Verbs) Dial(ctx context.Context, addr string, h Handler) (Conn, error) {
+// Dial implements rdma.Transport: the hello is the first frame.
+func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.Handler) (rdma.Conn, error) {
 	t.mu.Lock()
 	if t.mu.closed {
 		t.mu.Unlock()
-		return nil, errors.New("rdma: verbs transport closed")
+		return nil, errClosed
 	}
 	t.wg.Add(1)
 	t.mu.Unlock()
@@ -267,7 +297,20 @@ func (t *Verbs) Dial(ctx context.Context, addr string, h Handler) (Conn, error) 
 	if err != nil {
 		return nil, fmt.Errorf("rdma: verbs dial %s: %w", addr, err)
 	}
-	c, err := t.handshake(ctx, nc, h)
+	// Close abandons the handshake, as Listener.Close does those it
+	// accepted.
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		nc.Close()
+		return nil, errClosed
+	}
+	t.mu.dialing[nc] = struct{}{}
+	t.mu.Unlock()
+	c, err := t.handshake(ctx, nc, h, &proto.Header{Op: proto.OpHello, Sender: self})
+	t.mu.Lock()
+	delete(t.mu.dialing, nc)
+	t.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -275,17 +318,17 @@ func (t *Verbs) Dial(ctx context.Context, addr string, h Handler) (Conn, error) 
 	return c, nil
 }
 
-// verbsConn is one connection: an RC queue pair with its own CQ and
+// conn is one connection: an RC queue pair with its own CQ and
 // completion channel, a registered slab of receive buffers, eager send
 // buffers and control slots, and the TCP socket it was bootstrapped over,
 // kept open as a liveness channel.
 //
-// Goroutines: poll (completions; never calls the Handler), serve (the
-// Handler's goroutine: Dest, Handle, Closed) and watch (the TCP socket).
+// Goroutines: poll (completions; never calls the rdma.Handler), serve (the
+// rdma.Handler's goroutine: Dest, Handle, Closed) and watch (the TCP socket).
 // Sends run on the callers' goroutines.
-type verbsConn struct {
-	t        *Verbs
-	h        Handler
+type conn struct {
+	t        *Transport
+	h        rdma.Handler
 	nc       net.Conn
 	remote   string
 	checksum bool
@@ -327,7 +370,7 @@ type verbsConn struct {
 		grants     map[stableKey]*grant
 		grantsByID map[uint32]*grant
 	}
-	// Stable destinations this side granted the peer (StableReceiver):
+	// Stable destinations this side granted the peer (rdma.StableReceiver):
 	// made by serve, released by the handler from any goroutine.
 	st struct {
 		sync.Mutex
@@ -423,18 +466,18 @@ func wrID(kind int, idx uint32) uint64 { return uint64(kind)<<56 | uint64(idx) }
 
 var wrKindNames = [...]string{wrRecv: "receive", wrEager: "eager send", wrRTS: "RTS send", wrCTS: "CTS send", wrWrite: "RDMA write", wrHdr: "header write", wrCred: "credit send"}
 
-func (c *verbsConn) recvBuf(i int) []byte {
+func (c *conn) recvBuf(i int) []byte {
 	return c.slab[i*eagerBytes : (i+1)*eagerBytes]
 }
-func (c *verbsConn) eagerBuf(i int) []byte {
+func (c *conn) eagerBuf(i int) []byte {
 	return c.slab[c.eagerOff+i*eagerBytes : c.eagerOff+(i+1)*eagerBytes]
 }
-func (c *verbsConn) ctlBuf(i int) []byte {
+func (c *conn) ctlBuf(i int) []byte {
 	return c.slab[c.ctlOff+i*ctlSlotBytes : c.ctlOff+(i+1)*ctlSlotBytes]
 }
 
 // slabAddr is the NIC address of b, a piece of the slab.
-func (c *verbsConn) slabAddr(b []byte) uint64 {
+func (c *conn) slabAddr(b []byte) uint64 {
 	return c.mr.Addr() + uint64(cap(c.slab)-cap(b))
 }
 
@@ -442,12 +485,12 @@ func (c *verbsConn) slabAddr(b []byte) uint64 {
 // exchanges qpInfo with the peer, connects the QP (INIT → RTR → RTS) and
 // waits until the peer has done the same. On error nc is closed and
 // everything made is released.
-func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbsConn, err error) {
+func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, hello *proto.Header) (_ *conn, err error) {
 	remote := nc.RemoteAddr().String()
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	c := &verbsConn{
+	c := &conn{
 		t: t, h: h, nc: nc, remote: remote, checksum: t.opt.Checksum,
 		done: make(chan struct{}), pollerDone: make(chan struct{}), dead: make(chan struct{}),
 		slots: map[uint32]*recvSlot{},
@@ -467,7 +510,7 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 		deadline = d
 	}
 	_ = nc.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	stop := afterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 
 	// Hello first: the QP is sized from both sides' depths.
@@ -594,6 +637,14 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 	// as each needs a credit given after the last was handled.
 	c.events = make(chan event, rd+2*int(c.peer.SendDepth)+8+maxStableGrants)
 
+	if hello != nil {
+		// A dialed connection's first frame, sent before Dial returns: an
+		// eager SEND, whose completion waits in the CQ for the poller.
+		if err = c.Send(*hello, nil); err != nil {
+			return nil, err
+		}
+	}
+
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.mu.closed {
@@ -604,11 +655,31 @@ func (t *Verbs) handshake(ctx context.Context, nc net.Conn, h Handler) (_ *verbs
 	return c, nil
 }
 
+// afterFunc is context.AfterFunc whose stop, once f has started, waits
+// for f to return: no goroutine of the handshake outlives it.
+func afterFunc(ctx context.Context, f func()) (stop func() bool) {
+	fired := make(chan struct{})
+	s := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		f()
+	})
+	var once sync.Once
+	var stopped bool
+	return func() bool {
+		once.Do(func() {
+			if stopped = s(); !stopped {
+				<-fired
+			}
+		})
+		return stopped
+	}
+}
+
 func isEthernet(l ibv.LinkLayer) bool { return l == ibv.LinkEthernet }
 
 // release frees what handshake made, in reverse order. Only for a
 // connection that never started.
-func (c *verbsConn) release() {
+func (c *conn) release() {
 	if c.qp != nil {
 		c.qp.Close()
 	}
@@ -625,16 +696,16 @@ func (c *verbsConn) release() {
 }
 
 // start runs the connection's goroutines (counted in t.wg by handshake).
-func (c *verbsConn) start() {
+func (c *conn) start() {
 	go c.poll()
 	go c.serve()
 	go c.watch()
 }
 
-func (c *verbsConn) RemoteAddr() string { return c.remote }
+func (c *conn) RemoteAddr() string { return c.remote }
 
-// Close implements Conn.
-func (c *verbsConn) Close() error {
+// Close implements rdma.Conn.
+func (c *conn) Close() error {
 	c.fail(nil, false)
 	return nil
 }
@@ -642,7 +713,7 @@ func (c *verbsConn) Close() error {
 // fail ends the connection with err (nil: closed by this side). graceful
 // says the peer closed its end, so frames that arrived before are still
 // handed over.
-func (c *verbsConn) fail(err error, graceful bool) {
+func (c *conn) fail(err error, graceful bool) {
 	c.mu.Lock()
 	if c.mu.failed {
 		c.mu.Unlock()
@@ -659,14 +730,14 @@ func (c *verbsConn) fail(err error, graceful bool) {
 	c.qpMu.RUnlock()
 }
 
-func (c *verbsConn) failed() (bool, error) {
+func (c *conn) failed() (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.mu.failed, c.mu.err
 }
 
 // sendErr is what Send returns once the connection has failed.
-func (c *verbsConn) sendErr(op proto.Op) error {
+func (c *conn) sendErr(op proto.Op) error {
 	_, err := c.failed()
 	if err == nil {
 		err = net.ErrClosed
@@ -674,7 +745,7 @@ func (c *verbsConn) sendErr(op proto.Op) error {
 	return fmt.Errorf("rdma: send %s to %s: %w", op, c.remote, err)
 }
 
-func (c *verbsConn) postSend(wr *ibv.SendWR) error {
+func (c *conn) postSend(wr *ibv.SendWR) error {
 	c.qpMu.RLock()
 	defer c.qpMu.RUnlock()
 	if c.qpGone {
@@ -705,7 +776,7 @@ func (c *verbsConn) postSend(wr *ibv.SendWR) error {
 	return nil
 }
 
-func (c *verbsConn) postRecv(i int) error {
+func (c *conn) postRecv(i int) error {
 	c.qpMu.RLock()
 	defer c.qpMu.RUnlock()
 	if c.qpGone {
@@ -722,21 +793,21 @@ func (c *verbsConn) postRecv(i int) error {
 
 // repost gives receive buffer i back to the QP, unless the connection is
 // going away.
-func (c *verbsConn) repost(i int) {
+func (c *conn) repost(i int) {
 	if err := c.postRecv(i); err != nil && !errors.Is(err, net.ErrClosed) {
 		c.fail(fmt.Errorf("rdma: %s: repost receive: %w", c.remote, err), false)
 	}
 }
 
 // protoErr fails the connection for a message the peer should not have sent.
-func (c *verbsConn) protoErr(format string, args ...any) {
+func (c *conn) protoErr(format string, args ...any) {
 	c.fail(fmt.Errorf("rdma: from %s: %w: %s", c.remote, proto.ErrBadFrame, fmt.Sprintf(format, args...)), false)
 }
 
 // watch fails the connection when its TCP socket ends: the peer closed it,
 // died, or the network did. This is what makes a dead peer an error rather
 // than a hang (RNR retries are infinite while the peer's NIC answers).
-func (c *verbsConn) watch() {
+func (c *conn) watch() {
 	defer c.t.wg.Done()
 	var b [1]byte
 	_, err := c.nc.Read(b[:])
@@ -750,14 +821,14 @@ func (c *verbsConn) watch() {
 	}
 }
 
-// Send implements Conn. A frame without a tensor payload that fits a
+// Send implements rdma.Conn. A frame without a tensor payload that fits a
 // receive buffer goes eagerly, in one SEND (the payload is copied into a
 // registered send buffer, so Send returns at once). Others go by
 // rendezvous: an RTS with the header, the receiver's CTS with a destination,
 // and one RDMA write with immediate straight from payload, which is
 // registered through the MR cache; Send returns when the write completed.
-func (c *verbsConn) Send(h proto.Header, payload []byte) error {
-	if err := stamp(&h, payload, c.checksum); err != nil {
+func (c *conn) Send(h proto.Header, payload []byte) error {
+	if err := rdma.Stamp(&h, payload, c.checksum); err != nil {
 		return err
 	}
 	if failed, _ := c.failed(); failed {
@@ -767,7 +838,7 @@ func (c *verbsConn) Send(h proto.Header, payload []byte) error {
 		return c.sendErr(h.Op)
 	}
 	defer c.t.leaveSend()
-	eager := len(payload) == 0 || (h.Op != proto.OpPush && h.Op != proto.OpPullResp &&
+	eager := len(payload) == 0 || (!h.Op.CarriesTensor() &&
 		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes))
 	var g *grant
 	if !eager {
@@ -783,8 +854,15 @@ func (c *verbsConn) Send(h proto.Header, payload []byte) error {
 		if g != nil {
 			select {
 			case <-g.credit:
-			case <-c.done:
-				return c.sendErr(h.Op)
+			default:
+				if hook := c.t.onCreditWait; hook != nil {
+					hook()
+				}
+				select {
+				case <-g.credit:
+				case <-c.done:
+					return c.sendErr(h.Op)
+				}
 			}
 		}
 	}
@@ -806,7 +884,7 @@ func (c *verbsConn) Send(h proto.Header, payload []byte) error {
 
 // newSend registers a send waiting for its CTS and write completion under
 // a fresh send id; endSend forgets it.
-func (c *verbsConn) newSend() (uint32, *sendOp, bool) {
+func (c *conn) newSend() (uint32, *sendOp, bool) {
 	op := &sendOp{cts: make(chan cts, 1), wrote: make(chan ibv.WCStatus, 1)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -822,7 +900,7 @@ func (c *verbsConn) newSend() (uint32, *sendOp, bool) {
 	return sid, op, true
 }
 
-func (c *verbsConn) endSend(sid uint32) {
+func (c *conn) endSend(sid uint32) {
 	c.mu.Lock()
 	delete(c.mu.sends, sid)
 	c.mu.Unlock()
@@ -831,7 +909,7 @@ func (c *verbsConn) endSend(sid uint32) {
 // openWrite readies a frame that is written straight from payload: it
 // registers payload through the MR cache and opens a send (its id and
 // state). closeWrite undoes both.
-func (c *verbsConn) openWrite(h *proto.Header, payload []byte) (*mrEntry, uint32, *sendOp, error) {
+func (c *conn) openWrite(h *proto.Header, payload []byte) (*mrEntry, uint32, *sendOp, error) {
 	ent, err := c.t.cache.get(payload)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
@@ -847,7 +925,7 @@ func (c *verbsConn) openWrite(h *proto.Header, payload []byte) (*mrEntry, uint32
 // closeWrite ends a send opened by openWrite. With writing (the NIC may
 // still be reading payload) it first waits until the QP is gone, so that
 // the memory is never reused or evicted under a write.
-func (c *verbsConn) closeWrite(ent *mrEntry, sid uint32, writing bool) {
+func (c *conn) closeWrite(ent *mrEntry, sid uint32, writing bool) {
 	c.endSend(sid)
 	if writing {
 		<-c.dead
@@ -859,7 +937,7 @@ func (c *verbsConn) closeWrite(ent *mrEntry, sid uint32, writing bool) {
 // writes the message into the slot's buffer and returns the request. The
 // slot comes back with the completion, or at once if the post fails, which
 // fails the connection ("rdma: VERB OP WHAT to PEER").
-func (c *verbsConn) postCtl(h *proto.Header, verb, what string, fill func(slot int, b []byte) ibv.SendWR) error {
+func (c *conn) postCtl(h *proto.Header, verb, what string, fill func(slot int, b []byte) ibv.SendWR) error {
 	var slot int
 	select {
 	case slot = <-c.ctlFree:
@@ -882,7 +960,7 @@ func (c *verbsConn) postCtl(h *proto.Header, verb, what string, fill func(slot i
 // slot, then one RDMA write with immediate of the payload; no RTS, no CTS.
 // The QP executes them in order, so the header is in place when the
 // receiver sees the immediate.
-func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error {
+func (c *conn) sendStable(h *proto.Header, payload []byte, g *grant) error {
 	ent, sid, op, err := c.openWrite(h, payload)
 	if err != nil {
 		g.credit <- struct{}{} // unused: still ours (the channel holds one)
@@ -904,7 +982,7 @@ func (c *verbsConn) sendStable(h *proto.Header, payload []byte, g *grant) error 
 		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: g.addr, RKey: g.rkey, Imm: stableBit | g.id})
 }
 
-func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
+func (c *conn) sendEager(h *proto.Header, payload []byte) error {
 	var i int
 	select {
 	case i = <-c.eagerFree:
@@ -940,7 +1018,7 @@ func (c *verbsConn) sendEager(h *proto.Header, payload []byte) error {
 	return nil
 }
 
-func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
+func (c *conn) sendRendezvous(h *proto.Header, payload []byte) error {
 	ent, sid, op, err := c.openWrite(h, payload)
 	if err != nil {
 		return err
@@ -994,7 +1072,7 @@ func (c *verbsConn) sendRendezvous(h *proto.Header, payload []byte) error {
 // completion. *writing says, for the caller's cleanup, whether the NIC may
 // still read the payload: true from the post until the completion (or
 // until the connection has died).
-func (c *verbsConn) writeImm(h *proto.Header, op *sendOp, writing *bool, wr *ibv.SendWR) error {
+func (c *conn) writeImm(h *proto.Header, op *sendOp, writing *bool, wr *ibv.SendWR) error {
 	*writing = true
 	if err := c.postSend(wr); err != nil {
 		*writing = false // never posted
@@ -1019,7 +1097,7 @@ func (c *verbsConn) writeImm(h *proto.Header, op *sendOp, writing *bool, wr *ibv
 // until the connection has failed and every posted work request has
 // completed (flushed) or drainTimeout has passed. Then it destroys the QP
 // and the connection's verbs objects, and closes dead.
-func (c *verbsConn) poll() {
+func (c *conn) poll() {
 	defer c.t.wg.Done()
 	defer close(c.dead)
 	defer close(c.pollerDone)
@@ -1073,7 +1151,7 @@ func (c *verbsConn) poll() {
 // destroy releases the connection's verbs objects once nothing is posted
 // (or the drain timed out): after the QP is destroyed the NIC no longer
 // reads or writes our memory through it.
-func (c *verbsConn) destroy() {
+func (c *conn) destroy() {
 	c.qpMu.Lock()
 	c.qpGone = true
 	c.qpMu.Unlock()
@@ -1086,7 +1164,7 @@ func (c *verbsConn) destroy() {
 }
 
 // complete handles one work completion (poll's goroutine).
-func (c *verbsConn) complete(wc *ibv.WC) {
+func (c *conn) complete(wc *ibv.WC) {
 	c.outstanding.Add(-1)
 	kind, idx := int(wc.ID>>56), uint32(wc.ID)
 	if kind < wrRecv || kind > wrCred {
@@ -1120,7 +1198,7 @@ func (c *verbsConn) complete(wc *ibv.WC) {
 	}
 }
 
-func (c *verbsConn) wrote(sid uint32, st ibv.WCStatus) {
+func (c *conn) wrote(sid uint32, st ibv.WCStatus) {
 	c.mu.Lock()
 	op := c.mu.sends[sid]
 	c.mu.Unlock()
@@ -1136,7 +1214,7 @@ func (c *verbsConn) wrote(sid uint32, st ibv.WCStatus) {
 // Everything but an eager frame is taken out of the buffer at once and the
 // buffer reposted; an eager frame's buffer is reposted by serve once the
 // frame is copied out.
-func (c *verbsConn) received(i int, wc *ibv.WC) {
+func (c *conn) received(i int, wc *ibv.WC) {
 	if i >= c.nRecv {
 		c.protoErr("receive completion for buffer %d of %d", i, c.nRecv)
 		return
@@ -1221,7 +1299,7 @@ func (c *verbsConn) received(i int, wc *ibv.WC) {
 
 // event hands ev to serve. The queue is sized so that a peer keeping to
 // the depths it announced never fills it.
-func (c *verbsConn) event(ev event) {
+func (c *conn) event(ev event) {
 	select {
 	case c.events <- ev:
 	default:
@@ -1229,9 +1307,9 @@ func (c *verbsConn) event(ev event) {
 	}
 }
 
-// serve is the Handler's goroutine: it turns events into Dest, Handle and
+// serve is the rdma.Handler's goroutine: it turns events into Dest, Handle and
 // finally Closed calls.
-func (c *verbsConn) serve() {
+func (c *conn) serve() {
 	defer c.t.wg.Done()
 	var err error
 loop:
@@ -1295,7 +1373,7 @@ loop:
 	c.h.Closed(c, cerr)
 }
 
-func (c *verbsConn) releaseSlot(s *recvSlot) {
+func (c *conn) releaseSlot(s *recvSlot) {
 	if s.ent != nil {
 		c.t.cache.put(s.ent)
 		s.ent = nil
@@ -1311,7 +1389,7 @@ func (c *verbsConn) releaseSlot(s *recvSlot) {
 
 // handle processes one event on serve's goroutine. An error fails the
 // connection.
-func (c *verbsConn) handle(ev *event) error {
+func (c *conn) handle(ev *event) error {
 	switch ev.kind {
 	case evEager:
 		b := c.recvBuf(ev.buf)[:ev.n]
@@ -1372,7 +1450,7 @@ func (c *verbsConn) handle(ev *event) error {
 		}
 		s := &recvSlot{hdr: hdr}
 		if dst == nil {
-			if hdr.Length > proto.MaxControlPayload && hdr.Op != proto.OpDeclare {
+			if hdr.Length > proto.MaxControlPayload {
 				return fmt.Errorf("rdma: from %s: %w: no destination for a %d-byte %s payload", c.remote, proto.ErrBadFrame, hdr.Length, hdr.Op)
 			}
 			dst = make([]byte, hdr.Length)
@@ -1436,11 +1514,11 @@ func (c *verbsConn) handle(ev *event) error {
 
 // stableDest returns the stable destination to grant for the frame h
 // announces, or nil for the per-frame path (serve's goroutine). It asks the
-// handler (a StableReceiver) for the first frame of h's (op, key), and
+// handler (a rdma.StableReceiver) for the first frame of h's (op, key), and
 // registers the buffer and a header slot for it. An error refuses the frame.
-func (c *verbsConn) stableDest(h *proto.Header) (*stableDest, error) {
-	sr, ok := c.h.(StableReceiver)
-	if !ok || (h.Op != proto.OpPush && h.Op != proto.OpPullResp) {
+func (c *conn) stableDest(h *proto.Header) (*stableDest, error) {
+	sr, ok := c.h.(rdma.StableReceiver)
+	if !ok || !h.Op.CarriesTensor() {
 		return nil, nil
 	}
 	sk := stableKey{h.Op, h.Key}
@@ -1489,7 +1567,7 @@ func (c *verbsConn) stableDest(h *proto.Header) (*stableDest, error) {
 
 // stableLanded handles a write of n bytes into stable destination id: its
 // header is in the header slot (serve's goroutine).
-func (c *verbsConn) stableLanded(id, n uint32) error {
+func (c *conn) stableLanded(id, n uint32) error {
 	c.st.Lock()
 	var d *stableDest
 	if int(id) < len(c.st.byID) {
@@ -1523,9 +1601,9 @@ func (c *verbsConn) stableLanded(id, n uint32) error {
 	return nil
 }
 
-// Release implements Releaser: the handler is done with the frame of (op,
+// Release implements rdma.Conn: the handler is done with the frame of (op,
 // key) in its stable destination; the peer gets a credit to write the next.
-func (c *verbsConn) Release(op proto.Op, key proto.Key) {
+func (c *conn) Release(op proto.Op, key proto.Key) {
 	c.st.Lock()
 	d := c.st.byKey[stableKey{op, key}]
 	if d == nil || !d.held {
@@ -1562,7 +1640,7 @@ func (c *verbsConn) Release(op proto.Op, key proto.Key) {
 // sendCTS answers an RTS (serve's goroutine). It waits for a control slot
 // only on send completions, which the peer's NIC produces without its
 // software's help, so it cannot deadlock with the peer.
-func (c *verbsConn) sendCTS(m cts) error {
+func (c *conn) sendCTS(m cts) error {
 	var slot int
 	select {
 	case slot = <-c.ctlFree:

@@ -1,31 +1,38 @@
-package rdma
+package verbs
 
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
 	"github.com/Mellanox/rdmamap"
 
+	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/ibv"
 )
 
-// Open chooses the transport for this process and says why, in a sentence
-// the caller logs once: verbs when an RDMA device with an active port can be
-// used ("using verbs on rxe0 port 1 (RoCE v2, ...)"), TCP otherwise, with the
-// reason verbs cannot be used ("no RDMA devices in /sys/class/infiniband;
-// using TCP"). With ModeForce the same reason is an error instead; with
-// ModeOff it is TCP without looking.
-//
-// Devices are discovered from sysfs (github.com/Mellanox/rdmamap) and from
-// libibverbs's own device list; the library is loaded with dlopen (package
-// ibv), so a binary without it, or built without cgo, falls back to TCP.
-func Open(opt Options) (Transport, string, error) {
-	return open(opt, systemEnv())
+func init() {
+	rdma.Register(driver(systemEnv()))
 }
 
-// openEnv is what Open looks at, replaceable in tests.
+// driver is the verbs transport's driver for rdma.Open, which looks for
+// devices in env: a device with an ACTIVE port found in sysfs
+// (github.com/Mellanox/rdmamap) and in libibverbs's own device list. The
+// library is loaded with dlopen (package ibv), so a binary without it, or
+// built without cgo, falls back to TCP.
+func driver(env openEnv) rdma.Driver {
+	return rdma.Driver{Name: "verbs", RDMA: true, Preference: 1, Open: func(opt rdma.Options) (rdma.Transport, string, error) {
+		v, why, err := openVerbs(opt, env)
+		if err != nil {
+			return nil, why, err
+		}
+		return v, why, nil
+	}}
+}
+
+// openEnv is what the driver looks at, replaceable in tests.
 type openEnv struct {
 	// sysfs lists the RDMA devices the kernel has; why says why there are
 	// none.
@@ -49,25 +56,7 @@ func sysfsDevices() ([]string, string) {
 	return nil, fmt.Sprintf("no RDMA devices in %s", rdmamap.RdmaClassDir)
 }
 
-func open(opt Options, env openEnv) (Transport, string, error) {
-	switch opt.Mode {
-	case ModeOff:
-		return NewTCP(opt), "RDMA disabled by BYTEPS_ENABLE_RDMA=0; using TCP", nil
-	case "", ModeAuto, ModeForce:
-	default:
-		return nil, "", fmt.Errorf("rdma: unknown mode %q", opt.Mode)
-	}
-	v, why, err := openVerbs(opt, env)
-	if err == nil {
-		return v, why, nil
-	}
-	if opt.Mode == ModeForce {
-		return nil, why, fmt.Errorf("rdma: RDMA is required (BYTEPS_ENABLE_RDMA=1 or DMLC_ENABLE_RDMA=ibverbs) but cannot be used: %s", why)
-	}
-	return NewTCP(opt), why + "; using TCP", nil
-}
-
-func openVerbs(opt Options, env openEnv) (*Verbs, string, error) {
+func openVerbs(opt rdma.Options, env openEnv) (*Transport, string, error) {
 	names, why := env.sysfs()
 	if len(names) == 0 {
 		return nil, why, errors.New(why)
@@ -77,26 +66,26 @@ func openVerbs(opt Options, env openEnv) (*Verbs, string, error) {
 		why := strings.TrimPrefix(err.Error(), ibv.ErrNotSupported.Error()+": ")
 		return nil, why, err
 	}
-	v, why, err := NewVerbs(lib, opt)
+	v, why, err := New(lib, opt)
 	if err != nil && len(names) > 0 && strings.Contains(why, "libibverbs lists no devices") {
 		why += fmt.Sprintf(" (the kernel has %s: is the provider library, Debian's ibverbs-providers, installed?)", strings.Join(names, ", "))
 	}
 	return v, why, err
 }
 
-// NewVerbs returns a verbs transport on lib: on opt.Device, or the first
+// New returns a verbs transport on lib: on opt.Device, or the first
 // device with an ACTIVE port. The string says which device, port and
 // addressing it uses, or why none can be used (the error then says the
 // same).
-func NewVerbs(lib ibv.Library, opt Options) (*Verbs, string, error) {
+func New(lib ibv.Library, opt rdma.Options) (*Transport, string, error) {
 	if opt.SendDepth == 0 {
-		opt.SendDepth = DefaultSendDepth
+		opt.SendDepth = rdma.DefaultSendDepth
 	}
 	if opt.RecvDepth == 0 {
-		opt.RecvDepth = DefaultRecvDepth
+		opt.RecvDepth = rdma.DefaultRecvDepth
 	}
 	if opt.MRCacheBytes == 0 {
-		opt.MRCacheBytes = DefaultMRCacheBytes
+		opt.MRCacheBytes = rdma.DefaultMRCacheBytes
 	}
 	if opt.SendDepth < 1 || opt.SendDepth > maxDepth || opt.RecvDepth < 1 || opt.RecvDepth > maxDepth {
 		why := fmt.Sprintf("send depth %d and receive depth %d must be between 1 and %d", opt.SendDepth, opt.RecvDepth, maxDepth)
@@ -138,7 +127,7 @@ func NewVerbs(lib ibv.Library, opt Options) (*Verbs, string, error) {
 }
 
 // tryDevice opens name and returns a transport on its first usable port.
-func tryDevice(lib ibv.Library, name string, opt Options) (_ *Verbs, why string, err error) {
+func tryDevice(lib ibv.Library, name string, opt rdma.Options) (_ *Transport, why string, err error) {
 	ctx, err := lib.Open(name)
 	if err != nil {
 		return nil, err.Error(), err
@@ -170,7 +159,7 @@ func tryDevice(lib ibv.Library, name string, opt Options) (_ *Verbs, why string,
 			whyNot = append(whyNot, fmt.Sprintf("%s port %d is %s", name, port, pa.State))
 			continue
 		}
-		t := &Verbs{opt: opt, ctx: ctx, port: port, attr: pa, gidIndex: -1, maxQPWR: da.MaxQPWR}
+		t := &Transport{opt: opt, ctx: ctx, port: port, attr: pa, gidIndex: -1, maxQPWR: da.MaxQPWR}
 		if pa.LinkLayer == ibv.LinkEthernet {
 			idx, gid, typ, err := chooseGID(ctx, port, pa, opt.GIDIndex)
 			if err != nil {
@@ -193,8 +182,9 @@ func tryDevice(lib ibv.Library, name string, opt Options) (_ *Verbs, why string,
 			logf = func(string, ...any) {}
 		}
 		t.cache = newMRCache(t.pd, opt.MRCacheBytes, &t.cnt, logf)
-		t.mu.conns = map[*verbsConn]struct{}{}
-		t.mu.lns = map[*verbsListener]struct{}{}
+		t.mu.conns = map[*conn]struct{}{}
+		t.mu.lns = map[*listener]struct{}{}
+		t.mu.dialing = map[net.Conn]struct{}{}
 		return t, "using verbs on " + t.desc, nil
 	}
 	if len(whyNot) == 0 {

@@ -1,4 +1,4 @@
-package rdma
+package verbs
 
 import (
 	"container/list"
@@ -18,8 +18,8 @@ import (
 // Entries are found by the exact (address, length) of a slice, or failing
 // that by a registered region that contains the slice (which is then
 // remembered as an alias of that region). An entry in use (refs > 0: a
-// posted work request, a Dest buffer awaiting its write, a Region the user
-// holds) is never evicted; the others sit on an LRU list and are
+// posted work request, a Dest buffer awaiting its write, a stable
+// destination) is never evicted; the others sit on an LRU list and are
 // deregistered, oldest first, when the registered bytes would exceed the
 // limit, or all at once when a registration fails for lack of locked memory.
 //
@@ -194,22 +194,6 @@ func (c *mrCache) deregLocked(e *mrEntry) {
 	c.cnt.deregistrations.Add(1)
 }
 
-// drop takes e out of the cache; it is deregistered once unused
-// (Region.Deregister).
-func (c *mrCache) drop(e *mrEntry) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e.refs == 0 {
-		if e.elem != nil {
-			c.lru.Remove(e.elem)
-			e.elem = nil
-		}
-		c.deregLocked(e)
-		return
-	}
-	c.forgetLocked(e)
-}
-
 // close deregisters every idle entry and those still in use as soon as
 // they are given back.
 func (c *mrCache) close() {
@@ -231,28 +215,4 @@ func (c *mrCache) registered() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.bytes
-}
-
-// verbsRegion is a Region of the verbs transport: a reference on a cache
-// entry, held until Deregister.
-type verbsRegion struct {
-	c    *mrCache
-	e    *mrEntry
-	b    []byte
-	once sync.Once
-}
-
-func (r *verbsRegion) Bytes() []byte { return r.b }
-
-// Deregister implements Region: the registration is dropped from the cache
-// and released once no transfer uses it, so that the caller may then free
-// the memory.
-func (r *verbsRegion) Deregister() error {
-	r.once.Do(func() {
-		r.c.mu.Lock()
-		r.c.putLocked(r.e)
-		r.c.mu.Unlock()
-		r.c.drop(r.e)
-	})
-	return nil
 }

@@ -1,0 +1,361 @@
+package tcp
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+
+	"github.com/gobps/gobps/internal/accept"
+	"github.com/gobps/gobps/proto"
+	"github.com/gobps/gobps/rdma"
+)
+
+func init() {
+	rdma.Register(rdma.Driver{Name: "tcp", Open: func(opt rdma.Options) (rdma.Transport, string, error) {
+		return New(opt), "", nil
+	}})
+}
+
+// Transport is the TCP transport.
+//
+// Locking: mu guards the sets of listeners and connections and closed;
+// wg counts the goroutines the transport started (accept loops and
+// readers), which Close waits for.
+type Transport struct {
+	opt rdma.Options
+
+	mu struct {
+		sync.Mutex
+		closed bool
+		conns  map[*conn]struct{}
+		lns    map[*listener]struct{}
+	}
+	wg sync.WaitGroup
+}
+
+// New returns a TCP transport.
+func New(opt rdma.Options) *Transport {
+	t := &Transport{opt: opt}
+	t.mu.conns = map[*conn]struct{}{}
+	t.mu.lns = map[*listener]struct{}{}
+	return t
+}
+
+// Caps implements rdma.Transport: payloads can be delivered in pieces.
+func (t *Transport) Caps() rdma.Caps { return rdma.Caps{Name: "tcp", Chunks: true} }
+
+// Counters implements rdma.Transport: TCP counts nothing (its copies are
+// the kernel's).
+func (t *Transport) Counters() rdma.Counters { return rdma.Counters{} }
+
+func (t *Transport) logf(format string, args ...any) {
+	if t.opt.Logf != nil {
+		t.opt.Logf(format, args...)
+	}
+}
+
+var errClosed = fmt.Errorf("rdma: tcp transport closed: %w", net.ErrClosed)
+
+// Close implements rdma.Transport: it closes every listener and
+// connection and returns once their goroutines have ended (each
+// connection's handler has had its Closed call).
+func (t *Transport) Close() error {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		t.wg.Wait()
+		return nil
+	}
+	t.mu.closed = true
+	lns := slices.Collect(maps.Keys(t.mu.lns))
+	conns := slices.Collect(maps.Keys(t.mu.conns))
+	t.mu.Unlock()
+	for _, l := range lns {
+		l.Close()
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	t.wg.Wait()
+	return nil
+}
+
+// Listen implements rdma.Transport.
+func (t *Transport) Listen(addr string, h rdma.Handler) (rdma.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: tcp listen %s: %w", addr, err)
+	}
+	l := &listener{t: t, ln: ln, stop: make(chan struct{}), done: make(chan struct{})}
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		ln.Close()
+		return nil, errClosed
+	}
+	t.mu.lns[l] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		defer close(l.done)
+		accept.Loop(ln, l.stop, t.logf, func(nc net.Conn) {
+			t.start(nc.(*net.TCPConn), h)
+		})
+	}()
+	return l, nil
+}
+
+type listener struct {
+	t    *Transport
+	ln   net.Listener
+	once sync.Once
+	stop chan struct{} // closed by Close: ends a backoff of the accept loop
+	done chan struct{} // closed when the accept loop has returned
+}
+
+func (l *listener) Addr() string { return l.ln.Addr().String() }
+
+// Close implements rdma.Listener: it stops accepting and waits for the
+// accept loop.
+func (l *listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.stop)
+		err = l.ln.Close()
+		l.t.mu.Lock()
+		delete(l.t.mu.lns, l)
+		l.t.mu.Unlock()
+	})
+	<-l.done
+	return err
+}
+
+// Dial implements rdma.Transport: the hello is the first frame.
+func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.Handler) (rdma.Conn, error) {
+	t.mu.Lock()
+	closed := t.mu.closed
+	t.mu.Unlock()
+	if closed {
+		return nil, errClosed
+	}
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("rdma: tcp dial %s: %w", addr, err)
+	}
+	c := t.newConn(nc.(*net.TCPConn))
+	if err := c.Send(proto.Header{Op: proto.OpHello, Sender: self}, nil); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("rdma: tcp dial %s: hello: %w", addr, err)
+	}
+	if !t.run(c, h) {
+		return nil, errClosed
+	}
+	return c, nil
+}
+
+// start serves a connection Listen accepted.
+func (t *Transport) start(nc *net.TCPConn, h rdma.Handler) {
+	t.run(t.newConn(nc), h)
+}
+
+func (t *Transport) newConn(nc *net.TCPConn) *conn {
+	_ = nc.SetNoDelay(true)
+	return &conn{t: t, nc: nc, checksum: t.opt.Checksum, remote: nc.RemoteAddr().String()}
+}
+
+// run starts c's reader, or closes c and returns false if the transport is
+// closed.
+func (t *Transport) run(c *conn, h rdma.Handler) bool {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		c.nc.Close()
+		return false
+	}
+	t.mu.conns[c] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go c.readLoop(h)
+	return true
+}
+
+// conn is one TCP connection: frames are written by the callers of Send,
+// one writev each, and read by readLoop, which calls the Handler.
+type conn struct {
+	t        *Transport
+	nc       *net.TCPConn
+	checksum bool
+	remote   string
+
+	wmu  sync.Mutex // serialises frames; guards hdr and bufs
+	hdr  [proto.HeaderSize]byte
+	bufs [2][]byte
+
+	closeOnce sync.Once
+	closed    bool // set under wmu by Close
+}
+
+func (c *conn) RemoteAddr() string { return c.remote }
+
+// Release implements rdma.Conn: TCP grants no stable destinations.
+func (c *conn) Release(proto.Op, proto.Key) {}
+
+// Send implements rdma.Conn: one writev with the header and the payload.
+func (c *conn) Send(h proto.Header, payload []byte) error {
+	if err := rdma.Stamp(&h, payload, c.checksum); err != nil {
+		return err
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.closed {
+		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, net.ErrClosed)
+	}
+	h.Encode(c.hdr[:])
+	c.bufs[0], c.bufs[1] = c.hdr[:], payload
+	v := net.Buffers(c.bufs[:])
+	if len(payload) == 0 {
+		v = v[:1]
+	}
+	_, err := v.WriteTo(c.nc)
+	c.bufs[1] = nil
+	if err != nil {
+		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+	}
+	return nil
+}
+
+// Close implements rdma.Conn. It does not wait for the reader.
+func (c *conn) Close() error {
+	c.wmu.Lock()
+	c.closed = true
+	c.wmu.Unlock()
+	var err error
+	c.closeOnce.Do(func() { err = c.nc.Close() })
+	return err
+}
+
+// readLoop reads frames until the connection fails or is closed, then
+// calls Closed.
+func (c *conn) readLoop(h rdma.Handler) {
+	defer c.t.wg.Done()
+	err := c.read(h)
+	c.wmu.Lock()
+	byUs := c.closed
+	c.closed = true
+	c.wmu.Unlock()
+	c.closeOnce.Do(func() { _ = c.nc.Close() })
+	if byUs {
+		err = nil
+	}
+	c.t.mu.Lock()
+	delete(c.t.mu.conns, c)
+	c.t.mu.Unlock()
+	h.Closed(c, err)
+}
+
+func (c *conn) read(h rdma.Handler) error {
+	r := bufio.NewReaderSize(c.nc, 64<<10)
+	var hb [proto.HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(r, hb[:]); err != nil {
+			if errors.Is(err, io.ErrUnexpectedEOF) {
+				return fmt.Errorf("rdma: %s closed mid-header: %w", c.remote, err)
+			}
+			return err
+		}
+		var hdr proto.Header
+		if err := hdr.Decode(hb[:]); err != nil {
+			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		var payload []byte
+		var refused error
+		if cr, ok := h.(rdma.ChunkReceiver); ok && hdr.Length > 0 {
+			sink, ok, err := cr.Chunks(c, &hdr)
+			switch {
+			case err != nil:
+				if err := c.discard(r, &hdr); err != nil {
+					return err
+				}
+				h.Handle(c, &hdr, nil, err)
+				continue
+			case ok:
+				if err := c.readChunks(r, &hdr, sink); err != nil {
+					sink.Abort(err)
+					return err
+				}
+				h.Handle(c, &hdr, nil, nil)
+				continue
+			}
+		}
+		if hdr.Length > 0 {
+			dst, err := h.Dest(c, &hdr)
+			switch {
+			case err != nil:
+				refused = err
+				if err := c.discard(r, &hdr); err != nil {
+					return err
+				}
+			case dst == nil:
+				if hdr.Length > proto.MaxControlPayload {
+					return fmt.Errorf("rdma: from %s: %w: no destination for a %d-byte %s payload", c.remote, proto.ErrBadFrame, hdr.Length, hdr.Op)
+				}
+				dst = make([]byte, hdr.Length)
+				fallthrough
+			default:
+				if len(dst) != int(hdr.Length) {
+					return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
+				}
+				if _, err := io.ReadFull(r, dst); err != nil {
+					return fmt.Errorf("rdma: read %s payload from %s: %w", hdr.Op, c.remote, err)
+				}
+				if err := hdr.CheckPayload(dst); err != nil {
+					return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+				}
+				payload = dst
+			}
+		}
+		h.Handle(c, &hdr, payload, refused)
+	}
+}
+
+// discard skips h's payload in bounded memory (io.Discard's buffer).
+func (c *conn) discard(r io.Reader, h *proto.Header) error {
+	if _, err := io.CopyN(io.Discard, r, int64(h.Length)); err != nil {
+		return fmt.Errorf("rdma: discard %s payload from %s: %w", h.Op, c.remote, err)
+	}
+	return nil
+}
+
+// readChunks reads h's payload into the sink's buffers, proto.PieceBytes
+// at a time. With a checksum, the CRC is computed over the pieces as they
+// come and checked before the last piece is handed over.
+func (c *conn) readChunks(r io.Reader, h *proto.Header, sink rdma.ChunkSink) error {
+	n := int(h.Length)
+	var crc uint32
+	for off := 0; off < n; off += proto.PieceBytes {
+		m := min(proto.PieceBytes, n-off)
+		b := sink.Buffer(off, m)
+		if len(b) != m {
+			return fmt.Errorf("rdma: sink gave %d bytes for a %d-byte piece", len(b), m)
+		}
+		if _, err := io.ReadFull(r, b); err != nil {
+			return fmt.Errorf("rdma: read %s payload from %s: %w", h.Op, c.remote, err)
+		}
+		if h.Flags&proto.FlagCRC != 0 {
+			crc = proto.UpdateChecksum(crc, b)
+			if off+m == n && crc != h.CRC {
+				return fmt.Errorf("rdma: from %s: %w: payload crc %#08x, header says %#08x", c.remote, proto.ErrBadFrame, crc, h.CRC)
+			}
+		}
+		sink.Filled(off, b)
+	}
+	return nil
+}
