@@ -8,18 +8,24 @@ import (
 	"io"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/gobps/gobps/internal/accept"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/internal/rawdial"
 )
 
 func init() {
 	rdma.Register(rdma.Driver{Name: "tcp", Open: func(opt rdma.Options) (rdma.Transport, string, error) {
 		return New(opt), "", nil
 	}})
+	rawdial.Register("tcp", func(ctx context.Context, tr rdma.Transport, addr string, h rdma.Handler) (rdma.Conn, error) {
+		return tr.(*Transport).dial(ctx, addr, nil, h)
+	})
 }
 
 // Transport is the TCP transport.
@@ -106,7 +112,7 @@ func (t *Transport) Listen(addr string, h rdma.Handler) (rdma.Listener, error) {
 		defer t.wg.Done()
 		defer close(l.done)
 		accept.Loop(ln, l.stop, t.logf, func(nc net.Conn) {
-			t.start(nc.(*net.TCPConn), h)
+			t.accepted(nc.(*net.TCPConn), h)
 		})
 	}()
 	return l, nil
@@ -139,6 +145,12 @@ func (l *listener) Close() error {
 
 // Dial implements rdma.Transport: the hello is the first frame.
 func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.Handler) (rdma.Conn, error) {
+	return t.dial(ctx, addr, &proto.Header{Op: proto.OpHello, Sender: self}, h)
+}
+
+// dial connects to addr and sends hello first (none when nil: tests of
+// admission, through rawdial).
+func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, h rdma.Handler) (rdma.Conn, error) {
 	t.mu.Lock()
 	closed := t.mu.closed
 	t.mu.Unlock()
@@ -150,10 +162,12 @@ func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.H
 	if err != nil {
 		return nil, fmt.Errorf("rdma: tcp dial %s: %w", addr, err)
 	}
-	c := t.newConn(nc.(*net.TCPConn))
-	if err := c.Send(proto.Header{Op: proto.OpHello, Sender: self}, nil); err != nil {
-		nc.Close()
-		return nil, fmt.Errorf("rdma: tcp dial %s: hello: %w", addr, err)
+	c := t.newConn(nc.(*net.TCPConn), proto.WorkerSide)
+	if hello != nil {
+		if err := c.Send(*hello, nil); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("rdma: tcp dial %s: hello: %w", addr, err)
+		}
 	}
 	if !t.run(c, h) {
 		return nil, errClosed
@@ -161,14 +175,18 @@ func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.H
 	return c, nil
 }
 
-// start serves a connection Listen accepted.
-func (t *Transport) start(nc *net.TCPConn, h rdma.Handler) {
-	t.run(t.newConn(nc), h)
+// accepted serves a connection Listen accepted, which must say hello
+// within the hello timeout: until it does, reads have that deadline.
+func (t *Transport) accepted(nc *net.TCPConn, h rdma.Handler) {
+	c := t.newConn(nc, proto.ServerSide)
+	c.helloWait = t.opt.HelloWait()
+	_ = nc.SetReadDeadline(time.Now().Add(c.helloWait))
+	t.run(c, h)
 }
 
-func (t *Transport) newConn(nc *net.TCPConn) *conn {
+func (t *Transport) newConn(nc *net.TCPConn, side proto.Side) *conn {
 	_ = nc.SetNoDelay(true)
-	return &conn{t: t, nc: nc, checksum: t.opt.Checksum, remote: nc.RemoteAddr().String()}
+	return &conn{t: t, nc: nc, checksum: t.opt.Checksum, remote: nc.RemoteAddr().String(), adm: rdma.NewAdmission(side)}
 }
 
 // run starts c's reader, or closes c and returns false if the transport is
@@ -194,6 +212,10 @@ type conn struct {
 	nc       *net.TCPConn
 	checksum bool
 	remote   string
+
+	// Owned by the reader.
+	adm       rdma.Admission
+	helloWait time.Duration // accepted connections: the hello timeout
 
 	wmu  sync.Mutex // serialises frames; guards hdr and bufs
 	hdr  [proto.HeaderSize]byte
@@ -247,6 +269,9 @@ func (c *conn) Close() error {
 func (c *conn) readLoop(h rdma.Handler) {
 	defer c.t.wg.Done()
 	err := c.read(h)
+	if c.helloWait > 0 && !c.adm.Hello() && errors.Is(err, os.ErrDeadlineExceeded) {
+		err = rdma.NoHello(c.remote, c.helloWait)
+	}
 	c.wmu.Lock()
 	byUs := c.closed
 	c.closed = true
@@ -274,6 +299,20 @@ func (c *conn) read(h rdma.Handler) error {
 		var hdr proto.Header
 		if err := hdr.Decode(hb[:]); err != nil {
 			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		if err := c.adm.Admit(&hdr); err != nil {
+			if errors.Is(err, proto.ErrBadFrame) {
+				return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+			}
+			// Refused: skip the payload unread, and tell the handler.
+			if err := c.discard(r, &hdr); err != nil {
+				return err
+			}
+			h.Handle(c, &hdr, nil, err)
+			continue
+		}
+		if hdr.Op == proto.OpHello && c.helloWait > 0 {
+			_ = c.nc.SetReadDeadline(time.Time{}) // in time
 		}
 		var payload []byte
 		var refused error

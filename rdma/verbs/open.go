@@ -1,6 +1,7 @@
 package verbs
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,10 +12,14 @@ import (
 
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/ibv"
+	"github.com/gobps/gobps/rdma/internal/rawdial"
 )
 
 func init() {
 	rdma.Register(driver(systemEnv()))
+	rawdial.Register("verbs", func(ctx context.Context, tr rdma.Transport, addr string, h rdma.Handler) (rdma.Conn, error) {
+		return tr.(*Transport).dial(ctx, addr, nil, h)
+	})
 }
 
 // driver is the verbs transport's driver for rdma.Open, which looks for

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -239,6 +240,7 @@ func (l *listener) Close() error {
 // bootstrap sets up a connection accepted on nc, on a goroutine of its
 // own (the accept loop's serve).
 func (l *listener) bootstrap(nc net.Conn, h rdma.Handler) {
+	accepted := time.Now()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -252,7 +254,7 @@ func (l *listener) bootstrap(nc net.Conn, h rdma.Handler) {
 	go func() {
 		defer l.t.wg.Done()
 		defer l.wg.Done()
-		c, err := l.t.handshake(context.Background(), nc, h, nil)
+		c, err := l.t.handshake(context.Background(), nc, h, nil, accepted)
 		l.mu.Lock()
 		delete(l.pending, nc)
 		closed := l.closed
@@ -284,6 +286,12 @@ func (d *deadConn) RemoteAddr() string          { return d.remote }
 
 // Dial implements rdma.Transport: the hello is the first frame.
 func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.Handler) (rdma.Conn, error) {
+	return t.dial(ctx, addr, &proto.Header{Op: proto.OpHello, Sender: self}, h)
+}
+
+// dial connects to addr and sends hello first (none when nil: tests of
+// admission, through rawdial).
+func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, h rdma.Handler) (rdma.Conn, error) {
 	t.mu.Lock()
 	if t.mu.closed {
 		t.mu.Unlock()
@@ -307,7 +315,7 @@ func (t *Transport) Dial(ctx context.Context, addr string, self uint32, h rdma.H
 	}
 	t.mu.dialing[nc] = struct{}{}
 	t.mu.Unlock()
-	c, err := t.handshake(ctx, nc, h, &proto.Header{Op: proto.OpHello, Sender: self})
+	c, err := t.handshake(ctx, nc, h, hello, time.Time{})
 	t.mu.Lock()
 	delete(t.mu.dialing, nc)
 	t.mu.Unlock()
@@ -382,9 +390,12 @@ type conn struct {
 	dead       chan struct{} // the QP is destroyed: the NIC touches nothing of ours any more
 
 	// Owned by serve.
-	slots    map[uint32]*recvSlot
-	nextSlot uint32
-	hdrPages []hdrPage // header slots of stable destinations
+	adm       rdma.Admission
+	helloWait time.Duration // accepted connections: the hello timeout
+	helloBy   time.Time     // and when it ends; zero for dialed ones
+	slots     map[uint32]*recvSlot
+	nextSlot  uint32
+	hdrPages  []hdrPage // header slots of stable destinations
 }
 
 // stableKey names the frames that share a stable destination.
@@ -485,30 +496,50 @@ func (c *conn) slabAddr(b []byte) uint64 {
 // exchanges qpInfo with the peer, connects the QP (INIT → RTR → RTS) and
 // waits until the peer has done the same. On error nc is closed and
 // everything made is released.
-func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, hello *proto.Header) (_ *conn, err error) {
+//
+// A dialed connection (hello not nil) sends its hello as its first frame
+// before handshake returns. An accepted one (accepted not zero) must get
+// its hello within the hello timeout of accepted, the bootstrap included.
+func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, hello *proto.Header, accepted time.Time) (_ *conn, err error) {
 	remote := nc.RemoteAddr().String()
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+	side := proto.WorkerSide
+	if !accepted.IsZero() {
+		side = proto.ServerSide
+	}
 	c := &conn{
-		t: t, h: h, nc: nc, remote: remote, checksum: t.opt.Checksum,
+		t: t, h: h, nc: nc, remote: remote, checksum: t.opt.Checksum, adm: rdma.NewAdmission(side),
 		done: make(chan struct{}), pollerDone: make(chan struct{}), dead: make(chan struct{}),
 		slots: map[uint32]*recvSlot{},
 	}
 	c.mu.sends = map[uint32]*sendOp{}
 	c.mu.grants, c.mu.grantsByID = map[stableKey]*grant{}, map[uint32]*grant{}
 	c.st.byKey = map[stableKey]*stableDest{}
-	defer func() {
-		if err != nil {
-			nc.Close()
-			c.release()
-			err = fmt.Errorf("rdma: verbs connection with %s: %w", remote, err)
-		}
-	}()
 	deadline := time.Now().Add(handshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
+	helloBound := false // the hello timeout ends the bootstrap's time
+	if !accepted.IsZero() {
+		c.helloWait = t.opt.HelloWait()
+		c.helloBy = accepted.Add(c.helloWait)
+		if !c.helloBy.After(deadline) {
+			deadline, helloBound = c.helloBy, true
+		}
+	}
+	defer func() {
+		if err != nil {
+			nc.Close()
+			c.release()
+			if helloBound && errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w (its verbs bootstrap did not finish: %v)", rdma.NoHello(remote, c.helloWait), err)
+				return
+			}
+			err = fmt.Errorf("rdma: verbs connection with %s: %w", remote, err)
+		}
+	}()
 	_ = nc.SetDeadline(deadline)
 	stop := afterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
@@ -526,6 +557,9 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 	// The magic first: a peer speaking another protocol may send less than
 	// a whole hello and wait for an answer.
 	if _, err = io.ReadFull(nc, b[:4]); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, net.ErrClosed) {
+			return nil, fmt.Errorf("receive bootstrap: %w", err) // too slow, or abandoned by this side
+		}
 		// A peer of the TCP transport reads our hello as a bad frame and
 		// hangs up, often before its own first frame reaches us.
 		return nil, fmt.Errorf("receive bootstrap: %w (the peer hung up before its verbs hello: "+
@@ -1312,6 +1346,13 @@ func (c *conn) event(ev event) {
 func (c *conn) serve() {
 	defer c.t.wg.Done()
 	var err error
+	// An accepted connection is closed if its hello is not in by helloBy.
+	var helloC <-chan time.Time
+	if !c.helloBy.IsZero() {
+		timer := time.NewTimer(time.Until(c.helloBy))
+		defer timer.Stop()
+		helloC = timer.C
+	}
 loop:
 	for {
 		select {
@@ -1320,6 +1361,16 @@ loop:
 				c.fail(err, false)
 				break loop
 			}
+			if helloC != nil && c.adm.Hello() {
+				helloC = nil
+			}
+		case <-helloC:
+			if !c.adm.Hello() {
+				err = rdma.NoHello(c.remote, c.helloWait)
+				c.fail(err, false)
+				break loop
+			}
+			helloC = nil
 		case <-c.done:
 			break loop
 		}
@@ -1401,6 +1452,14 @@ func (c *conn) handle(ev *event) error {
 		if len(body) != int(hdr.Length) {
 			return fmt.Errorf("rdma: from %s: %w: %s with %d payload bytes, header says %d", c.remote, proto.ErrBadFrame, hdr.Op, len(body), hdr.Length)
 		}
+		if err := c.adm.Admit(&hdr); err != nil {
+			if errors.Is(err, proto.ErrBadFrame) {
+				return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+			}
+			c.repost(ev.buf) // the body is never copied out
+			c.h.Handle(c, &hdr, nil, err)
+			return nil
+		}
 		var payload []byte
 		var refused error
 		if hdr.Length > 0 {
@@ -1433,6 +1492,17 @@ func (c *conn) handle(ev *event) error {
 		}
 		if hdr.Length == 0 {
 			return fmt.Errorf("rdma: from %s: %w: RTS for %s without a payload", c.remote, proto.ErrBadFrame, hdr.Op)
+		}
+		if err := c.adm.Admit(&hdr); err != nil {
+			if errors.Is(err, proto.ErrBadFrame) {
+				return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+			}
+			// The payload is never written: the CTS says so.
+			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
+				return err
+			}
+			c.h.Handle(c, &hdr, nil, err)
+			return nil
 		}
 		sd, err := c.stableDest(&hdr)
 		var dst []byte
@@ -1593,6 +1663,15 @@ func (c *conn) stableLanded(id, n uint32) error {
 	if hdr.Op != d.sk.op || hdr.Key != d.sk.key || int(hdr.Length) != len(d.buf) {
 		return fmt.Errorf("rdma: from %s: %w: %s %s of %d bytes in the stable destination of %s %s", c.remote, proto.ErrBadFrame,
 			hdr.Op, hdr.Key, hdr.Length, d.sk.op, d.sk.key)
+	}
+	if err := c.adm.Admit(&hdr); err != nil {
+		if errors.Is(err, proto.ErrBadFrame) {
+			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		}
+		// Refused: the destination is free again for the next frame.
+		c.Release(d.sk.op, d.sk.key)
+		c.h.Handle(c, &hdr, nil, err)
+		return nil
 	}
 	if err := hdr.CheckPayload(d.buf); err != nil {
 		return fmt.Errorf("rdma: from %s: %w", c.remote, err)

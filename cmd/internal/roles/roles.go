@@ -69,7 +69,8 @@ func AdvertiseHost(cfg *config.Config) (string, error) {
 // RunServer runs a summation server until the coordinator says the job is
 // over (nil), the coordinator is lost (an error), or ctx ends.
 func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
-	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes})
+	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes,
+		HelloTimeout: cfg.HelloTimeout})
 	if err != nil {
 		return err
 	}
