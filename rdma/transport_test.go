@@ -2,7 +2,6 @@ package rdma_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -113,7 +112,11 @@ var behaviours = []struct {
 	{"CRCMismatchCloses", testCRCMismatch},
 	{"GarbageClosesWithReason", testGarbage},
 	{"PushPullExchange", testPushPull},
+	{"NoHelloCloses", testNoHello},
+	{"HelloInTimeStays", testHelloInTime},
 	{"TransportCloseEndsConns", testTransportClose},
+	{"ListenerCloseKeepsConns", testListenerClose},
+	{"CloseFromHandle", testCloseInHandle},
 }
 
 func runBehaviours(t *testing.T, k rdmatest.Kind) {
@@ -339,24 +342,6 @@ func testGarbage(t *testing.T, k rdmatest.Kind) {
 func testPushPull(t *testing.T, k rdmatest.Kind) {
 	srv, cli := k.Make(t, rdma.Options{})
 	rdmatest.PushPullRounds(t, srv, cli, 4, 96<<10, 0, 3)
-}
-
-func testTransportClose(t *testing.T, k rdmatest.Kind) {
-	srv, cli := k.Make(t, rdma.Options{})
-	sh := rdmatest.NewRec()
-	_, ch := rdmatest.Connect(t, srv, cli, sh)
-	if err := cli.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.WaitClosed(t, 5*time.Second); err != nil {
-		t.Fatalf("client conn closed with %v", err)
-	}
-	if err := sh.WaitClosed(t, 5*time.Second); err == nil {
-		t.Fatal("server saw a clean close")
-	}
-	if _, err := cli.Dial(context.Background(), "127.0.0.1:1", rdmatest.Self, rdmatest.NewRec()); err == nil {
-		t.Fatal("dial on a closed transport succeeded")
-	}
 }
 
 // TestOpenHere runs Open on this machine: where no RDMA device exists it

@@ -676,3 +676,106 @@ func TestQPInfoRoundTripAndChecks(t *testing.T) {
 		t.Fatalf("CTS round trip: %+v, %v", got, err)
 	}
 }
+
+// TestVerbsEmuCloseAbortsDial: Transport.Close does not wait out the
+// bootstrap of a Dial in progress (up to 10 s): it abandons it, and the
+// Dial fails.
+func TestVerbsEmuCloseAbortsDial(t *testing.T) {
+	_, cli := emuKind(ibv.EmuOptions{}).Make(t, rdma.Options{})
+	// A peer that accepts and never bootstraps.
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if nc, err := raw.Accept(); err == nil {
+			accepted <- nc
+		}
+	}()
+	dialed := make(chan error, 1)
+	go func() {
+		_, err := cli.Dial(context.Background(), raw.Addr().String(), rdmatest.Self, rdmatest.NewRec())
+		dialed <- err
+	}()
+	select {
+	case nc := <-accepted:
+		defer nc.Close()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Dial did not connect within 10s")
+	}
+	cv := cli.(*Transport)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		cv.mu.Lock()
+		n := len(cv.mu.dialing)
+		cv.mu.Unlock()
+		if n == 1 {
+			break // in its bootstrap
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Dial did not start its bootstrap within 10s")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- cli.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waits for a Dial in its bootstrap")
+	}
+	select {
+	case err := <-dialed:
+		if err == nil {
+			t.Fatal("a Dial abandoned by Close succeeded")
+		}
+		t.Logf("the Dial: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Dial did not return after Close")
+	}
+}
+
+// TestVerbsEmuListenerCloseAbandonsBootstrap: Listener.Close abandons the
+// bootstraps in progress and waits for them; the handler is not told of
+// connections it never had.
+func TestVerbsEmuListenerCloseAbandonsBootstrap(t *testing.T) {
+	srv, _ := emuKind(ibv.EmuOptions{}).Make(t, rdma.Options{})
+	sh := rdmatest.NewRec()
+	ln, err := srv.Listen("127.0.0.1:0", sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := net.Dial("tcp", ln.Addr()) // and never bootstrap
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	l := ln.(*listener)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		l.mu.Lock()
+		n := len(l.pending)
+		l.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the bootstrap did not start within 10s")
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- ln.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Listener.Close waits out a bootstrap")
+	}
+	rdmatest.NoTransportGoroutines(t, "after Listener.Close")
+	select {
+	case err := <-sh.Closes:
+		t.Fatalf("the handler heard of an abandoned bootstrap: %v", err)
+	default: // the bootstrap's goroutine has ended: it would have told it by now
+	}
+}
