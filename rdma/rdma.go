@@ -148,7 +148,9 @@ type Transport interface {
 	// for every goroutine it started (accept loops, readers, pollers,
 	// bootstraps), and releases device resources (verbs: queue pairs,
 	// completion queues, the MR cache, the protection domain, the device
-	// context). Idempotent. Listen and Dial fail afterwards.
+	// context). Idempotent. Listen and Dial fail afterwards. It must not
+	// be called from a Handler's methods: it waits for the goroutines
+	// that call them.
 	Close() error
 }
 
@@ -156,8 +158,8 @@ type Transport interface {
 // closed with when its hello did not come within Options.HelloTimeout.
 var ErrNoHello = errors.New("rdma: no hello")
 
-// NoHello is the error for a connection from remote accepted waited ago
-// that sent no hello.
+// NoHello is the error a transport closes a connection it accepted with
+// when remote sent no hello within waited of the accept.
 func NoHello(remote string, waited time.Duration) error {
 	return fmt.Errorf("%w from %s within %v of accepting the connection", ErrNoHello, remote, waited)
 }
