@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gobps/gobps/internal/accept"
@@ -221,8 +222,12 @@ type conn struct {
 	hdr  [proto.HeaderSize]byte
 	bufs [2][]byte
 
+	// closed is set by Close, or by the reader when the connection ends.
+	// It is not guarded by wmu: a Send blocked in its write (a peer that
+	// stopped reading) holds wmu for as long as it is blocked, and Close
+	// must not wait behind it. Closing the socket makes that write return.
+	closed    atomic.Bool
 	closeOnce sync.Once
-	closed    bool // set under wmu by Close
 }
 
 func (c *conn) RemoteAddr() string { return c.remote }
@@ -237,7 +242,7 @@ func (c *conn) Send(h proto.Header, payload []byte) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.closed {
+	if c.closed.Load() {
 		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, net.ErrClosed)
 	}
 	h.Encode(c.hdr[:])
@@ -254,11 +259,11 @@ func (c *conn) Send(h proto.Header, payload []byte) error {
 	return nil
 }
 
-// Close implements rdma.Conn. It does not wait for the reader.
+// Close implements rdma.Conn. It waits neither for the reader nor for a
+// Send in progress: it marks the connection closed and closes the socket,
+// which fails a write blocked on a peer that does not read.
 func (c *conn) Close() error {
-	c.wmu.Lock()
-	c.closed = true
-	c.wmu.Unlock()
+	c.closed.Store(true)
 	var err error
 	c.closeOnce.Do(func() { err = c.nc.Close() })
 	return err
@@ -272,10 +277,7 @@ func (c *conn) readLoop(h rdma.Handler) {
 	if c.helloWait > 0 && !c.adm.Hello() && errors.Is(err, os.ErrDeadlineExceeded) {
 		err = rdma.NoHello(c.remote, c.helloWait)
 	}
-	c.wmu.Lock()
-	byUs := c.closed
-	c.closed = true
-	c.wmu.Unlock()
+	byUs := c.closed.Swap(true)
 	c.closeOnce.Do(func() { _ = c.nc.Close() })
 	if byUs {
 		err = nil

@@ -2,9 +2,11 @@ package tcp
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +116,83 @@ func TestPeerCloseReported(t *testing.T) {
 	}
 	if err := c.Send(proto.Header{Op: proto.OpHello}, nil); err == nil {
 		t.Fatal("send after close succeeded")
+	}
+}
+
+// TestCloseDoesNotWaitForBlockedSend: a Send blocked in its write on a
+// peer that does not read (a stopped process: its receive buffer is full
+// and the kernel advertises a zero window) holds the connection's write
+// lock for as long as it is blocked. Close must not wait for that lock:
+// it returns at once, and the Send then fails.
+func TestCloseDoesNotWaitForBlockedSend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer := make(chan net.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			close(peer)
+			return
+		}
+		nc.(*net.TCPConn).SetReadBuffer(4 << 10)
+		peer <- nc // and never read from it
+	}()
+	tr := New(rdma.Options{})
+	defer rdmatest.Close(t, tr)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := tr.Dial(ctx, ln.Addr().String(), 1, rdmatest.NewRec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, ok := <-peer
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	defer nc.Close()
+
+	// 64 MiB cannot fit in the socket buffers of both ends: the Send
+	// blocks in its write, holding the write lock.
+	sent := make(chan error, 1)
+	go func() {
+		sent <- c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: 1}, make([]byte, 64<<20))
+	}()
+	tc := c.(*conn)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if !tc.wmu.TryLock() {
+			break // the Send holds it
+		}
+		tc.wmu.Unlock()
+		select {
+		case err := <-sent:
+			t.Fatalf("the Send to a peer that does not read returned: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the Send did not take the write lock within 5s")
+		}
+		runtime.Gosched()
+	}
+
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		nc.Close() // let the Send, and so the Close, finish
+		<-closed
+		t.Fatal("Close waited for a Send blocked on a peer that does not read")
+	}
+	select {
+	case err := <-sent:
+		if err == nil || !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("the blocked Send returned %v after Close, want an error wrapping net.ErrClosed", err)
+		}
+		t.Logf("blocked Send: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the blocked Send did not fail within 5s of Close")
 	}
 }
