@@ -244,9 +244,9 @@ func TestLocalAggregation(t *testing.T) {
 func TestFakeGPUJob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	j := start(t, ctx, []string{"GOBPS_GPU=fake", "GOBPS_GPU_FAKE_DELAY=200us"},
+	j := start(t, ctx, nil,
 		"--local", "-np", "4", "--local-size", "2", "--servers", "2", "--",
-		filepath.Join(bin, "testjob"), "-device", "-tensors", "30", "-rounds", "3", "-max", "1048576")
+		filepath.Join(bin, "testjob"), "-device", "-fake-delay", "200us", "-tensors", "30", "-rounds", "3", "-max", "1048576")
 	if code := j.wait(3 * time.Minute); code != 0 {
 		t.Fatalf("bpsrun exited %d:\n%s", code, j.output())
 	}
@@ -291,6 +291,46 @@ func TestDeadServerFailsFast(t *testing.T) {
 	if !strings.Contains(j.output(), "bpsrun: job failed: server 1 exited") {
 		t.Errorf("bpsrun's last word does not name server 1:\n%s", j.output())
 	}
+	for name, p := range pids(t, j) {
+		if alive(p) {
+			t.Errorf("%s (pid %d) still running after bpsrun exited", name, p)
+		}
+	}
+}
+
+// TestStoppedServerIsBlamed stops (SIGSTOP) a server mid-run: it does not
+// exit, but its heartbeats stop, the coordinator reports it dead, and the
+// workers fail naming it. bpsrun's last word must blame the stopped server,
+// not the first worker to give up on it, and nothing may be left running.
+func TestStoppedServerIsBlamed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	j := start(t, ctx, []string{"GOBPS_HEARTBEAT_INTERVAL=200ms", "GOBPS_HEARTBEAT_TIMEOUT=1s"},
+		"--local", "--grace", "2s", "-np", "2", "--local-size", "1", "--servers", "2", "--",
+		filepath.Join(bin, "testjob"), "-mode", "hold", "-rounds", "1000000", "-timeout", "60s")
+	j.waitFor(regexp.MustCompile(`first round started`), 2, 60*time.Second)
+	pid := pids(t, j)["server 1"]
+	if pid == 0 {
+		t.Fatalf("no pid for server 1:\n%s", j.output())
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+	for _, l := range j.waitFor(regexp.MustCompile(`^\[worker \d\] testjob: pushpull failed`), 2, 30*time.Second) {
+		if !strings.Contains(l.text, "server 1") {
+			t.Errorf("error does not name server 1: %s", l.text)
+		}
+	}
+	if code := j.wait(30 * time.Second); code == 0 {
+		t.Fatalf("bpsrun exited 0 after a server was stopped:\n%s", j.output())
+	}
+	last := j.waitFor(regexp.MustCompile(`^bpsrun: job failed: `), 1, time.Second)[0].text
+	want := fmt.Sprintf("bpsrun: job failed: server 1 (pid %d) was stopped", pid)
+	if !strings.HasPrefix(last, want) {
+		t.Errorf("bpsrun's last word is %q, want it to start %q", last, want)
+	}
+	t.Log(last)
 	for name, p := range pids(t, j) {
 		if alive(p) {
 			t.Errorf("%s (pid %d) still running after bpsrun exited", name, p)
