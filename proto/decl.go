@@ -23,8 +23,10 @@ type Decl struct {
 // DeclSize is the encoded size of one Decl.
 const DeclSize = 24
 
-// MaxDecls bounds the number of declarations in one frame.
-const MaxDecls = MaxPayload / DeclSize
+// MaxDecls bounds the number of declarations in one frame: a declaration
+// frame is a control frame (at most MaxControlPayload bytes), so a worker
+// sends a larger batch in several.
+const MaxDecls = MaxControlPayload / DeclSize
 
 func (d Decl) String() string {
 	return fmt.Sprintf("key %s: %d bytes of %s root %d", d.Key, d.Bytes, d.DType, d.Root)
