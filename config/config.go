@@ -63,9 +63,8 @@ type Config struct {
 	HelloTimeout      time.Duration // GOBPS_HELLO_TIMEOUT: how long an accepted data connection has to say hello
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
 	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
-	GPU               string        // GOBPS_GPU: auto, off or fake (lower-case)
+	GPU               string        // GOBPS_GPU: auto or off (lower-case)
 	GPUTimeout        time.Duration // GOBPS_GPU_TIMEOUT: bound of each wait on a device copy
-	GPUFakeDelay      time.Duration // GOBPS_GPU_FAKE_DELAY: the fake device's copy delay (and jitter)
 
 	EnableRDMA       string // BYTEPS_ENABLE_RDMA: "" (unset: verbs when usable), "0" or "1"; see RDMAMode
 	DMLCEnableRDMA   string // DMLC_ENABLE_RDMA (ps-lite): "" (unset), "0" or "ibverbs"; see RDMAMode
@@ -116,7 +115,6 @@ const (
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
 	envGPUTimeout    = "GOBPS_GPU_TIMEOUT"
-	envGPUFakeDelay  = "GOBPS_GPU_FAKE_DELAY"
 	envEnableRDMA    = "BYTEPS_ENABLE_RDMA"
 	envDMLCRDMA      = "DMLC_ENABLE_RDMA"
 	envRDMADevice    = "GOBPS_RDMA_DEVICE"
@@ -345,18 +343,13 @@ var table = []spec{
 	},
 	{
 		Variable: Variable{Name: envGPU, Default: defaultConfig.GPU, Roles: workerOnly,
-			Doc: "Device tensors: auto uses CUDA (libcuda.so.1, loaded at run time) when present, off refuses them, fake stages them through the fake device over host memory (tests)."},
+			Doc: "Device tensors: auto uses CUDA (libcuda.so.1, loaded at run time) when present, off refuses them."},
 		field: func(c *Config) any { return &c.GPU },
 	},
 	{
 		Variable: Variable{Name: envGPUTimeout, Default: defaultConfig.GPUTimeout.String(), Roles: workerOnly,
 			Doc: "How long a worker waits for one device-to-host or host-to-device copy before it fails the tensor."},
 		field: func(c *Config) any { return &c.GPUTimeout },
-	},
-	{
-		Variable: Variable{Name: envGPUFakeDelay, Default: "0s", Roles: workerOnly,
-			Doc: "With GOBPS_GPU=fake, each copy sleeps this long plus a random part up to as long again, to shake out ordering bugs."},
-		field: func(c *Config) any { return &c.GPUFakeDelay },
 	},
 	{
 		Variable: Variable{Name: envRDMADevice, Roles: serverWorker,
@@ -588,9 +581,9 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	inRange(envServerPort, c.ServerPort, 0, math.MaxUint16)
 	c.validateRDMA(fail, inRange)
 	switch c.GPU {
-	case "auto", "off", "fake":
+	case "auto", "off":
 	default:
-		fail(envGPU, "must be auto, off or fake")
+		fail(envGPU, "must be auto or off")
 	}
 	if c.ServerMemory < 0 {
 		fail(envServerMemory, "must not be negative (0 means a share of the machine's memory)")
@@ -600,9 +593,6 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	if c.GPUTimeout <= 0 {
 		fail(envGPUTimeout, "must be positive")
-	}
-	if c.GPUFakeDelay < 0 {
-		fail(envGPUFakeDelay, "must not be negative")
 	}
 }
 

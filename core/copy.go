@@ -1,7 +1,7 @@
 package core
 
 import (
-	"errors"
+	"context"
 	"fmt"
 )
 
@@ -13,31 +13,38 @@ import (
 // same address, where a cached registration would still point at the old
 // pages and the data would be lost without an error. PushPullCopy and
 // BroadcastCopy therefore go through a staging buffer the engine owns, one
-// per tensor in the steady state (so registered once): a copy in when the
-// call is made and a copy out before the handle completes. The C library
-// uses them when the transport is verbs; over TCP nothing is registered
+// per tensor in the steady state (so registered once): the op's StageIn
+// copies the caller's buffer in, and its StageOut copies the result back
+// before the handle completes. The C library uses them when the transport
+// registers memory (rdma.Caps.Registered); over TCP nothing is registered
 // and C memory goes straight to the socket.
 
 // PushPullCopy is PushPull through an engine-owned staging buffer: buf is
 // copied in now, and the result is copied into buf before the handle
 // completes. buf must stay valid until then, as for PushPull.
 func (e *Engine) PushPullCopy(t *Tensor, buf []byte, op ReduceOp) (*Handle, error) {
-	return e.viaStaging(t, buf, func(b []byte) (*Handle, error) { return e.PushPull(t, b, op) })
+	if e == nil {
+		return nil, ErrNotInitialized
+	}
+	if err := checkReduce(t, op); err != nil {
+		return nil, err
+	}
+	return e.viaStaging(t, buf, op, true)
 }
 
 // BroadcastCopy is Broadcast through an engine-owned staging buffer, like
 // PushPullCopy.
 func (e *Engine) BroadcastCopy(t *Tensor, buf []byte) (*Handle, error) {
-	return e.viaStaging(t, buf, func(b []byte) (*Handle, error) { return e.Broadcast(t, b) })
-}
-
-func (e *Engine) viaStaging(t *Tensor, buf []byte, start func([]byte) (*Handle, error)) (*Handle, error) {
 	if e == nil {
 		return nil, ErrNotInitialized
 	}
-	if t == nil {
-		return nil, errors.New("gobps: nil tensor")
+	if err := checkBroadcast(t); err != nil {
+		return nil, err
 	}
+	return e.viaStaging(t, buf, Sum, e.self.Rank == int(t.root))
+}
+
+func (e *Engine) viaStaging(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, error) {
 	if len(buf) != t.nbytes {
 		return nil, fmt.Errorf("gobps: %q: buffer of %d bytes, declared %d", t.name, len(buf), t.nbytes)
 	}
@@ -49,27 +56,41 @@ func (e *Engine) viaStaging(t *Tensor, buf []byte, start func([]byte) (*Handle, 
 		st = make([]byte, t.nbytes)
 	}
 	e.mu.Unlock()
-	put := func() {
-		e.mu.Lock()
-		t.staging = append(t.staging, st)
-		e.mu.Unlock()
-	}
-	copy(st, buf)
-	inner, err := start(st)
+	c := &copyStage{e: e, t: t, caller: buf, st: st}
+	h, err := e.start(t, nil, op, push, c)
 	if err != nil {
-		put()
-		return nil, err
+		c.put()
 	}
-	h := newHandle(t.name, 1)
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		err := inner.cause()
-		if err == nil {
-			copy(buf, st)
-		}
-		put()
-		h.partDone(err)
-	}()
-	return h, nil
+	return h, err
+}
+
+// copyStage stages one op through an engine-owned buffer.
+type copyStage struct {
+	e      *Engine
+	t      *Tensor
+	caller []byte
+	st     []byte
+}
+
+func (c *copyStage) buffer() []byte { return c.st }
+func (c *copyStage) async() bool    { return false }
+
+func (c *copyStage) in(context.Context) ([]byte, error) {
+	copy(c.st, c.caller)
+	return nil, nil
+}
+
+func (c *copyStage) out(failed error) error {
+	if failed == nil {
+		copy(c.caller, c.st)
+	}
+	c.put()
+	return nil
+}
+
+// put gives the staging buffer back to the tensor.
+func (c *copyStage) put() {
+	c.e.mu.Lock()
+	c.t.staging = append(c.t.staging, c.st)
+	c.e.mu.Unlock()
 }

@@ -10,14 +10,14 @@ import (
 
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/core/lifecycle"
 	"github.com/gobps/gobps/core/local"
+	"github.com/gobps/gobps/gpu"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	// rdma.Open chooses among the transports registered by these two.
 	_ "github.com/gobps/gobps/rdma/tcp"
 	_ "github.com/gobps/gobps/rdma/verbs"
-	"github.com/gobps/gobps/scheduler"
-	"github.com/gobps/gobps/summation/kernel"
 )
 
 // ReduceOp says what PushPull leaves in the buffer.
@@ -38,52 +38,91 @@ var ErrNotInitialized = errors.New("gobps: not initialized (call Init first)")
 type Options struct {
 	// Config is the parsed environment; its Role must be worker.
 	Config *config.Config
-	// Transport overrides rdma.Open (tests).
+	// Transport overrides rdma.Open (tests: an in-memory transport that
+	// injects faults). The engine closes only a transport it opened.
 	Transport rdma.Transport
 	// Logf, if set, receives the engine's few notices (transport choice,
 	// failures).
 	Logf func(format string, args ...any)
+	// OpenDevice, if set, opens GPU device index in place of CUDA: tests
+	// and test programs give the fake device here (gpu/fake). Production
+	// code leaves it nil.
+	OpenDevice func(index int) (gpu.Device, error)
+}
+
+// membership is what the engine needs of its cluster membership
+// (*cluster.Member): tests of the engine alone give a stand-in.
+type membership interface {
+	Events() <-chan cluster.NodeEvent
+	Done() <-chan struct{}
+	Err() error
+	Leave() error
 }
 
 // Engine is one worker's connection to the job.
+//
+// Goroutines: one sender per lane, and the watcher of cluster events, all
+// started by Init; and one per running stage effect (local aggregation,
+// GPU staging), started by spawn. Close waits for every one of them, and
+// for every lane's reader (the transport's) to have said Closed.
+//
+// Locking: mu guards the tensors, the declarations and the partition
+// lifecycle (mu.m, which holds the scheduler queue and the request table).
+// Nothing under mu does I/O or waits: effects are taken from the machine
+// under mu and carried out after it is released (see effects.go). declMu
+// serialises Declare, whose local-aggregation segments are files; flushMu
+// serialises declaration flushes.
 type Engine struct {
-	cfg    *config.Config
-	logf   func(string, ...any)
-	member *cluster.Member
-	tr     rdma.Transport
-	self   cluster.Node
-	book   cluster.Book
-
+	cfg     *config.Config
+	logf    func(string, ...any)
+	member  membership
+	tr      rdma.Transport
+	ownTr   bool // opened by Init: closed by Shutdown
+	self    cluster.Node
+	book    cluster.Book
 	servers []*server
-	kick    chan struct{}
-	stop    chan struct{}
-	ctx     context.Context // cancelled when stop is closed
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
 	local   *local.Group // nil without local aggregation
 	gpu     gpuState
 	trace   *timeline // nil unless BYTEPS_TRACE_ON
 
+	stop   chan struct{} // closed once, when the engine closes
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	broken     chan struct{} // closed when the engine fails as a whole
 	brokenOnce sync.Once
+	closeOnce  sync.Once
 
-	declMu sync.Mutex // serialises declaration flushes
+	declMu  sync.Mutex
+	flushMu sync.Mutex
+
+	// spawned goroutines: spawn counts them under goMu while goClosed is
+	// false; after that it runs the effect on the caller's goroutine.
+	goMu     sync.Mutex
+	goClosed bool
+	wg       sync.WaitGroup
 
 	mu struct {
 		sync.Mutex
+		m        *lifecycle.Machine
 		tensors  map[string]*Tensor
 		ntensors uint32
 		pending  [][]proto.Decl // per server, not yet sent
 		flushing bool           // declarations sent, answers not all in
 		balancer *proto.Balancer
-		queue    *scheduler.Queue[*task]
-		reqs     map[uint64]*task
 		declReqs map[uint64]chan error
-		nextReq  uint64
+		nextDecl uint64
 		failed   error // set once: the whole engine is unusable
 		shutdown bool
+		// waits are the running waits the lifecycle may cancel (local
+		// Reduce and Result by task, a stage's copy in by op).
+		waits map[any]wait
 	}
 }
+
+// declBit marks the request ids of declarations: the partitions' ids,
+// which the lifecycle hands out, count up from 1 and never reach it.
+const declBit = 1 << 63
 
 // server is one summation server as this worker sees it.
 type server struct {
@@ -96,14 +135,6 @@ type server struct {
 
 func (s *server) String() string { return s.node.String() }
 
-// lane is one connection to a server, with its sender goroutine.
-type lane struct {
-	e     *Engine
-	srv   *server
-	conn  rdma.Conn
-	sendq chan *task
-}
-
 // Tensor is a declared tensor.
 type Tensor struct {
 	name     string
@@ -112,17 +143,12 @@ type Tensor struct {
 	nbytes   int
 	root     int32
 	priority int
-	parts    []part
-	local    []*localPart // per part; nil without local aggregation
-	staging  [][]byte     // free engine-owned buffers for PushPullCopy; guarded by Engine.mu
+	parts    []lifecycle.Part
+	local    []*local.Segment // per part; nil without local aggregation
+	owners   []bool           // per part: this rank owns it locally
+	staging  [][]byte         // free engine-owned buffers for PushPullCopy; guarded by Engine.mu
 
 	round uint64 // guarded by Engine.mu
-}
-
-type part struct {
-	key proto.Key
-	rng proto.Range
-	srv int
 }
 
 // Name returns the name the tensor was declared with.
@@ -136,28 +162,6 @@ func (t *Tensor) DType() proto.DType { return t.dtype }
 
 // Partitions returns the number of keys the tensor was split into.
 func (t *Tensor) Partitions() int { return len(t.parts) }
-
-// task is one partition of one PushPull.
-type task struct {
-	h       *Handle
-	t       *Tensor
-	p       part
-	round   uint64
-	in, out []byte
-	op      ReduceOp
-	push    bool // false for a broadcast receiver: pull only
-	reqID   uint64
-	lane    *lane
-	// state, guarded by Engine.mu
-	sent      bool  // handed out by the queue: credit taken
-	credited  bool  // the credit taken when sent has been returned
-	sending   bool  // the lane's sender is reading in
-	failed    error // a failure that came while sending, applied after
-	receiving bool  // the reader is writing into out
-	got       int   // bytes of the answer in out (answers may come in pieces)
-	finished  bool
-	times     taskTimes // with tracing only
-}
 
 // Init joins the job described by opt.Config and connects to every server.
 // It returns once the coordinator has published the full address book and
@@ -174,14 +178,15 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	tr := opt.Transport
+	tr, own := opt.Transport, false
 	if tr == nil {
 		var why string
 		var err error
-		tr, why, err = rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes})
+		tr, why, err = rdma.Open(transportOptions(cfg))
 		if err != nil {
 			return nil, fmt.Errorf("gobps: %w", err)
 		}
+		own = true
 		logf("transport %s: %s", tr.Caps().Name, why)
 	}
 	m, err := cluster.Join(ctx, cfg.RootAddr(), cluster.Registration{
@@ -189,28 +194,47 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		LocalSize: cfg.LocalSize, PID: os.Getpid(),
 	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Logf: logf})
 	if err != nil {
+		if own {
+			tr.Close()
+		}
 		return nil, fmt.Errorf("gobps: join %s: %w", cfg.RootAddr(), err)
 	}
-	e := &Engine{
-		cfg: cfg, logf: logf, member: m, tr: tr, self: m.Self(), book: m.Book(),
-		kick: make(chan struct{}, 1), stop: make(chan struct{}), broken: make(chan struct{}),
+	e, err := start(ctx, cfg, opt, m, m.Self(), m.Book(), tr, own)
+	if err != nil {
+		return nil, err
 	}
+	return e, nil
+}
+
+// start builds the engine over a membership and a transport, connects to
+// every server and starts the engine's goroutines. On error everything it
+// made is released, the membership left and an owned transport closed.
+func start(ctx context.Context, cfg *config.Config, opt Options, m membership, self cluster.Node, book cluster.Book, tr rdma.Transport, own bool) (*Engine, error) {
+	logf := opt.Logf
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
+	e := &Engine{
+		cfg: cfg, logf: logf, member: m, tr: tr, ownTr: own, self: self, book: book,
+		stop: make(chan struct{}), broken: make(chan struct{}),
+	}
+	e.gpu.open = opt.OpenDevice
 	e.ctx, e.cancel = context.WithCancel(context.Background())
 	if cfg.TraceOn {
-		e.trace = newTimeline(cfg.TraceDir, e.self.Rank)
+		e.trace = newTimeline(cfg.TraceDir, self.Rank)
 	}
 	e.mu.tensors = make(map[string]*Tensor)
 	if cfg.MixedMode {
-		weights, note := mixedWeights(e.book)
+		weights, note := mixedWeights(book)
 		e.mu.balancer = proto.NewWeightedBalancer(weights)
 		logf("gobps: %s", note)
 	} else {
-		e.mu.balancer = proto.NewBalancer(len(e.book.Servers))
+		e.mu.balancer = proto.NewBalancer(len(book.Servers))
 	}
-	e.mu.pending = make([][]proto.Decl, len(e.book.Servers))
-	e.mu.queue = scheduler.New[*task](cfg.SchedulingCredit)
-	e.mu.reqs = make(map[uint64]*task)
+	e.mu.pending = make([][]proto.Decl, len(book.Servers))
+	e.mu.m = lifecycle.New(lifecycle.Config{Credit: cfg.SchedulingCredit, Servers: len(book.Servers)})
 	e.mu.declReqs = make(map[uint64]chan error)
+	e.mu.waits = make(map[any]wait)
 	if err := e.connect(ctx); err != nil {
 		e.close()
 		return nil, err
@@ -220,10 +244,16 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		return nil, err
 	}
 	e.discoverGPUs()
-	e.wg.Add(2)
-	go e.dispatch()
+	e.wg.Add(1)
 	go e.watch()
 	return e, nil
+}
+
+// transportOptions maps the configuration onto the transport's options.
+func transportOptions(cfg *config.Config) rdma.Options {
+	return rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice,
+		GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth,
+		MRCacheBytes: cfg.RDMAMRCacheBytes}
 }
 
 func (e *Engine) connect(ctx context.Context) error {
@@ -232,8 +262,8 @@ func (e *Engine) connect(ctx context.Context) error {
 		s := &server{rank: i, node: n, dead: make(chan struct{})}
 		e.servers = append(e.servers, s)
 		for j := 0; j < lanes; j++ {
-			l := &lane{e: e, srv: s, sendq: make(chan *task, 1024)}
-			c, err := e.tr.Dial(ctx, n.Addr, e.self.ID, l) // sends the hello
+			l := newLane(e, s, j)
+			c, err := e.tr.Dial(ctx, n.Addr, e.self.ID, l)
 			if err != nil {
 				return fmt.Errorf("gobps: connect to %s: %w", n, err)
 			}
@@ -264,7 +294,7 @@ func (e *Engine) NumServers() int { return len(e.servers) }
 // Transport names the transport in use.
 func (e *Engine) Transport() string { return e.tr.Caps().Name }
 
-// Caps says what the transport in use does (rdma.Caps).
+// Caps describes the transport in use.
 func (e *Engine) Caps() rdma.Caps { return e.tr.Caps() }
 
 // Declare declares a tensor of count elements of dtype for PushPull.
@@ -293,12 +323,20 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 		return nil, fmt.Errorf("gobps: declare %q: %d elements; a tensor needs at least one", name, count)
 	}
 	nbytes := count * dtype.Size()
+	// Declarations are serialised by declMu, not mu: a declaration with
+	// local aggregation creates and maps shared-memory files, and no I/O
+	// happens under mu.
+	e.declMu.Lock()
+	defer e.declMu.Unlock()
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := e.usableLocked(); err != nil {
+	err := e.usableLocked()
+	t, dup := e.mu.tensors[name]
+	index := e.mu.ntensors
+	e.mu.Unlock()
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	if t, ok := e.mu.tensors[name]; ok {
+	case dup:
 		if t.dtype != dtype || t.nbytes != nbytes || t.root != root {
 			return nil, fmt.Errorf("gobps: %q declared again as %d bytes of %s, earlier %d bytes of %s", name, nbytes, dtype, t.nbytes, t.dtype)
 		}
@@ -308,19 +346,27 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 	if err != nil {
 		return nil, fmt.Errorf("gobps: declare %q: %w", name, err)
 	}
-	t := &Tensor{name: name, index: e.mu.ntensors, dtype: dtype, nbytes: nbytes, root: root, priority: -int(e.mu.ntensors)}
+	t = &Tensor{name: name, index: index, dtype: dtype, nbytes: nbytes, root: root, priority: -int(index)}
+	lanes := max(e.cfg.Lanes, 1)
 	for i, r := range rs {
-		t.parts = append(t.parts, part{key: proto.MakeKey(t.index, uint32(i)), rng: r})
+		k := proto.MakeKey(t.index, uint32(i))
+		t.parts = append(t.parts, lifecycle.Part{Key: k, Off: r.Off, Len: r.Len, Lane: int(uint64(k) % uint64(lanes))})
 	}
-	// The local segments first: a failure there leaves nothing declared.
-	if err := e.declareLocalLocked(t); err != nil {
+	// The local segments first, outside mu: a failure there leaves
+	// nothing declared.
+	if err := e.declareLocal(t); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usableLocked(); err != nil {
 		return nil, err
 	}
 	e.mu.ntensors++
 	for i := range t.parts {
 		p := &t.parts[i]
-		p.srv = e.mu.balancer.Assign(uint64(p.rng.Len))
-		e.mu.pending[p.srv] = append(e.mu.pending[p.srv], proto.Decl{Key: p.key, DType: dtype, Root: root, Bytes: uint64(p.rng.Len)})
+		p.Server = e.mu.balancer.Assign(uint64(p.Len))
+		e.mu.pending[p.Server] = append(e.mu.pending[p.Server], proto.Decl{Key: p.Key, DType: dtype, Root: root, Bytes: uint64(p.Len)})
 	}
 	e.mu.tensors[name] = t
 	return t, nil
@@ -332,7 +378,7 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 func (e *Engine) startableLocked(t *Tensor) error {
 	if !e.mu.shutdown {
 		for _, p := range t.parts {
-			if err := e.servers[p.srv].failed; err != nil {
+			if err := e.servers[p.Server].failed; err != nil {
 				return err
 			}
 		}
@@ -350,14 +396,13 @@ func (e *Engine) usableLocked() error {
 	return nil
 }
 
-// flush sends every pending declaration, one frame per server, all servers
-// at once, and waits for every answer. Flushes are serialised (declMu), so
-// one that finds nothing pending returns only after any flush in flight
-// has finished.
+// flush sends every pending declaration, in as few frames per server as
+// the control-frame limit allows, all servers at once, and waits for every
+// answer. Flushes are serialised (flushMu), so one that finds nothing
+// pending returns only after any flush in flight has finished.
 func (e *Engine) flush() error {
-	e.declMu.Lock()
-	defer e.declMu.Unlock()
-	e.mu.Lock()
+	e.flushMu.Lock()
+	defer e.flushMu.Unlock()
 	type req struct {
 		s     *server
 		id    uint64
@@ -365,14 +410,16 @@ func (e *Engine) flush() error {
 		reply chan error
 	}
 	var reqs []req
+	e.mu.Lock()
 	for i, ds := range e.mu.pending {
-		if len(ds) == 0 {
-			continue
+		for len(ds) > 0 {
+			n := min(len(ds), proto.MaxDecls)
+			e.mu.nextDecl++
+			r := req{s: e.servers[i], id: declBit | e.mu.nextDecl, ds: ds[:n], reply: make(chan error, 1)}
+			e.mu.declReqs[r.id] = r.reply
+			reqs = append(reqs, r)
+			ds = ds[n:]
 		}
-		e.mu.nextReq++
-		r := req{s: e.servers[i], id: e.mu.nextReq, ds: ds, reply: make(chan error, 1)}
-		e.mu.declReqs[r.id] = r.reply
-		reqs = append(reqs, r)
 		e.mu.pending[i] = nil
 	}
 	e.mu.flushing = len(reqs) > 0
@@ -382,13 +429,13 @@ func (e *Engine) flush() error {
 		e.mu.flushing = false
 		e.mu.Unlock()
 	}()
-	var errs []error
 	for _, r := range reqs {
 		err := r.s.lanes[0].conn.Send(proto.Header{Op: proto.OpDeclare, Sender: e.self.ID, ReqID: r.id}, proto.EncodeDecls(r.ds))
 		if err != nil {
 			e.failServer(r.s, err)
 		}
 	}
+	var errs []error
 	for _, r := range reqs {
 		select {
 		case err := <-r.reply:
@@ -400,13 +447,9 @@ func (e *Engine) flush() error {
 		}
 	}
 	if len(errs) > 0 {
+		// The servers disagree with us: nothing can be summed safely.
 		err := fmt.Errorf("gobps: %w", errors.Join(errs...))
-		e.mu.Lock()
-		if e.mu.failed == nil {
-			e.mu.failed = err // the servers disagree with us: nothing can be summed safely
-		}
-		e.brokenOnce.Do(func() { close(e.broken) })
-		e.mu.Unlock()
+		e.failAll(err)
 		return err
 	}
 	return nil
@@ -419,16 +462,26 @@ func (e *Engine) PushPull(t *Tensor, buf []byte, op ReduceOp) (*Handle, error) {
 	if e == nil {
 		return nil, ErrNotInitialized
 	}
+	if err := checkReduce(t, op); err != nil {
+		return nil, err
+	}
+	return e.start(t, buf, op, true, nil)
+}
+
+func checkReduce(t *Tensor, op ReduceOp) error {
+	if t == nil {
+		return errors.New("gobps: PushPull of a nil tensor")
+	}
 	if t.root != proto.NoRoot {
-		return nil, fmt.Errorf("gobps: %q was declared for broadcast; use Broadcast", t.name)
+		return fmt.Errorf("gobps: %q was declared for broadcast; use Broadcast", t.name)
 	}
 	if op == Average && !t.dtype.IsFloat() {
-		return nil, fmt.Errorf("gobps: %q: cannot average %s; use Sum", t.name, t.dtype)
+		return fmt.Errorf("gobps: %q: cannot average %s; use Sum", t.name, t.dtype)
 	}
 	if op != Sum && op != Average {
-		return nil, fmt.Errorf("gobps: unknown reduce op %d", op)
+		return fmt.Errorf("gobps: unknown reduce op %d", op)
 	}
-	return e.start(t, buf, op, true)
+	return nil
 }
 
 // Broadcast copies root's buf into every worker's buf, asynchronously. The
@@ -437,14 +490,26 @@ func (e *Engine) Broadcast(t *Tensor, buf []byte) (*Handle, error) {
 	if e == nil {
 		return nil, ErrNotInitialized
 	}
-	if t.root == proto.NoRoot {
-		return nil, fmt.Errorf("gobps: %q was not declared for broadcast", t.name)
+	if err := checkBroadcast(t); err != nil {
+		return nil, err
 	}
-	return e.start(t, buf, Sum, e.self.Rank == int(t.root))
+	return e.start(t, buf, Sum, e.self.Rank == int(t.root), nil)
 }
 
-func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, error) {
-	if len(buf) != t.nbytes {
+func checkBroadcast(t *Tensor) error {
+	if t == nil {
+		return errors.New("gobps: Broadcast of a nil tensor")
+	}
+	if t.root == proto.NoRoot {
+		return fmt.Errorf("gobps: %q was not declared for broadcast", t.name)
+	}
+	return nil
+}
+
+// start starts one round of t: buf is the caller's buffer, or nil with a
+// stage that provides its own (staging).
+func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool, st stage) (*Handle, error) {
+	if st == nil && len(buf) != t.nbytes {
 		return nil, fmt.Errorf("gobps: %q: buffer of %d bytes, declared %d", t.name, len(buf), t.nbytes)
 	}
 	e.mu.Lock()
@@ -466,313 +531,31 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool) (*Handle, 
 			return nil, err
 		}
 	}
-	h := newHandle(t.name, len(t.parts))
-	h.tasks = make([]*task, 0, len(t.parts))
+	h := newHandle(t.name)
+	spec := lifecycle.OpSpec{
+		Name: t.name, DType: t.dtype, Priority: t.priority, Parts: t.parts, Buf: buf,
+		Push: push, Average: op == Average, Ref: &opRef{h: h, t: t, stage: st, queued: e.trace.started()},
+	}
+	if st != nil {
+		spec.Buf = st.buffer()
+		spec.StageIn, spec.StageOut = true, true
+	}
+	if t.local != nil && push {
+		spec.Local = t.owners
+	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	if err := e.startableLocked(t); err != nil {
+		e.mu.Unlock()
 		return nil, err
 	}
-	round := t.round
+	spec.Round = t.round
 	t.round++
-	if e.local != nil && push && t.root < 0 {
-		e.startLocalLocked(h, t, buf, op, round)
-		return h, nil
-	}
-	for _, p := range t.parts {
-		b := buf[p.rng.Off : p.rng.Off+p.rng.Len]
-		tk := &task{h: h, t: t, p: p, round: round, in: b, out: b, op: op, push: push}
-		h.tasks = append(h.tasks, tk)
-		s := e.servers[p.srv]
-		tk.lane = s.lanes[int(uint64(p.key)%uint64(len(s.lanes)))]
-		if s.failed != nil {
-			e.finishLocked(tk, s.failed)
-			continue
-		}
-		if h.abandoned {
-			e.finishLocked(tk, errAbandoned)
-			continue
-		}
-		e.enqueueLocked(tk)
-	}
-	e.poke()
+	e.mu.m.Start(spec)
+	effs := e.takeLocked()
+	e.mu.Unlock()
+	e.run(effs)
 	return h, nil
 }
-
-// enqueueLocked queues tk for dispatch. REQUIRES: e.mu.
-func (e *Engine) enqueueLocked(tk *task) {
-	tk.times.queued = e.trace.now()
-	e.mu.queue.Push(scheduler.Item[*task]{Key: tk.p.key, Priority: tk.t.priority, Bytes: tk.p.rng.Len, Value: tk})
-}
-
-func (e *Engine) poke() {
-	select {
-	case e.kick <- struct{}{}:
-	default:
-	}
-}
-
-// dispatch hands partitions to their lanes as the credit allows.
-func (e *Engine) dispatch() {
-	defer e.wg.Done()
-	var out []*task
-	for {
-		select {
-		case <-e.kick:
-		case <-e.stop:
-			return
-		}
-		e.mu.Lock()
-		for {
-			it, ok := e.mu.queue.Next()
-			if !ok {
-				break
-			}
-			tk := it.Value
-			tk.sent = true
-			tk.times.dispatched = e.trace.now()
-			if tk.finished { // failed while queued
-				e.mu.queue.Done(tk.p.rng.Len)
-				continue
-			}
-			if err := tk.lane.srv.failed; err != nil {
-				e.finishLocked(tk, err)
-				continue
-			}
-			e.mu.nextReq++
-			tk.reqID = e.mu.nextReq
-			e.mu.reqs[tk.reqID] = tk
-			out = append(out, tk)
-		}
-		e.mu.Unlock()
-		for _, tk := range out {
-			select {
-			case tk.lane.sendq <- tk:
-			case <-e.stop:
-				return
-			}
-		}
-		out = out[:0]
-	}
-}
-
-// send pushes and pulls the partitions handed to this lane, in order.
-func (l *lane) send() {
-	defer l.e.wg.Done()
-	for {
-		var tk *task
-		select {
-		case tk = <-l.sendq:
-		case <-l.e.stop:
-			return
-		}
-		l.e.mu.Lock()
-		if tk.finished {
-			// Failed or abandoned before it left: its handle may have
-			// completed, so its buffer is the caller's again. Never touch it.
-			l.e.mu.Unlock()
-			continue
-		}
-		tk.sending = true
-		tk.times.sending = l.e.trace.now()
-		l.e.mu.Unlock()
-		h := proto.Header{Sender: l.e.self.ID, Key: tk.p.key, Round: tk.round, ReqID: tk.reqID, DType: tk.t.dtype}
-		var err error
-		if tk.push {
-			// The push asks for the sum too (FlagPull), so the server can
-			// stream it back while the pushes are still arriving.
-			h.Op, h.Flags = proto.OpPush, proto.FlagPull
-			err = l.conn.Send(h, tk.in)
-		} else {
-			h.Op, h.DType = proto.OpPull, 0
-			err = l.conn.Send(h, nil)
-		}
-		l.e.mu.Lock()
-		tk.sending = false
-		tk.times.sent = l.e.trace.now()
-		if tk.finished {
-			l.e.trace.record(tk) // answered before the push returned
-		}
-		if tk.failed != nil {
-			l.e.finishLocked(tk, tk.failed)
-		}
-		l.e.mu.Unlock()
-		if err != nil {
-			l.e.failServer(l.srv, err)
-			continue
-		}
-		// The push is on the wire: return its credit now, not when the
-		// sum comes back. The sum waits for every worker's push, so credit
-		// held until then lets two workers that dispatched in different
-		// orders wait on each other forever (each holds the credit the
-		// other's missing push needs). BytePS also frees the credit when
-		// the push completes.
-		l.e.mu.Lock()
-		l.e.returnCreditLocked(tk)
-		l.e.mu.Unlock()
-	}
-}
-
-// returnCreditLocked gives back the credit tk took when it was handed
-// out, once. REQUIRES: e.mu.
-func (e *Engine) returnCreditLocked(tk *task) {
-	if tk.sent && !tk.credited {
-		tk.credited = true
-		e.mu.queue.Done(tk.p.rng.Len)
-		e.poke()
-	}
-}
-
-// Dest implements rdma.Handler: a pull answer lands in the caller's buffer.
-func (l *lane) Dest(c rdma.Conn, h *proto.Header) ([]byte, error) {
-	if h.Op != proto.OpPullResp {
-		return nil, nil
-	}
-	e := l.e
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	tk := e.mu.reqs[h.ReqID]
-	off, whole := 0, h.Flags&proto.FlagPiece == 0
-	if !whole {
-		off = int(h.Piece) * proto.PieceBytes
-	}
-	switch {
-	case tk == nil || tk.finished:
-		return nil, fmt.Errorf("answer to unknown request %d", h.ReqID)
-	case tk.p.key != h.Key || tk.round != h.Round || tk.t.dtype != h.DType:
-		return nil, fmt.Errorf("answer %s does not match request (key %s round %d, %d bytes of %s)", h, tk.p.key, tk.round, len(tk.out), tk.t.dtype)
-	case whole && (len(tk.out) != int(h.Length) || tk.got != 0),
-		!whole && (off+int(h.Length) > len(tk.out) || tk.got+int(h.Length) > len(tk.out)):
-		return nil, fmt.Errorf("answer %s does not fit request (%d of %d bytes in)", h, tk.got, len(tk.out))
-	}
-	tk.receiving = true
-	if tk.got == 0 {
-		tk.times.first = e.trace.now()
-	}
-	return tk.out[off : off+int(h.Length)], nil
-}
-
-// Handle implements rdma.Handler.
-func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
-	e := l.e
-	switch {
-	case err != nil:
-		// An answer we cannot place: the server and we disagree about a
-		// request. Fail it rather than leave it waiting.
-		e.mu.Lock()
-		if tk := e.mu.reqs[h.ReqID]; tk != nil {
-			e.finishLocked(tk, fmt.Errorf("from %s: %w", l.srv, err))
-		}
-		e.mu.Unlock()
-	case h.Op == proto.OpPullResp:
-		e.mu.Lock()
-		tk := e.mu.reqs[h.ReqID]
-		tk.receiving = false
-		if tk.got += int(h.Length); tk.got < len(tk.out) {
-			// More pieces to come. A failure meanwhile finishes the task
-			// (nothing writes into out between pieces); later pieces are
-			// then refused by Dest.
-			if tk.failed != nil {
-				e.finishLocked(tk, tk.failed)
-			}
-			e.mu.Unlock()
-			return
-		}
-		e.mu.Unlock()
-		var derr error
-		if tk.op == Average {
-			derr = kernel.Div(tk.t.dtype, tk.out, e.Size())
-		}
-		e.mu.Lock()
-		tk.receiving = false
-		e.finishLocked(tk, derr)
-		e.mu.Unlock()
-	case h.Op == proto.OpDeclareAck || h.Op == proto.OpError:
-		var rerr error
-		if h.Op == proto.OpError {
-			rerr = fmt.Errorf("%s: %s", l.srv, payload)
-		}
-		e.mu.Lock()
-		if ch, ok := e.mu.declReqs[h.ReqID]; ok {
-			delete(e.mu.declReqs, h.ReqID)
-			ch <- rerr
-		} else if tk := e.mu.reqs[h.ReqID]; tk != nil && rerr != nil {
-			e.finishLocked(tk, fmt.Errorf("%q key %s round %d: %w", tk.t.name, tk.p.key, tk.round, rerr))
-		}
-		e.mu.Unlock()
-	default:
-		e.logf("gobps: unexpected %s from %s", h.Op, l.srv)
-	}
-}
-
-// Closed implements rdma.Handler.
-func (l *lane) Closed(c rdma.Conn, err error) {
-	if err == nil {
-		err = errors.New("connection closed")
-	}
-	l.e.failServer(l.srv, fmt.Errorf("connection lost: %w", err))
-	// The reader is gone: fail what it was receiving too. (failServer
-	// skipped those: until now the reader might still have been writing
-	// into their buffers.)
-	l.e.mu.Lock()
-	for _, tk := range l.e.mu.reqs {
-		if tk.lane == l {
-			tk.receiving = false
-			l.e.finishLocked(tk, l.srv.failed)
-		}
-	}
-	l.e.mu.Unlock()
-}
-
-// finishLocked completes one task. REQUIRES: e.mu.
-func (e *Engine) finishLocked(tk *task, err error) {
-	if tk.finished {
-		return
-	}
-	if tk.receiving && err != nil {
-		// A receiving task is finished by its reader (Handle or Closed),
-		// never under it: with this error if more pieces of its answer
-		// were still to come, successfully if the answer is all in.
-		if tk.failed == nil {
-			tk.failed = err
-		}
-		return
-	}
-	if tk.sending && err != nil {
-		// The sender is reading the caller's buffer: it finishes the task
-		// with this error once the send has returned, so the handle never
-		// completes while its buffer is still being read.
-		if tk.failed == nil {
-			tk.failed = err
-		}
-		return
-	}
-	tk.finished = true
-	tk.times.done, tk.times.err = e.trace.now(), err
-	if !tk.sending {
-		e.trace.record(tk) // else the sender records it once its Send returns
-	}
-	if tk.reqID != 0 {
-		delete(e.mu.reqs, tk.reqID)
-	}
-	e.returnCreditLocked(tk)
-	tk.h.partDone(err)
-	if err != nil && !tk.h.abandoned {
-		// One partition failed: the handle fails now rather than wait for
-		// partitions that may never complete. Siblings still queued or
-		// waiting for an answer are abandoned (a late answer is discarded
-		// by Dest); one whose answer is being received finishes when it is
-		// in, so the buffer is never written after the handle completes.
-		tk.h.abandoned = true
-		for _, sib := range tk.h.tasks {
-			if !sib.finished && !sib.receiving {
-				e.finishLocked(sib, errAbandoned)
-			}
-		}
-	}
-}
-
-var errAbandoned = errors.New("abandoned after another partition failed")
 
 // failServer marks s failed and fails everything pending on it.
 func (e *Engine) failServer(s *server, cause error) {
@@ -783,11 +566,7 @@ func (e *Engine) failServer(s *server, cause error) {
 	}
 	s.failed = fmt.Errorf("gobps: %s failed: %w", s, cause)
 	close(s.dead)
-	for _, tk := range e.mu.reqs {
-		if tk.lane.srv == s {
-			e.finishLocked(tk, s.failed)
-		}
-	}
+	e.mu.m.ServerFailed(s.rank, s.failed)
 	for _, ch := range e.mu.declReqs {
 		select {
 		case ch <- s.failed:
@@ -797,6 +576,7 @@ func (e *Engine) failServer(s *server, cause error) {
 	// Once Shutdown has begun, the servers hang up as the job ends: not
 	// worth a notice.
 	quiet := e.mu.shutdown
+	effs := e.takeLocked()
 	e.mu.Unlock()
 	if !quiet {
 		e.logf("%v", s.failed)
@@ -804,6 +584,7 @@ func (e *Engine) failServer(s *server, cause error) {
 	for _, l := range s.lanes {
 		l.conn.Close()
 	}
+	e.run(effs)
 }
 
 // failAll makes the engine unusable and fails everything pending.
@@ -813,30 +594,17 @@ func (e *Engine) failAll(err error) {
 		e.mu.failed = err
 	}
 	e.brokenOnce.Do(func() { close(e.broken) })
-	for _, tk := range e.mu.reqs {
-		e.finishLocked(tk, err)
-	}
+	e.mu.m.Stop(err)
 	for _, ch := range e.mu.declReqs {
 		select {
 		case ch <- err:
 		default:
 		}
 	}
+	effs := e.takeLocked()
 	e.mu.Unlock()
-	e.drainQueue(err)
+	e.run(effs)
 }
-
-func (e *Engine) drainQueue(err error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for _, it := range e.mu.queue.Drain() {
-		e.finishLocked(it.Value, err)
-	}
-}
-
-// workerDeathSettle is how long a worker's death waits before it fails
-// everything, so that a server failure behind it is reported first.
-const workerDeathSettle = 500 * time.Millisecond
 
 // watch turns cluster events into failures.
 func (e *Engine) watch() {
@@ -844,22 +612,14 @@ func (e *Engine) watch() {
 	for {
 		select {
 		case ev := <-e.member.Events():
-			err := fmt.Errorf("gobps: %s died: %s", ev.Node, ev.Reason)
 			if ev.Node.Role == cluster.RoleServer && ev.Node.Rank < len(e.servers) {
-				e.failServer(e.servers[ev.Node.Rank], fmt.Errorf("%s", ev.Reason))
-			} else {
-				// A worker's death is often the echo of a server's: the
-				// worker failed on the dead server and exited before our
-				// own connections to that server reported it. Give them
-				// a moment, so that pending work fails naming the root
-				// cause; everything still pending then fails with this.
-				select {
-				case <-time.After(workerDeathSettle):
-				case <-e.stop:
-					return
-				}
-				e.failAll(err)
+				e.failServer(e.servers[ev.Node.Rank], errors.New(ev.Reason))
+				continue
 			}
+			// A worker died: no round can complete without its pushes.
+			// The coordinator reports deaths in the order it sees them,
+			// so a server death that caused this one came first.
+			e.failAll(fmt.Errorf("gobps: %s died: %s", ev.Node, ev.Reason))
 		case <-e.member.Done():
 			if err := e.member.Err(); err != nil {
 				e.failAll(fmt.Errorf("gobps: %w", err))
@@ -872,6 +632,7 @@ func (e *Engine) watch() {
 }
 
 // Shutdown leaves the job and releases everything. Pending handles fail.
+// It returns after every goroutine the engine started has ended.
 func (e *Engine) Shutdown() error {
 	if e == nil {
 		return ErrNotInitialized
@@ -883,9 +644,7 @@ func (e *Engine) Shutdown() error {
 	}
 	e.mu.shutdown = true
 	e.mu.Unlock()
-	err := e.member.Leave()
-	e.close()
-	e.failAll(ErrNotInitialized)
+	err := e.close()
 	if terr := e.trace.write(); terr != nil {
 		err = errors.Join(err, terr)
 	} else if e.trace != nil {
@@ -894,77 +653,72 @@ func (e *Engine) Shutdown() error {
 	return err
 }
 
-func (e *Engine) close() {
-	select {
-	case <-e.stop:
-	default:
+// close stops everything, once: it fails what is pending, leaves the job,
+// closes every connection and waits for every goroutine (lane senders and
+// readers, the watcher, stage effects), then releases the GPU devices, the
+// local group and an owned transport. It returns the error of leaving.
+func (e *Engine) close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		e.failAll(ErrNotInitialized)
+		if e.member != nil {
+			err = e.member.Leave()
+		}
 		close(e.stop)
 		e.cancel()
-	}
-	for _, s := range e.servers {
-		for _, l := range s.lanes {
-			if l.conn != nil {
-				l.conn.Close()
+		for _, s := range e.servers {
+			for _, l := range s.lanes {
+				if l.conn != nil {
+					l.conn.Close()
+				}
 			}
 		}
-	}
-	if e.member != nil {
-		e.member.Leave()
-	}
-	// Fail what is still queued or waiting, so the goroutines waiting on
-	// it (local aggregation, GPU staging) end.
-	e.failAll(ErrNotInitialized)
-	e.wg.Wait()
-	e.closeGPUs()
-	if e.local != nil {
-		// Only now: nothing reads or writes the shared segments any more.
-		if err := e.local.Close(); err != nil {
-			e.logf("gobps: leave the local group: %v", err)
+		// The readers' last callbacks (Closed) may still produce effects;
+		// wait for them before refusing new goroutines.
+		for _, s := range e.servers {
+			for _, l := range s.lanes {
+				if l.conn != nil {
+					<-l.closed
+				}
+			}
 		}
-	}
+		e.goMu.Lock()
+		e.goClosed = true
+		e.goMu.Unlock()
+		e.wg.Wait()
+		e.closeGPUs()
+		if e.local != nil {
+			// Only now: nothing reads or writes the shared segments any more.
+			if lerr := e.local.Close(); lerr != nil {
+				e.logf("gobps: leave the local group: %v", lerr)
+			}
+		}
+		if e.ownTr {
+			if terr := e.tr.Close(); terr != nil {
+				e.logf("gobps: close the transport: %v", terr)
+			}
+		}
+	})
+	return err
 }
 
 // Handle is the completion of one PushPull or Broadcast.
 type Handle struct {
 	name string
 	done chan struct{}
-	// tasks and abandoned are guarded by Engine.mu.
-	tasks     []*task
-	abandoned bool
-
-	mu   sync.Mutex
-	left int
-	err  error
+	err  error // set before done is closed
 }
 
-func newHandle(name string, parts int) *Handle {
-	h := &Handle{name: name, done: make(chan struct{}), left: parts}
-	if parts == 0 {
-		close(h.done)
-	}
-	return h
+func newHandle(name string) *Handle {
+	return &Handle{name: name, done: make(chan struct{})}
 }
 
-// cause waits for h and returns the error that failed it without the
-// handle's own naming of the tensor, for the engine's handles that wrap
-// another handle of the same tensor (local aggregation, staging).
-func (h *Handle) cause() error {
-	<-h.done
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return errors.Unwrap(h.err)
-}
-
-func (h *Handle) partDone(err error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if err != nil && h.err == nil {
+// complete ends h with err; the lifecycle calls for it exactly once.
+func (h *Handle) complete(err error) {
+	if err != nil {
 		h.err = fmt.Errorf("%q: %w", h.name, err)
 	}
-	h.left--
-	if h.left == 0 {
-		close(h.done)
-	}
+	close(h.done)
 }
 
 // Done is closed when every partition has completed or failed.
@@ -983,17 +737,17 @@ func (h *Handle) Poll() bool {
 // Wait blocks until the handle completes and returns its error.
 func (h *Handle) Wait() error {
 	<-h.done
-	h.mu.Lock()
-	defer h.mu.Unlock()
 	return h.err
 }
 
 // WaitTimeout is Wait bounded by d.
 func (h *Handle) WaitTimeout(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
 	select {
 	case <-h.done:
-		return h.Wait()
-	case <-time.After(d):
+		return h.err
+	case <-t.C:
 		return fmt.Errorf("gobps: %q not done after %v", h.name, d)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/gpu/fake"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/tcp"
@@ -31,6 +34,13 @@ type testCluster struct {
 	cancel  context.CancelFunc
 }
 
+// fakeGPU, given to startCluster with a duration, gives every engine the
+// fake device with that copy delay (and as much jitter).
+const fakeGPU = "fake-gpu"
+
+// startCluster runs a job of workers engines and servers servers; extra
+// are environment variables (NAME, value, ...) for the workers, or
+// fakeGPU.
 func startCluster(t *testing.T, workers, servers int, extra ...string) *testCluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -52,6 +62,17 @@ func startCluster(t *testing.T, workers, servers int, extra ...string) *testClus
 	}
 	for i := 0; i+1 < len(extra); i += 2 {
 		env[extra[i]] = extra[i+1]
+	}
+	// fakeGPU is no environment variable: it gives each engine the fake
+	// device (gpu/fake) with that copy delay, through Options.OpenDevice.
+	var fakeDelay time.Duration
+	if v, ok := env[fakeGPU]; ok {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fakeDelay = d
+		delete(env, fakeGPU)
 	}
 	pushers := workers
 	if env["GOBPS_LOCAL_AGGREGATION"] == "1" {
@@ -89,10 +110,16 @@ func startCluster(t *testing.T, workers, servers int, extra ...string) *testClus
 		if err != nil {
 			t.Fatal(err)
 		}
+		opt := Options{Config: cfg}
+		if fakeDelay > 0 || slices.Contains(extra, fakeGPU) {
+			opt.OpenDevice = func(index int) (gpu.Device, error) {
+				return fake.New(fake.Options{Index: index, CopyDelay: fakeDelay, MaxJitter: fakeDelay, Seed: uint64(i)<<8 | uint64(index)}), nil
+			}
+		}
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			tc.engines[i], errs[servers+i] = Init(ctx, Options{Config: cfg})
+			tc.engines[i], errs[servers+i] = Init(ctx, opt)
 		}(i)
 	}
 	wg.Wait()
@@ -294,7 +321,7 @@ func TestServerLossFailsPending(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond)
+	waitPushes(t, tc, 4)
 	if h.Poll() {
 		t.Fatal("round completed with one of two workers")
 	}
@@ -304,11 +331,64 @@ func TestServerLossFailsPending(t *testing.T) {
 		t.Fatalf("pending PushPull: %v", err)
 	}
 	t.Log(err)
-	_, err = tc.engines[0].PushPull(ts[0], make([]byte, ts[0].Bytes()), Sum)
+	// A later PushPull of a tensor with keys on the dead server fails too,
+	// naming it: at once, or through its handle.
+	h, err = tc.engines[0].PushPull(ts[0], make([]byte, ts[0].Bytes()), Sum)
 	if err == nil {
-		// start may succeed for partitions on healthy servers; the handle fails
-		t.Log("start accepted; the handle must fail")
+		err = h.WaitTimeout(10 * time.Second)
 	}
+	if err == nil || !strings.Contains(err.Error(), "server 1") {
+		t.Fatalf("PushPull after the server died: %v, want an error naming server 1", err)
+	}
+	t.Log(err)
+}
+
+// waitPushes waits until the servers have accepted n pushes in all.
+func waitPushes(t *testing.T, tc *testCluster, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var got int64
+		for _, s := range tc.servers {
+			got += s.Stats().Pushes
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("servers accepted %d pushes after 10 s, want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// dispatched is the number of partitions the engine has ever dispatched.
+func (e *Engine) dispatched() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.mu.m.Dispatched()
+}
+
+// quiet reports whether the engine has nothing left to send: nothing
+// queued or in flight in the scheduler, no partition waiting in or
+// being sent by a lane.
+func (e *Engine) quiet() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.mu.m.Queued() > 0 || e.mu.m.InFlight() > 0 {
+		return false
+	}
+	for _, s := range e.servers {
+		for _, l := range s.lanes {
+			l.q.Lock()
+			n := len(l.q.tasks)
+			l.q.Unlock()
+			if n > 0 {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // TestPushesOverlapPulls: a worker pushes all 4 partitions of a tensor
@@ -334,11 +414,16 @@ func TestPushesOverlapPulls(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for tc.servers[0].Stats().Pushes < c.wantPushes && time.Now().Before(deadline) {
-				time.Sleep(5 * time.Millisecond)
+			// Wait until the servers have the pushes and the engine has
+			// nothing more to send (its queue, credit and lanes are
+			// empty): any push beyond those would have been sent by then.
+			waitPushes(t, tc, c.wantPushes)
+			for deadline := time.Now().Add(5 * time.Second); !tc.engines[0].quiet(); {
+				if time.Now().After(deadline) {
+					t.Fatal("engine 0 still has pushes to send after 5 s")
+				}
+				time.Sleep(time.Millisecond)
 			}
-			time.Sleep(100 * time.Millisecond) // room for pushes beyond the credit, if it leaked
 			if got := tc.servers[0].Stats().Pushes; got != c.wantPushes {
 				t.Fatalf("worker 0 alone pushed %d partitions, want %d", got, c.wantPushes)
 			}
@@ -355,26 +440,22 @@ func TestPushesOverlapPulls(t *testing.T) {
 	}
 }
 
-// TestServerDiesMidAnswer: a server that starts sending a pull answer and
-// dies half-way must fail the PushPull (the answer being received was the
-// part of it most easily forgotten), not leave it waiting.
-func TestServerDiesMidAnswer(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+// fakeServerJob starts a coordinator, a fake server that answers every
+// push (or pull) with answer on the raw connection (declarations are
+// acknowledged), and one engine with one lane and 8 KiB partitions.
+func fakeServerJob(t *testing.T, ctx context.Context, answer func(c net.Conn, h proto.Header, payload []byte) bool) *Engine {
+	t.Helper()
 	coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{Addr: "127.0.0.1:0", NumWorkers: 1, NumServers: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer coord.Close()
+	t.Cleanup(func() { coord.Close() })
 	go coord.Run(ctx)
-	// The fake server: acknowledges declarations, and answers the first
-	// pull (a push with FlagPull) with a header promising the whole partition, half of it, and a
-	// closed connection.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -384,7 +465,7 @@ func TestServerDiesMidAnswer(t *testing.T) {
 			go func(c net.Conn) {
 				defer c.Close()
 				for {
-					h, _, err := proto.ReadFrame(c, proto.MaxPayload)
+					h, p, err := proto.ReadFrame(c, proto.MaxPayload)
 					if err != nil {
 						return
 					}
@@ -392,12 +473,9 @@ func TestServerDiesMidAnswer(t *testing.T) {
 					case proto.OpDeclare:
 						proto.WriteFrame(c, proto.Header{Op: proto.OpDeclareAck, ReqID: h.ReqID}, nil)
 					case proto.OpPull, proto.OpPush: // a push asks for the sum too (FlagPull)
-						var b [proto.HeaderSize]byte
-						(&proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: h.ReqID, Length: 8192}).Encode(b[:])
-						c.Write(b[:])
-						c.Write(make([]byte, 4096))
-						time.Sleep(50 * time.Millisecond)
-						return
+						if !answer(c, h, p) {
+							return
+						}
 					}
 				}
 			}(c)
@@ -417,11 +495,30 @@ func TestServerDiesMidAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := Init(ctx, Options{Config: cfg})
+	e, err := Init(ctx, Options{Config: cfg, Logf: t.Logf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer e.Shutdown()
+	t.Cleanup(func() { e.Shutdown() })
+	return e
+}
+
+// TestServerDiesMidAnswer: a server that starts sending a pull answer and
+// dies half-way must fail the PushPull (the answer being received was the
+// part of it most easily forgotten), not leave it waiting.
+func TestServerDiesMidAnswer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// The fake server answers the first pull (a push with FlagPull) with a
+	// header promising the whole partition, half of it, and a closed
+	// connection.
+	e := fakeServerJob(t, ctx, func(c net.Conn, h proto.Header, _ []byte) bool {
+		var b [proto.HeaderSize]byte
+		(&proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: h.ReqID, Length: 8192}).Encode(b[:])
+		c.Write(b[:])
+		c.Write(make([]byte, 4096))
+		return false
+	})
 	x, err := e.Declare("x", proto.Float32, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -435,6 +532,87 @@ func TestServerDiesMidAnswer(t *testing.T) {
 		t.Fatalf("PushPull whose answer was cut off: %v", err)
 	}
 	t.Log(err)
+}
+
+// TestZeroLengthAnswer: a server (or anyone who reached the worker's
+// port) answers with an OpPullResp of no payload. For a request id the
+// worker never used, that changed nothing but a log line (it used to panic
+// the worker: the reader skipped Dest and the engine dereferenced a nil
+// request); for a pending request, that request fails with a clear error
+// (it used to hang), and nothing is written into its buffer.
+func TestZeroLengthAnswer(t *testing.T) {
+	for _, known := range []bool{false, true} {
+		t.Run(fmt.Sprintf("known request %v", known), func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			e := fakeServerJob(t, ctx, func(c net.Conn, h proto.Header, payload []byte) bool {
+				id := h.ReqID
+				if !known {
+					id += 1000
+				}
+				proto.WriteFrame(c, proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: id}, nil)
+				// Then the real answer: the sum of one worker's push is the push.
+				proto.WriteFrame(c, proto.Header{Op: proto.OpPullResp, DType: proto.Float32, Key: h.Key, Round: h.Round, ReqID: h.ReqID}, payload)
+				return true
+			})
+			x, err := e.Declare("x", proto.Float32, 2048)
+			if err != nil {
+				t.Fatal(err)
+			}
+			buf := f32bytes(make([]float32, 2048))
+			for i := range buf {
+				buf[i] = byte(i)
+			}
+			want := append([]byte(nil), buf...)
+			h, err := e.PushPull(x, buf, Sum)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.WaitTimeout(10 * time.Second)
+			switch {
+			case !known && err != nil:
+				t.Fatalf("a zero-length answer to an unknown request failed the pending one: %v", err)
+			case known && (err == nil || !strings.Contains(err.Error(), "pull-resp without a payload")):
+				t.Fatalf("a zero-length answer to a pending request: %v, want a failure saying so", err)
+			}
+			if string(buf) != string(want) {
+				t.Error("the buffer changed")
+			}
+			t.Logf("handle: %v", err)
+		})
+	}
+}
+
+// TestDeclarationsInSeveralFrames: more keys than one declaration frame
+// holds (proto.MaxDecls) are declared to one server in one flush; the
+// engine splits them over several frames, and the job works.
+func TestDeclarationsInSeveralFrames(t *testing.T) {
+	tc := startCluster(t, 1, 1)
+	e := tc.engines[0]
+	n := proto.MaxDecls + 10
+	var last *Tensor
+	for i := 0; i < n; i++ {
+		var err error
+		if last, err = e.Declare(fmt.Sprintf("t%d", i), proto.Int32, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 4)
+	buf[0] = 7
+	h, err := e.PushPull(last, buf, Sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitTimeout(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if buf[0] != 7 {
+		t.Fatalf("sum of one worker's 7 is %d", buf[0])
+	}
+	st := tc.servers[0].Stats()
+	if st.Keys != n || st.Declares != 2 {
+		t.Fatalf("server has %d keys from %d declaration frames, want %d keys from 2", st.Keys, st.Declares, n)
+	}
 }
 
 // TestCreditNoCrossWorkerDeadlock: two workers dispatch the same tensors
@@ -466,7 +644,16 @@ func TestCreditNoCrossWorkerDeadlock(t *testing.T) {
 	start(0, xs)
 	start(0, ys)
 	start(1, xs)
-	time.Sleep(200 * time.Millisecond)
+	// Worker 1 starts y only once it has dispatched two credits' worth of
+	// x: with credit held until the sum came back, the second four would
+	// now hold its credit, waiting for worker 0's, which are queued behind
+	// worker 0's y.
+	for deadline := time.Now().Add(5 * time.Second); tc.engines[1].dispatched() < 8; {
+		if time.Now().After(deadline) {
+			t.Fatalf("worker 1 dispatched %d x partitions after 5 s, want 8", tc.engines[1].dispatched())
+		}
+		time.Sleep(time.Millisecond)
+	}
 	start(1, ys)
 	for _, h := range hs {
 		if err := h.WaitTimeout(5 * time.Second); err != nil {

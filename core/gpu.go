@@ -5,25 +5,25 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/gobps/gobps/gpu"
 	"github.com/gobps/gobps/gpu/cuda"
-	"github.com/gobps/gobps/gpu/fake"
 )
 
 // GPU tensors. A gradient in device memory is staged through a host buffer:
 // the device-to-host copy runs on a dedicated high-priority stream after an
 // event recorded on the framework's stream (so it never reads a gradient
-// before backprop wrote it), the buffer is reduced in place by PushPull,
-// and the result is copied back before the handle completes (gpu.Stager).
-// The device is CUDA (gpu/cuda, libcuda.so.1 loaded at run time) or, with
-// GOBPS_GPU=fake, the fake device over host memory that the tests use.
+// before backprop wrote it), the buffer is reduced in place by the
+// partition lifecycle, and the result is copied back before the handle
+// completes (gpu.Stager): the op's StageIn and StageOut. The device is CUDA
+// (gpu/cuda, libcuda.so.1 loaded at run time) or what Options.OpenDevice
+// opens (tests: the fake device over host memory).
 
 // GPU modes (GOBPS_GPU).
 const (
 	gpuAuto = "auto"
 	gpuOff  = "off"
-	gpuFake = "fake"
 )
 
 // gpuDev is one device this worker stages through.
@@ -35,18 +35,15 @@ type gpuDev struct {
 }
 
 type gpuState struct {
+	open func(index int) (gpu.Device, error) // Options.OpenDevice; nil: CUDA
 	mu   sync.Mutex
 	devs map[int]*gpuDev
-	said bool // the discovery notice was logged
 }
 
 // discoverGPUs logs, once, what NVML sees: the devices, or why there are
 // none (then tensors in device memory cannot be used, host tensors can).
 func (e *Engine) discoverGPUs() {
-	if e.cfg.GPU != gpuAuto {
-		if e.cfg.GPU == gpuFake {
-			e.logf("gpu: GOBPS_GPU=fake: device tensors use the fake device over host memory (for tests)")
-		}
+	if e.cfg.GPU != gpuAuto || e.gpu.open != nil {
 		return
 	}
 	infos, err := gpu.Discover()
@@ -60,8 +57,7 @@ func (e *Engine) discoverGPUs() {
 }
 
 // GPUDevice returns device index as this worker uses it, opening it on
-// first use: CUDA, or the fake device with GOBPS_GPU=fake (tests reach
-// its test helpers through a type assertion to *fake.Device).
+// first use: CUDA, or what Options.OpenDevice opens.
 func (e *Engine) GPUDevice(index int) (gpu.Device, error) {
 	d, err := e.gpuDevice(index)
 	if err != nil {
@@ -83,19 +79,17 @@ func (e *Engine) gpuDevice(index int) (*gpuDev, error) {
 		return d, nil
 	}
 	var dev gpu.Device
-	switch e.cfg.GPU {
-	case gpuOff:
+	var err error
+	switch {
+	case e.cfg.GPU == gpuOff:
 		return nil, fmt.Errorf("gobps: GPU device %d: %w: GPU tensors are turned off (GOBPS_GPU=off)", index, gpu.ErrNotSupported)
-	case gpuFake:
-		dev = fake.New(fake.Options{
-			Index: index, CopyDelay: e.cfg.GPUFakeDelay, MaxJitter: e.cfg.GPUFakeDelay,
-			Seed: uint64(e.Rank())<<8 | uint64(index),
-		})
+	case e.gpu.open != nil:
+		dev, err = e.gpu.open(index)
 	default:
-		var err error
-		if dev, err = cuda.Open(index); err != nil {
-			return nil, fmt.Errorf("gobps: GPU device %d: %w", index, err)
-		}
+		dev, err = cuda.Open(index)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("gobps: GPU device %d: %w", index, err)
 	}
 	pool, err := gpu.NewPool(gpu.PoolOptions{Pinned: dev.AllocHost, Logf: e.logf})
 	if err != nil {
@@ -132,6 +126,9 @@ func (e *Engine) PushPullDevice(t *Tensor, dev int, ptr, stream uintptr, op Redu
 	if ptr == 0 {
 		return nil, fmt.Errorf("gobps: %q: device pointer is 0", t.name)
 	}
+	if err := checkReduce(t, op); err != nil {
+		return nil, err
+	}
 	e.mu.Lock()
 	err := e.startableLocked(t)
 	e.mu.Unlock()
@@ -159,52 +156,57 @@ func (e *Engine) PushPullDevice(t *Tensor, dev int, ptr, stream uintptr, op Redu
 	if err != nil {
 		return nil, fmt.Errorf("gobps: %q: %w", t.name, err)
 	}
-	h := newHandle(t.name, 1)
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		h.partDone(e.runStaged(t, st, gpu.DevPtr(ptr), op))
-	}()
+	h, err := e.start(t, nil, op, true, &gpuStage{st: st, dst: gpu.DevPtr(ptr), timeout: e.cfg.GPUTimeout})
+	if err != nil {
+		e.abortStaged(st)
+		return nil, err
+	}
 	return h, nil
 }
 
-// runStaged is one GPU tensor's round after Begin: wait for the copy out,
-// push and pull in the staging buffer, copy the result back. Each device
-// wait is bounded by GOBPS_GPU_TIMEOUT and by Shutdown; the PushPull in
-// between ends with the job's own failures.
-func (e *Engine) runStaged(t *Tensor, st *gpu.Staged, dst gpu.DevPtr, op ReduceOp) error {
-	ctx := e.ctx
-	err := func() error {
-		hctx, hcancel := context.WithTimeout(ctx, e.cfg.GPUTimeout)
-		host, err := st.Host(hctx)
-		hcancel()
-		if err != nil {
-			return fmt.Errorf("copy out of device memory: %w", err)
-		}
-		inner, err := e.PushPull(t, host, op)
-		if err != nil {
-			return err
-		}
-		// The staging buffer goes back to the pool after Finish or Abort,
-		// so wait for the handle itself; Shutdown and failures end it.
-		if err := inner.cause(); err != nil {
-			return err
-		}
-		fctx, fcancel := context.WithTimeout(ctx, e.cfg.GPUTimeout)
-		defer fcancel()
-		if err := st.Finish(fctx, dst); err != nil {
-			return fmt.Errorf("copy back into device memory: %w", err)
-		}
-		return nil
-	}()
-	if err != nil {
-		actx, acancel := context.WithTimeout(context.Background(), e.cfg.GPUTimeout)
-		defer acancel()
-		if aerr := st.Abort(actx); aerr != nil {
-			err = errors.Join(err, aerr)
-		}
+func (e *Engine) abortStaged(st *gpu.Staged) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.GPUTimeout)
+	defer cancel()
+	if err := st.Abort(ctx); err != nil {
+		e.logf("gobps: abort a staged GPU tensor: %v", err)
 	}
-	return err
+}
+
+// gpuStage stages one GPU tensor's round: in waits for the copy out of
+// device memory (each device wait bounded by GOBPS_GPU_TIMEOUT, and by
+// Shutdown); out copies the result back, or aborts the staging after a
+// failure, which returns the staging buffer to the pool.
+type gpuStage struct {
+	st      *gpu.Staged
+	dst     gpu.DevPtr
+	timeout time.Duration
+}
+
+func (g *gpuStage) buffer() []byte { return nil }
+func (g *gpuStage) async() bool    { return true }
+
+func (g *gpuStage) in(ctx context.Context) ([]byte, error) {
+	host, err := g.st.Host(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("copy out of device memory: %w", err)
+	}
+	return host, nil
+}
+
+func (g *gpuStage) out(failed error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	defer cancel()
+	if failed == nil {
+		err := g.st.Finish(ctx, g.dst)
+		if err == nil {
+			return nil
+		}
+		failed = fmt.Errorf("copy back into device memory: %w", err)
+	}
+	if aerr := g.st.Abort(ctx); aerr != nil {
+		return errors.Join(failed, aerr)
+	}
+	return failed
 }
 
 // closeGPUs releases the devices once nothing stages any more.

@@ -20,7 +20,7 @@ import (
 func TestPushPullDeviceFake(t *testing.T) {
 	for _, agg := range []string{"0", "1"} {
 		t.Run("local aggregation "+agg, func(t *testing.T) {
-			tc := startCluster(t, 3, 2, "GOBPS_GPU", "fake", "GOBPS_GPU_FAKE_DELAY", "300us", "GOBPS_LOCAL_AGGREGATION", agg)
+			tc := startCluster(t, 3, 2, fakeGPU, "300us", "GOBPS_LOCAL_AGGREGATION", agg)
 			const rounds = 4
 			sizes := []int{1, 1000, 5000, 20000} // int32 elements; 8 KiB partitions
 			tc.each(t, func(rank int, e *Engine) error {
@@ -194,7 +194,7 @@ func TestPushPullCopy(t *testing.T) {
 // copy out is still running fails its handle (and returns its staging
 // buffer), rather than completing it with the gradient unreduced.
 func TestPushPullDeviceEngineFails(t *testing.T) {
-	tc := startCluster(t, 1, 1, "GOBPS_GPU", "fake", "GOBPS_GPU_FAKE_DELAY", "100ms")
+	tc := startCluster(t, 1, 1, fakeGPU, "100ms")
 	e := tc.engines[0]
 	tt, err := e.Declare("g", proto.Float32, 1024)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobps/gobps/core/lifecycle"
 	"github.com/gobps/gobps/core/local"
 	"github.com/gobps/gobps/summation/kernel"
 )
@@ -19,15 +20,10 @@ import (
 // L, and the ownership (core/local balances it by bytes) spreads the
 // pushing over the local ranks. Broadcast tensors skip it: their root
 // pushes and every worker pulls, as without.
-
-// localPart is a partition's local-aggregation state.
-type localPart struct {
-	seg *local.Segment
-	// last is closed when this partition's previous round has finished
-	// locally; rounds of one key go through shared memory strictly in
-	// order. Guarded by Engine.mu.
-	last chan struct{}
-}
+//
+// The rounds themselves are stages of the partition lifecycle (LocalIn,
+// LocalReduce or LocalResult, LocalPublish, LocalOut): this file carries
+// them out on the key's segment.
 
 // localJoinTimeout bounds the wait for every local rank to join the group.
 const localJoinTimeout = 60 * time.Second
@@ -63,149 +59,68 @@ func (e *Engine) joinLocal(ctx context.Context) error {
 	return nil
 }
 
-// declareLocalLocked creates the shared segments of a new sum tensor.
-// REQUIRES: e.mu.
-func (e *Engine) declareLocalLocked(t *Tensor) error {
+// declareLocal creates the shared segments of a new sum tensor. It does
+// file I/O: the caller holds declMu, not mu.
+func (e *Engine) declareLocal(t *Tensor) error {
 	if e.local == nil || t.root >= 0 {
 		return nil
 	}
-	t.local = make([]*localPart, len(t.parts))
+	t.local = make([]*local.Segment, len(t.parts))
+	t.owners = make([]bool, len(t.parts))
 	for i, p := range t.parts {
-		seg, err := e.local.Declare(p.key, p.rng.Len, t.dtype)
+		seg, err := e.local.Declare(p.Key, p.Len, t.dtype)
 		if err != nil {
 			return fmt.Errorf("gobps: declare %q locally: %w", t.name, err)
 		}
-		lp := &localPart{seg: seg, last: make(chan struct{})}
-		close(lp.last)
-		t.local[i] = lp
+		t.local[i], t.owners[i] = seg, seg.IsOwner()
 	}
 	return nil
 }
 
-// startLocalLocked starts one round of every partition of t through local
-// aggregation. REQUIRES: e.mu.
-func (e *Engine) startLocalLocked(h *Handle, t *Tensor, buf []byte, op ReduceOp, round uint64) {
-	for i, p := range t.parts {
-		lp := t.local[i]
-		prev, done := lp.last, make(chan struct{})
-		lp.last = done
-		b := buf[p.rng.Off : p.rng.Off+p.rng.Len]
-		e.wg.Add(1)
-		go func() {
-			defer e.wg.Done()
-			defer close(done)
-			h.partDone(e.runLocal(t, p, lp, prev, round, b, op))
-		}()
+// runLocal carries out one local-aggregation stage of a task, on a
+// goroutine of its own, and reports its end.
+func (e *Engine) runLocal(ef lifecycle.Effect) {
+	t := ef.Task
+	seg := refOf(t.Op).t.local[t.Index]
+	r := t.Round
+	switch ef.Kind {
+	case lifecycle.LocalIn:
+		copy(seg.Input(), t.Buf)
+		err := localErr(seg.Contribute(r))
+		e.report(func(m *lifecycle.Machine) { m.LocalInDone(t, err) })
+	case lifecycle.LocalReduce:
+		sum, err := seg.Reduce(e.waitCtx(t), r)
+		err = localErr(err)
+		e.report(func(m *lifecycle.Machine) {
+			e.doneWaitingLocked(t)
+			m.Reduced(t, sum, err)
+		})
+	case lifecycle.LocalResult:
+		res, err := seg.Wait(e.waitCtx(t), r)
+		err = localErr(err)
+		e.report(func(m *lifecycle.Machine) {
+			e.doneWaitingLocked(t)
+			m.ResultReady(t, res, err)
+		})
+	case lifecycle.LocalPublish:
+		err := localErr(seg.Publish(r))
+		e.report(func(m *lifecycle.Machine) { m.Published(t, err) })
+	case lifecycle.LocalOut:
+		copy(t.Buf, t.Result)
+		err := localErr(seg.Done(r))
+		if err == nil && t.Op.Spec.Average {
+			err = kernel.Div(t.Op.Spec.DType, t.Buf, e.Size())
+		}
+		e.report(func(m *lifecycle.Machine) { m.LocalOutDone(t, err) })
 	}
 }
 
-// runLocal is one partition's round: contribute, then either (owner) sum
-// the machine's contributions, push and pull that sum and publish it, or
-// wait for the owner's result; then copy the result out. It returns only
-// when it no longer touches b.
-func (e *Engine) runLocal(t *Tensor, p part, lp *localPart, prev <-chan struct{}, round uint64, b []byte, op ReduceOp) error {
-	srv := e.servers[p.srv]
-	ctx, cancel := context.WithCancel(e.ctx)
-	defer cancel()
-	go func() {
-		select {
-		case <-srv.dead:
-		case <-e.broken:
-		case <-ctx.Done():
-			return
-		}
-		cancel()
-	}()
-	select {
-	case <-prev:
-	case <-ctx.Done():
-		return e.localStopped(srv)
-	}
-	r := round
-	seg := lp.seg
-	copy(seg.Input(), b)
-	if err := seg.Contribute(r); err != nil {
-		return e.localErr(srv, err)
-	}
-	var res []byte
-	if seg.IsOwner() {
-		sum, err := seg.Reduce(ctx, r)
-		if err != nil {
-			return e.localErr(srv, err)
-		}
-		if err := e.pushPullOwned(t, p, round, sum); err != nil {
-			// The others wait for a Publish that will not come: fail the
-			// group, with the reason, rather than leave them to time out.
-			e.local.Abort(fmt.Errorf("local rank %d could not push and pull key %s: %w", e.cfg.LocalRank, p.key, err))
-			return err
-		}
-		if err := seg.Publish(r); err != nil {
-			return e.localErr(srv, err)
-		}
-		res = sum
-	} else {
-		var err error
-		if res, err = seg.Wait(ctx, r); err != nil {
-			return e.localErr(srv, err)
-		}
-	}
-	copy(b, res)
-	if err := seg.Done(r); err != nil {
-		return e.localErr(srv, err)
-	}
-	if op == Average {
-		return kernel.Div(t.dtype, b, e.Size())
-	}
-	return nil
-}
-
-// pushPullOwned sends the machine's sum of one partition to its server and
-// waits for the global sum in the same buffer, through the usual queue,
-// credit and lanes.
-func (e *Engine) pushPullOwned(t *Tensor, p part, round uint64, sum []byte) error {
-	inner := newHandle(t.name, 1)
-	tk := &task{h: inner, t: t, p: p, round: round, in: sum, out: sum, op: Sum, push: true}
-	inner.tasks = []*task{tk}
-	s := e.servers[p.srv]
-	tk.lane = s.lanes[int(uint64(p.key)%uint64(len(s.lanes)))]
-	e.mu.Lock()
-	if err := e.startableLocked(t); err != nil {
-		e.mu.Unlock()
-		return err
-	}
-	e.enqueueLocked(tk)
-	e.poke()
-	e.mu.Unlock()
-	select {
-	case <-inner.done:
-	case <-e.stop:
-		// Shutting down: fail it unless a lane is reading or writing sum
-		// right now; then that lane finishes it, promptly, since its
-		// connection is being closed.
-		e.mu.Lock()
-		e.finishLocked(tk, ErrNotInitialized)
-		e.mu.Unlock()
-	}
-	return inner.cause()
-}
-
-// localErr names the root cause of a local failure: a failed server or
-// engine explains a cancelled wait better than the wait itself.
-func (e *Engine) localErr(srv *server, err error) error {
-	if errors.Is(err, context.Canceled) {
-		return e.localStopped(srv)
+// localErr says where an error of the local group comes from. (A wait
+// that the lifecycle cancelled fails with the cause it recorded first, so
+// its context's error is never what the handle reports.)
+func localErr(err error) error {
+	if err == nil {
+		return nil
 	}
 	return fmt.Errorf("local aggregation: %w", err)
-}
-
-func (e *Engine) localStopped(srv *server) error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if srv.failed != nil {
-		return srv.failed
-	}
-	if err := e.usableLocked(); err != nil {
-		return err
-	}
-	return errors.New("local aggregation stopped")
 }

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/gobps/gobps/core/lifecycle"
 )
 
 // maxTraceEvents bounds a timeline's memory: about 100 bytes an event, so
@@ -46,36 +48,79 @@ func newTimeline(dir string, rank int) *timeline {
 }
 
 // taskTimes are the moments a partition passed; zero where it never did.
-// A push carries its pull, so the answer may start, and even end, before
-// the push's Send has returned: first and done may come before sent.
+// They live in the task's Note from its dispatch on. A push carries its
+// pull, so the answer may start, and even end, before the push's Send has
+// returned: first may come before sent (a partition finishes only once
+// both are done).
 type taskTimes struct {
-	queued, dispatched, sending, sent, first, done time.Time
-	err                                            error // what the partition finished with
+	queued, dispatched, sending, sent, first time.Time
 }
 
-// now returns the time when tracing, and the zero time otherwise, so an
-// untraced engine does not read the clock.
-func (tl *timeline) now() time.Time {
+// step is a moment a lane marks.
+type step uint8
+
+const (
+	stepSending step = iota
+	stepSent
+	stepFirst
+)
+
+// started stamps an op's start, from which its partitions count their time
+// in the queue; the zero time when not tracing, so that an untraced engine
+// does not read the clock.
+func (tl *timeline) started() time.Time {
 	if tl == nil {
 		return time.Time{}
 	}
 	return time.Now()
 }
 
-// record adds the stages of one partition that has finished and whose
-// push, if it began, has returned.
-func (tl *timeline) record(tk *task) {
+// dispatched notes that t has been handed to its lane. REQUIRES: Engine.mu
+// (t is not yet on any other goroutine).
+func (tl *timeline) dispatched(t *lifecycle.Task) {
 	if tl == nil {
 		return
 	}
-	tt := &tk.times
-	end, err := tt.done, tt.err
+	t.Note = &taskTimes{queued: refOf(t.Op).queued, dispatched: time.Now()}
+}
+
+// mark notes a step of t's send or answer, on the goroutine that is busy
+// with it (the lifecycle does not finish t meanwhile).
+func (tl *timeline) mark(t *lifecycle.Task, s step) {
+	if tl == nil {
+		return
+	}
+	tt, ok := t.Note.(*taskTimes)
+	if !ok {
+		return
+	}
+	now := time.Now()
+	switch s {
+	case stepSending:
+		tt.sending = now
+	case stepSent:
+		tt.sent = now
+	case stepFirst:
+		tt.first = now
+	}
+}
+
+// finished adds the stages of t, which has finished with err.
+func (tl *timeline) finished(t *lifecycle.Task, err error) {
+	if tl == nil {
+		return
+	}
+	tt, ok := t.Note.(*taskTimes)
+	if !ok {
+		return // never dispatched
+	}
+	end := time.Now()
 	wait := tt.first
 	if !wait.After(tt.sent) {
 		wait = time.Time{} // the answer began while the push was still being sent
 	}
-	name := fmt.Sprintf("%s[%d]", tk.t.name, tk.p.key.Part())
-	args := map[string]any{"key": tk.p.key.String(), "round": tk.round, "bytes": tk.p.rng.Len}
+	name := fmt.Sprintf("%s[%d]", t.Op.Spec.Name, t.Part.Key.Part())
+	args := map[string]any{"key": t.Part.Key.String(), "round": t.Round, "bytes": t.Part.Len}
 	if err != nil {
 		args["error"] = err.Error()
 	}
@@ -102,7 +147,7 @@ func (tl *timeline) record(tk *task) {
 		tl.events = append(tl.events, traceEvent{
 			Name: name, Cat: s.cat, Ph: "X",
 			TS: tl.micros(s.from), Dur: float64(s.to.Sub(s.from).Nanoseconds()) / 1e3,
-			PID: tl.rank, TID: tk.p.srv, Args: args,
+			PID: tl.rank, TID: t.Part.Server, Args: args,
 		})
 	}
 }

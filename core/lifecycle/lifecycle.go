@@ -830,6 +830,21 @@ func (m *Machine) StagedOut(op *Op, err error) {
 	m.emit(Complete, nil, op, op.err)
 }
 
+// Request returns the unfinished task whose request id is id, or nil.
+func (m *Machine) Request(id uint64) *Task {
+	if t := m.reqs[id]; t != nil && !t.finished {
+		return t
+	}
+	return nil
+}
+
+// Queued returns the number of tasks in the scheduler's queue (some may
+// have finished there), for tests.
+func (m *Machine) Queued() int { return m.queue.Len() }
+
+// Dispatched returns the number of tasks ever dispatched, for tests.
+func (m *Machine) Dispatched() int { return int(m.nextReq) }
+
 // InFlight returns the credit in use, for tests.
 func (m *Machine) InFlight() int { return m.queue.InFlight() }
 

@@ -38,7 +38,8 @@ func main() {
 	maxBytes := flag.Int("max", 16<<20, "largest tensor in bytes")
 	seed := flag.Int64("seed", 1, "seed shared by every worker")
 	timeout := flag.Duration("timeout", 5*time.Minute, "give up after this long")
-	device := flag.Bool("device", false, "keep every other tensor in GPU memory (run with GOBPS_GPU=fake: the fake device), written late by a simulated backprop")
+	device := flag.Bool("device", false, "keep every other tensor in GPU memory on the fake device (gpu/fake), written late by a simulated backprop")
+	fakeDelay := flag.Duration("fake-delay", 0, "with -device: each copy of the fake device sleeps this long plus a random part up to as long again, to shake out ordering bugs")
 	flag.Parse()
 	cfg, err := config.FromEnv()
 	if err != nil {
@@ -47,7 +48,16 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	e, err := core.Init(ctx, core.Options{Config: cfg})
+	opt := core.Options{Config: cfg}
+	if *device {
+		// The fake device is injected by this test program, never read
+		// from the environment by production code.
+		seed := uint64(cfg.WorkerID*cfg.LocalSize+cfg.LocalRank) << 8
+		opt.OpenDevice = func(index int) (gpu.Device, error) {
+			return fake.New(fake.Options{Index: index, CopyDelay: *fakeDelay, MaxJitter: *fakeDelay, Seed: seed | uint64(index)}), nil
+		}
+	}
+	e, err := core.Init(ctx, opt)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -123,7 +133,7 @@ func exactSum(e *core.Engine, ntensors, rounds, maxBytes int, seed int64, device
 		}
 		var ok bool
 		if dev, ok = d.(*fake.Device); !ok {
-			return fmt.Errorf("-device needs GOBPS_GPU=fake, got %s", d.Name())
+			return fmt.Errorf("-device: device 0 is %s, not the fake device", d.Name())
 		}
 		fw = dev.NewFrameworkStream()
 		defer fw.Close()
