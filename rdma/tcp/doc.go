@@ -2,7 +2,9 @@
 // "tcp" driver that rdma.Open falls back to when no RDMA device can be
 // used. It owns the framing of proto headers and payloads on TCP sockets,
 // each connection's reader goroutine, the accept loops of its listeners
-// and their lifecycle.
+// and their lifecycle. tcp.NewOn runs the same transport over another
+// network with net.Conn semantics (Net): tests use rdma/memnet, an
+// in-memory network that injects faults.
 //
 // The header and the payload leave in one writev, and the payload is read
 // from the socket straight into the destination the Handler gives
@@ -17,4 +19,8 @@
 // TCP registers no memory, grants no stable destinations
 // (Conn.Release does nothing) and counts nothing (its copies are the
 // kernel's).
+//
+// Conn.Close marks the connection closed and closes the socket without
+// waiting for a Send in progress: a Send blocked on a peer that stopped
+// reading fails at once.
 package tcp

@@ -29,6 +29,26 @@ func init() {
 	})
 }
 
+// Net is the network a Transport listens and dials on: real TCP for
+// New, or another network with the semantics of TCP's net.Conns (full
+// duplex streams, deadlines, a Close that ends blocked reads and writes)
+// for NewOn, such as the in-memory, fault-injecting rdma/memnet of tests.
+// Its methods must be safe for concurrent use.
+type Net interface {
+	Listen(addr string) (net.Listener, error)
+	Dial(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// sockets is real TCP.
+type sockets struct{}
+
+func (sockets) Listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+func (sockets) Dial(ctx context.Context, addr string) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
 // Transport is the TCP transport.
 //
 // Locking: mu guards the sets of listeners and connections and closed;
@@ -36,6 +56,7 @@ func init() {
 // readers), which Close waits for.
 type Transport struct {
 	opt rdma.Options
+	net Net
 
 	mu struct {
 		sync.Mutex
@@ -47,8 +68,13 @@ type Transport struct {
 }
 
 // New returns a TCP transport.
-func New(opt rdma.Options) *Transport {
-	t := &Transport{opt: opt}
+func New(opt rdma.Options) *Transport { return NewOn(sockets{}, opt) }
+
+// NewOn returns a transport that frames as TCP does over the connections
+// of n: tests run the summation server and the worker engine unchanged on
+// an in-memory network with NewOn(memnet.New(...), opt).
+func NewOn(n Net, opt rdma.Options) *Transport {
+	t := &Transport{opt: opt, net: n}
 	t.mu.conns = map[*conn]struct{}{}
 	t.mu.lns = map[*listener]struct{}{}
 	return t
@@ -95,7 +121,7 @@ func (t *Transport) Close() error {
 
 // Listen implements rdma.Transport.
 func (t *Transport) Listen(addr string, h rdma.Handler) (rdma.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := t.net.Listen(addr)
 	if err != nil {
 		return nil, fmt.Errorf("rdma: tcp listen %s: %w", addr, err)
 	}
@@ -113,7 +139,7 @@ func (t *Transport) Listen(addr string, h rdma.Handler) (rdma.Listener, error) {
 		defer t.wg.Done()
 		defer close(l.done)
 		accept.Loop(ln, l.stop, t.logf, func(nc net.Conn) {
-			t.accepted(nc.(*net.TCPConn), h)
+			t.accepted(nc, h)
 		})
 	}()
 	return l, nil
@@ -158,12 +184,11 @@ func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, 
 	if closed {
 		return nil, errClosed
 	}
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := t.net.Dial(ctx, addr)
 	if err != nil {
 		return nil, fmt.Errorf("rdma: tcp dial %s: %w", addr, err)
 	}
-	c := t.newConn(nc.(*net.TCPConn), proto.WorkerSide)
+	c := t.newConn(nc, proto.WorkerSide)
 	if hello != nil {
 		if err := c.Send(*hello, nil); err != nil {
 			nc.Close()
@@ -178,15 +203,17 @@ func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, 
 
 // accepted serves a connection Listen accepted, which must say hello
 // within the hello timeout: until it does, reads have that deadline.
-func (t *Transport) accepted(nc *net.TCPConn, h rdma.Handler) {
+func (t *Transport) accepted(nc net.Conn, h rdma.Handler) {
 	c := t.newConn(nc, proto.ServerSide)
 	c.helloWait = t.opt.HelloWait()
 	_ = nc.SetReadDeadline(time.Now().Add(c.helloWait))
 	t.run(c, h)
 }
 
-func (t *Transport) newConn(nc *net.TCPConn, side proto.Side) *conn {
-	_ = nc.SetNoDelay(true)
+func (t *Transport) newConn(nc net.Conn, side proto.Side) *conn {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
 	return &conn{t: t, nc: nc, checksum: t.opt.Checksum, remote: nc.RemoteAddr().String(), adm: rdma.NewAdmission(side)}
 }
 
@@ -210,7 +237,7 @@ func (t *Transport) run(c *conn, h rdma.Handler) bool {
 // one writev each, and read by readLoop, which calls the Handler.
 type conn struct {
 	t        *Transport
-	nc       *net.TCPConn
+	nc       net.Conn
 	checksum bool
 	remote   string
 

@@ -142,6 +142,7 @@ func TestCloseDoesNotWaitForBlockedSend(t *testing.T) {
 	}()
 	tr := New(rdma.Options{})
 	defer rdmatest.Close(t, tr)
+	defer settle()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, err := tr.Dial(ctx, ln.Addr().String(), 1, rdmatest.NewRec())
