@@ -22,5 +22,7 @@
 //
 // Conn.Close marks the connection closed and closes the socket without
 // waiting for a Send in progress: a Send blocked on a peer that stopped
-// reading fails at once.
+// reading fails at once. A Send whose write fails closes the connection,
+// since part of its frame may be on the wire; Closed gets the write's
+// error.
 package tcp

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,6 +86,49 @@ func TestNoHelloOverMemnet(t *testing.T) {
 	defer nc.Close()
 	if err := srv.WaitClosed(t, 5*time.Second); !errors.Is(err, rdma.ErrNoHello) {
 		t.Fatalf("closed with %v, want ErrNoHello", err)
+	}
+}
+
+// TestFailedWriteClosesConn: a write that fails after part of a frame
+// went out leaves the stream unusable, so the transport closes the
+// connection: the Send fails, the sender's Closed gets the write's error
+// (not nil, as for a close of its own), and the peer sees the connection
+// end mid-frame rather than a garbled next frame.
+func TestFailedWriteClosesConn(t *testing.T) {
+	var fail atomic.Bool
+	n := memnet.New(memnet.Options{Policy: func(w memnet.Write) memnet.Action {
+		// The client's write 4 is the payload of its second frame (the
+		// hello was write 0; each frame is a header and a payload
+		// write): its header went through, the payload stops after 3
+		// bytes.
+		if fail.Load() && w.Dir == memnet.FromDialer && w.N == 4 {
+			return memnet.Action{Fail: true, Keep: 3}
+		}
+		return memnet.Action{}
+	}})
+	defer n.Close()
+	srv := rdmatest.NewRec()
+	c, cli, _ := memPair(t, n, rdma.Options{}, srv)
+	srv.NextHello(t)
+	if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: 1}, []byte("whole")); err != nil {
+		t.Fatal(err)
+	}
+	if f := srv.Next(t); string(f.Payload) != "whole" {
+		t.Fatalf("first frame %q", f.Payload)
+	}
+	fail.Store(true) // no write is in flight: the Send above returned
+	err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: 2}, []byte("broken"))
+	if !errors.Is(err, memnet.ErrInjected) {
+		t.Fatalf("Send returned %v, want the injected failure", err)
+	}
+	if got := cli.WaitClosed(t, 5*time.Second); !errors.Is(got, memnet.ErrInjected) {
+		t.Fatalf("the sender's Closed got %v, want the write's error", got)
+	}
+	if got := srv.WaitClosed(t, 5*time.Second); got == nil || !strings.Contains(got.Error(), "payload") {
+		t.Fatalf("the peer's Closed got %v, want the payload cut short", got)
+	}
+	if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: 3}, []byte("after")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Send after the failure: %v", err)
 	}
 }
 

@@ -255,6 +255,7 @@ type conn struct {
 	// must not wait behind it. Closing the socket makes that write return.
 	closed    atomic.Bool
 	closeOnce sync.Once
+	werr      atomic.Pointer[error] // the failed write that closed the connection
 }
 
 func (c *conn) RemoteAddr() string { return c.remote }
@@ -281,9 +282,23 @@ func (c *conn) Send(h proto.Header, payload []byte) error {
 	_, err := v.WriteTo(c.nc)
 	c.bufs[1] = nil
 	if err != nil {
-		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+		err = fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+		c.fail(err)
+		return err
 	}
 	return nil
+}
+
+// fail closes the connection after a failed write, which may have left
+// part of a frame on the wire: it cannot carry another. Closed gets err,
+// unless this side had closed the connection already (the write failed
+// because of that).
+func (c *conn) fail(err error) {
+	if c.closed.Load() {
+		return
+	}
+	c.werr.CompareAndSwap(nil, &err)
+	c.Close()
 }
 
 // Close implements rdma.Conn. It waits neither for the reader nor for a
@@ -308,6 +323,9 @@ func (c *conn) readLoop(h rdma.Handler) {
 	c.closeOnce.Do(func() { _ = c.nc.Close() })
 	if byUs {
 		err = nil
+		if werr := c.werr.Load(); werr != nil {
+			err = *werr
+		}
 	}
 	c.t.mu.Lock()
 	delete(c.t.mu.conns, c)
