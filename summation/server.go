@@ -24,6 +24,13 @@ type Config struct {
 	Transport rdma.Transport
 	// Addr is the data address to listen on, e.g. "127.0.0.1:0".
 	Addr string
+	// MemoryBudget bounds the bytes of keys the server accepts, summed
+	// over every declaration (GOBPS_SERVER_MEMORY_BYTES): a declaration
+	// frame that would take the declared bytes beyond it is refused
+	// whole. Each declared byte costs the server about two (a sum buffer
+	// for each of the two open rounds), plus the pushes in flight. 0
+	// means no bound; cmd/internal/roles always sets one.
+	MemoryBudget int64
 	// Logf, if set, receives one line per notable event (bad frames,
 	// refused requests). The server never logs otherwise.
 	Logf func(format string, args ...any)
@@ -38,6 +45,7 @@ type Stats struct {
 	Refused     int64 // requests answered with an error
 	BadConns    int64 // connections closed for a bad frame
 	Keys        int   // keys declared
+	Declared    int64 // bytes of the keys declared (bounded by Config.MemoryBudget)
 	EngineBytes []uint64
 }
 
@@ -49,9 +57,10 @@ type Server struct {
 
 	mu struct {
 		sync.RWMutex
-		keys  map[proto.Key]*key
-		load  []uint64 // declared bytes per engine
-		peers map[rdma.Conn]*peer
+		keys     map[proto.Key]*key
+		load     []uint64 // declared bytes per engine
+		declared uint64   // declared bytes in all
+		peers    map[rdma.Conn]*peer
 	}
 	engines []*engine
 	done    chan struct{}
@@ -201,7 +210,8 @@ func (s *Server) Stats() Stats {
 	defer s.mu.RUnlock()
 	return Stats{
 		Declares: s.declares.Load(), Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Pieces: s.pieces.Load(), Refused: s.refused.Load(),
-		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), EngineBytes: append([]uint64(nil), s.mu.load...),
+		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), Declared: int64(s.mu.declared),
+		EngineBytes: append([]uint64(nil), s.mu.load...),
 	}
 }
 
@@ -256,23 +266,42 @@ func (s *Server) refuse(p *peer, h *proto.Header, err error) {
 }
 
 // declare creates or checks every declared key. It refuses the whole batch
-// if any declaration disagrees with an earlier one.
+// if any declaration disagrees with an earlier one (in this batch or
+// before), or if its new keys would take the declared bytes beyond the
+// memory budget. Each declaration was checked on its own by
+// proto.DecodeDecls (a known dtype, 1..proto.MaxPayload bytes).
 func (s *Server) declare(ds []proto.Decl) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
+	batch := make(map[proto.Key]proto.Decl, len(ds))
+	var adds, added uint64 // new keys and their bytes
 	for _, d := range ds {
 		if d.Root >= int32(s.cfg.Workers) {
 			errs = append(errs, fmt.Errorf("key %s: broadcast root %d, but there are %d workers", d.Key, d.Root, s.cfg.Workers))
 			continue
 		}
-		if k, ok := s.mu.keys[d.Key]; ok && k.decl != d {
-			errs = append(errs, fmt.Errorf("key %s declared as %d bytes of %s root %d, earlier as %d bytes of %s root %d",
-				d.Key, d.Bytes, d.DType, d.Root, k.decl.Bytes, k.decl.DType, k.decl.Root))
+		earlier, ok := batch[d.Key]
+		if k, known := s.mu.keys[d.Key]; known {
+			earlier, ok = k.decl, true
 		}
+		if ok {
+			if earlier != d {
+				errs = append(errs, fmt.Errorf("key %s declared as %d bytes of %s root %d, earlier as %d bytes of %s root %d",
+					d.Key, d.Bytes, d.DType, d.Root, earlier.Bytes, earlier.DType, earlier.Root))
+			}
+			continue
+		}
+		batch[d.Key] = d
+		adds++
+		added += d.Bytes
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
+	}
+	if b := s.cfg.MemoryBudget; b > 0 && s.mu.declared+added > uint64(b) {
+		return fmt.Errorf("declaring %d new keys of %d bytes would take this server to %d declared bytes, beyond its memory budget of %d bytes (GOBPS_SERVER_MEMORY_BYTES; %d bytes declared so far)",
+			adds, added, s.mu.declared+added, b, s.mu.declared)
 	}
 	for _, d := range ds {
 		if _, ok := s.mu.keys[d.Key]; ok {
@@ -285,6 +314,7 @@ func (s *Server) declare(ds []proto.Decl) error {
 			}
 		}
 		s.mu.load[best] += d.Bytes
+		s.mu.declared += d.Bytes
 		s.mu.keys[d.Key] = &key{decl: d, engine: s.engines[best], rounds: NewRoundsOf(d, s.cfg.Workers, s.cfg.Pushers)}
 	}
 	return nil
