@@ -1,15 +1,63 @@
 package summation
 
 import (
+	"context"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
+	"github.com/gobps/gobps/rdma/memnet"
 	"github.com/gobps/gobps/rdma/tcp"
 )
 
-// The server's edges, each found by probing a running job.
+// The server's edges, each found by probing a running job: the memory
+// budget, the zero-length push, and the connections that never say
+// hello.
+
+// logs collects a server's log lines.
+type logs struct {
+	t     *testing.T
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logs) logf(format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	l.mu.Lock()
+	l.lines = append(l.lines, line)
+	l.mu.Unlock()
+	l.t.Log(line)
+}
+
+func (l *logs) matching(words ...string) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []string
+next:
+	for _, line := range l.lines {
+		for _, w := range words {
+			if !strings.Contains(line, w) {
+				continue next
+			}
+		}
+		out = append(out, line)
+	}
+	return out
+}
+
+// waitFor polls cond, for up to 5 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+	}
+}
 
 // TestMemoryBudget: a declaration frame whose new keys would take the
 // server's declared bytes beyond its budget is refused whole, with an
@@ -90,5 +138,45 @@ func TestDeclaredKeySize(t *testing.T) {
 	c.expectError(6, fmt.Sprintf("outside 1..%d", proto.MaxPayload))
 	if st := s.Stats(); st.Keys != 0 {
 		t.Fatalf("%d keys declared", st.Keys)
+	}
+}
+
+// TestZeroLengthPush: a push without a payload on a declared key is
+// answered with OpError for its request id (it used to be dropped
+// unanswered), alone or asking for the sum too, and the worker carries on.
+func TestZeroLengthPush(t *testing.T) {
+	_, cs := twoWorkers(t)
+	cs[0].send(proto.Header{Op: proto.OpPush, DType: proto.Int32, Key: testKey.Key, Round: 1, ReqID: 21}, nil)
+	cs[0].expectError(21, "push without a payload")
+	cs[1].send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: testKey.Key, Round: 1, ReqID: 22}, nil)
+	cs[1].expectError(22, "push without a payload")
+	round(t, cs, 1, [][]int32{{1, 2}, {3, 4}}, []int32{4, 6})
+}
+
+// TestNoHelloClosedAndLogged: a connection that says nothing is closed by
+// the transport at the hello timeout; the server logs it once, with its
+// address, and does not count it as a bad frame.
+func TestNoHelloClosedAndLogged(t *testing.T) {
+	l := &logs{t: t}
+	n := memnet.New(memnet.Options{})
+	defer n.Close()
+	tr := tcp.NewOn(n, rdma.Options{HelloTimeout: 50 * time.Millisecond})
+	s, err := New(Config{Workers: 1, Engines: 1, Transport: tr, Addr: "srv:0", Logf: l.logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	defer s.Close()
+	nc, err := n.Dial(context.Background(), s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	waitFor(t, "the silent connection's close", func() bool { return s.Stats().NoHello == 1 })
+	if got := l.matching("closed "+nc.LocalAddr().String()+":", "no hello"); len(got) != 1 {
+		t.Fatalf("%d log lines about the silent connection %s, want 1: %q", len(got), nc.LocalAddr(), got)
+	}
+	if st := s.Stats(); st.BadConns != 0 {
+		t.Fatalf("a connection without a hello counted as %d bad connections", st.BadConns)
 	}
 }

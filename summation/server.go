@@ -32,7 +32,8 @@ type Config struct {
 	// means no bound; cmd/internal/roles always sets one.
 	MemoryBudget int64
 	// Logf, if set, receives one line per notable event (bad frames,
-	// refused requests). The server never logs otherwise.
+	// refused requests, connections closed without a hello). The server
+	// never logs otherwise.
 	Logf func(format string, args ...any)
 }
 
@@ -44,6 +45,7 @@ type Stats struct {
 	Pieces      int64 // answer pieces sent (answers streamed as their chunks' sums complete)
 	Refused     int64 // requests answered with an error
 	BadConns    int64 // connections closed for a bad frame
+	NoHello     int64 // connections the transport closed for want of a hello
 	Keys        int   // keys declared
 	Declared    int64 // bytes of the keys declared (bounded by Config.MemoryBudget)
 	EngineBytes []uint64
@@ -67,8 +69,8 @@ type Server struct {
 	closing sync.Once
 	wg      sync.WaitGroup
 
-	id                                                 atomic.Uint32 // node id, the Sender of every frame
-	declares, pushes, pulls, pieces, refused, badConns atomic.Int64
+	id                                                          atomic.Uint32 // node id, the Sender of every frame
+	declares, pushes, pulls, pieces, refused, badConns, noHello atomic.Int64
 }
 
 // SetID sets the node id the server puts in the Sender field of its frames
@@ -210,7 +212,7 @@ func (s *Server) Stats() Stats {
 	defer s.mu.RUnlock()
 	return Stats{
 		Declares: s.declares.Load(), Pushes: s.pushes.Load(), Pulls: s.pulls.Load(), Pieces: s.pieces.Load(), Refused: s.refused.Load(),
-		BadConns: s.badConns.Load(), Keys: len(s.mu.keys), Declared: int64(s.mu.declared),
+		BadConns: s.badConns.Load(), NoHello: s.noHello.Load(), Keys: len(s.mu.keys), Declared: int64(s.mu.declared),
 		EngineBytes: append([]uint64(nil), s.mu.load...),
 	}
 }
@@ -466,6 +468,12 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 		s.declares.Add(1)
 		p.out.send(proto.Header{Op: proto.OpDeclareAck, Sender: s.id.Load(), ReqID: hd.ReqID}, nil, nil)
 	case proto.OpPush:
+		if hd.Length == 0 {
+			// The transports refuse it (proto.Admit) before it gets here;
+			// were one not to, it must still be answered.
+			s.refuse(p, hd, errors.New("push without a payload"))
+			return
+		}
 		if payload == nil {
 			return // chunked: its tasks are queued already
 		}
@@ -493,11 +501,19 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 	}
 }
 
+// Closed implements rdma.Handler. A connection closed for a bad frame,
+// or by the transport for want of a hello (rdma.Options.HelloTimeout),
+// is counted and logged once, with its address; one the peer or this
+// side closed is not.
 func (h *handler) Closed(c rdma.Conn, err error) {
 	s := (*Server)(h)
-	if errors.Is(err, proto.ErrBadFrame) {
-		s.badConns.Add(1)
+	switch {
+	case errors.Is(err, proto.ErrBadFrame):
 		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
+		s.badConns.Add(1)
+	case errors.Is(err, rdma.ErrNoHello):
+		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
+		s.noHello.Add(1)
 	}
 	s.mu.Lock()
 	p := s.mu.peers[c]
