@@ -2,12 +2,16 @@ package summation
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/gobps/gobps/internal/leakcheck"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	"github.com/gobps/gobps/rdma/memnet"
@@ -15,8 +19,72 @@ import (
 )
 
 // The server's edges, each found by probing a running job: the memory
-// budget, the zero-length push, and the connections that never say
-// hello.
+// budget, the zero-length push, the goroutines Close waits for, and the
+// connections that never say hello.
+
+// serverGoroutines returns the stacks of the goroutines running the
+// server's code (server.go, rounds.go), whoever started them: engines,
+// outboxes, and transport readers inside the handler.
+func serverGoroutines() []string {
+	var out []string
+	for _, g := range leakcheck.Goroutines("gobps/gobps/summation.") {
+		if strings.Contains(g, "/summation/server.go:") || strings.Contains(g, "/summation/rounds.go:") {
+			out = append(out, g)
+		}
+	}
+	return out
+}
+
+// noServerGoroutines fails t if a goroutine runs the server's code now:
+// what must hold the moment Close returns. A goroutine Close waited for
+// by its final WaitGroup.Done may not yet have returned from there; one
+// caught inside that Done (or returning, with nothing but its own
+// function left) has ended its work, and only those get a bounded number
+// of yields (no sleep) to be gone.
+func noServerGoroutines(t *testing.T) {
+	t.Helper()
+	for i := 0; ; i++ {
+		left := serverGoroutines()
+		ending := 0
+		for _, g := range left {
+			if exiting(g) {
+				ending++
+			}
+		}
+		if len(left) > 0 && ending == len(left) && i < 1000 {
+			runtime.Gosched()
+			continue
+		}
+		for _, g := range left {
+			t.Errorf("goroutine left after Server.Close:\n%s", g)
+		}
+		return
+	}
+}
+
+// exiting reports whether stack g is that of a goroutine past its work:
+// running or runnable, inside sync.(*WaitGroup).Done called from a
+// deferred call, or with one function of its own left (returning).
+func exiting(g string) bool {
+	lines := strings.Split(g, "\n")
+	if !strings.Contains(lines[0], "[runnable") && !strings.Contains(lines[0], "[running") {
+		return false
+	}
+	var funcs []string
+	for i := 1; i < len(lines); i += 2 {
+		f := lines[i]
+		if strings.HasPrefix(f, "created by ") {
+			break
+		}
+		if !strings.HasPrefix(f, "runtime.") && !strings.HasPrefix(f, "internal/") && !strings.Contains(f, ".deferwrap") && !strings.HasPrefix(f, "sync.(*WaitGroup).Done-fm") {
+			funcs = append(funcs, f)
+		}
+	}
+	if len(funcs) > 0 && strings.HasPrefix(funcs[0], "sync.(*WaitGroup).Done(") {
+		funcs = funcs[1:]
+	}
+	return len(funcs) == 1
+}
 
 // logs collects a server's log lines.
 type logs struct {
@@ -179,4 +247,118 @@ func TestNoHelloClosedAndLogged(t *testing.T) {
 	if st := s.Stats(); st.BadConns != 0 {
 		t.Fatalf("a connection without a hello counted as %d bad connections", st.BadConns)
 	}
+}
+
+// TestCloseWaitsForEveryGoroutine: the moment Close returns, no goroutine
+// runs the server's code: not the engines, not the outbox of any
+// connection (those with answers queued, those blocked sending to a
+// worker that stopped reading, idle ones), not a reader inside the
+// handler. Before, nothing waited for the outboxes: a goroutine still
+// leaving after Close was caught in about half the runs of one server,
+// so the test runs twenty.
+func TestCloseWaitsForEveryGoroutine(t *testing.T) {
+	for i := range 20 {
+		closeBusyServer(t, i)
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+// closeBusyServer closes a server whose workers all have an answer on
+// its way, half of them stuck behind a stalled link, and checks that
+// nothing of the server runs once Close has returned.
+func closeBusyServer(t *testing.T, run int) {
+	n := memnet.New(memnet.Options{BufferBytes: 4 << 10})
+	defer n.Close()
+	str, ctr := tcp.NewOn(n, rdma.Options{}), tcp.NewOn(n, rdma.Options{})
+	defer ctr.Close()
+	defer str.Close()
+	const workers = 32
+	s, err := New(Config{Workers: workers, Engines: 2, Transport: str, Addr: "srv:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := proto.Decl{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 64 << 10}
+	var cs []*client
+	for w := range workers {
+		c := dialOn(t, ctr, s.Addr(), w)
+		c.declare(d)
+		cs = append(cs, c)
+	}
+	// Half the workers stop reading: their answers stall in the outbox.
+	links := n.Links()
+	for _, l := range links[:workers/2] {
+		l.Stall(memnet.FromListener)
+	}
+	for _, c := range cs {
+		c.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: d.Key, ReqID: 1}, make([]byte, d.Bytes))
+	}
+	// The others have their answer: the round completed, and the stalled
+	// outboxes are sending.
+	for _, c := range cs[workers/2:] {
+		c.answer(t, int(d.Bytes))
+	}
+	waitFor(t, "the stalled outboxes", func() bool {
+		for _, l := range links[:workers/2] {
+			if l.Waiting(memnet.FromListener) == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	done := make(chan struct{})
+	go func() { s.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("run %d: Close did not return within 10s", run)
+	}
+	noServerGoroutines(t)
+}
+
+// TestFrameAfterClose: a connection the server had not heard from when
+// it closed is closed at its first frame, and starts nothing.
+func TestFrameAfterClose(t *testing.T) {
+	n := memnet.New(memnet.Options{})
+	defer n.Close()
+	str := tcp.NewOn(n, rdma.Options{})
+	defer str.Close()
+	s, err := New(Config{Workers: 1, Engines: 1, Transport: str, Addr: "srv:0", Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := n.Dial(context.Background(), s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// A worker dialed after nc and answered: nc was accepted before it.
+	ctr := tcp.NewOn(n, rdma.Options{})
+	defer ctr.Close()
+	dialOn(t, ctr, s.Addr(), 0).declare(testKey)
+	s.Close()
+	noServerGoroutines(t)
+	if err := proto.WriteFrame(nc, proto.Header{Op: proto.OpHello, Sender: workerID(0)}, nil); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := proto.ReadFrame(nc, proto.MaxControlPayload); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the connection stayed open after its hello reached a closed server: %v", err)
+	}
+	noServerGoroutines(t)
+}
+
+// dialOn connects a worker of rank rank to addr over tr.
+func dialOn(t *testing.T, tr rdma.Transport, addr string, rank int) *client {
+	t.Helper()
+	c := &client{t: t, frames: make(chan frame, 64), closed: make(chan error, 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := tr.Dial(ctx, addr, workerID(rank), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.conn = conn
+	return c
 }

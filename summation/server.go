@@ -63,11 +63,15 @@ type Server struct {
 		load     []uint64 // declared bytes per engine
 		declared uint64   // declared bytes in all
 		peers    map[rdma.Conn]*peer
+		closed   bool // Close has begun: no new peer, no new goroutine
 	}
 	engines []*engine
 	done    chan struct{}
 	closing sync.Once
-	wg      sync.WaitGroup
+	// wg counts the goroutines the server started: engines and outboxes.
+	// Add only under mu with mu.closed false (or in New), so that none
+	// is added once Close waits.
+	wg sync.WaitGroup
 
 	id                                                          atomic.Uint32 // node id, the Sender of every frame
 	declares, pushes, pulls, pieces, refused, badConns, noHello atomic.Int64
@@ -106,11 +110,13 @@ func (k *key) release(bufs [][]byte) {
 	k.pool.Unlock()
 }
 
-// peer is the server's view of one connection.
+// peer is the server's view of one connection, from the first callback
+// the transport made for it to Closed.
 type peer struct {
 	conn   rdma.Conn
 	worker atomic.Int32 // -1 until hello
 	out    *outbox
+	gone   chan struct{} // closed by Closed: no callback for conn follows
 	chunks chunkPool
 	// stable holds, by key, the buffer this connection's pushes land in
 	// when its transport grants stable destinations (rdma.StableReceiver).
@@ -217,26 +223,39 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// Close stops the server: the listener, every connection and the engines.
+// Close stops the server and returns once every goroutine it started has
+// ended: it closes the listener (which waits for its accept loop), ends
+// the engines' waits, closes every connection the server has heard from
+// and waits for each one's Closed (after which its reader makes no more
+// callbacks), then waits for the engines and every connection's outbox.
+// A connection that never sent a frame is unknown to the server: it is
+// the transport's to end (Transport.Close). Idempotent.
 func (s *Server) Close() error {
 	s.closing.Do(func() {
+		s.mu.Lock()
+		s.mu.closed = true
+		peers := make([]*peer, 0, len(s.mu.peers))
+		for _, p := range s.mu.peers {
+			peers = append(peers, p)
+		}
+		s.mu.Unlock()
 		if s.ln != nil {
 			s.ln.Close()
 		}
 		close(s.done)
-		s.mu.Lock()
-		peers := s.mu.peers
-		s.mu.peers = map[rdma.Conn]*peer{}
-		s.mu.Unlock()
-		for c, p := range peers {
-			c.Close()
-			p.out.close()
+		for _, p := range peers {
+			p.conn.Close()
+		}
+		for _, p := range peers {
+			<-p.gone
 		}
 		s.wg.Wait()
 	})
 	return nil
 }
 
+// peer returns the server's view of c, made at c's first callback; nil
+// once Close has begun (the caller then closes c).
 func (s *Server) peer(c rdma.Conn) *peer {
 	s.mu.RLock()
 	p := s.mu.peers[c]
@@ -246,13 +265,21 @@ func (s *Server) peer(c rdma.Conn) *peer {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.mu.closed {
+		return nil
+	}
 	if p = s.mu.peers[c]; p == nil {
-		p = &peer{conn: c, out: newOutbox(c), chunks: chunkPool{free: make(chan []byte, chunksPerConn)}}
+		p = &peer{conn: c, gone: make(chan struct{}), chunks: chunkPool{free: make(chan []byte, chunksPerConn)}}
 		p.worker.Store(-1)
+		s.wg.Add(1)
+		p.out = newOutbox(c, s.wg.Done)
 		s.mu.peers[c] = p
 	}
 	return p
 }
+
+// errClosing refuses the frames that arrive while the server closes.
+var errClosing = errors.New("summation: server closing")
 
 func (s *Server) lookup(k proto.Key) *key {
 	s.mu.RLock()
@@ -347,7 +374,12 @@ func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
 	s := (*Server)(h)
 	switch hd.Op {
 	case proto.OpPush:
-		k, err := s.checkPush(s.peer(c), hd)
+		p := s.peer(c)
+		if p == nil {
+			c.Close()
+			return nil, errClosing
+		}
+		k, err := s.checkPush(p, hd)
 		if err != nil {
 			return nil, err
 		}
@@ -369,6 +401,10 @@ func (h *handler) StableDest(c rdma.Conn, hd *proto.Header) ([]byte, bool, error
 		return nil, false, nil
 	}
 	p := s.peer(c)
+	if p == nil {
+		c.Close()
+		return nil, false, errClosing
+	}
 	k, err := s.checkPush(p, hd)
 	if err != nil {
 		return nil, false, err
@@ -391,6 +427,10 @@ func (h *handler) Chunks(c rdma.Conn, hd *proto.Header) (rdma.ChunkSink, bool, e
 		return nil, false, nil
 	}
 	p := s.peer(c)
+	if p == nil {
+		c.Close()
+		return nil, false, errClosing
+	}
 	k, err := s.checkPush(p, hd)
 	if err != nil {
 		return nil, false, err
@@ -440,6 +480,10 @@ func (ps *pushSink) Abort(error) {
 func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err error) {
 	s := (*Server)(h)
 	p := s.peer(c)
+	if p == nil {
+		c.Close()
+		return
+	}
 	if err != nil {
 		s.refuse(p, hd, err)
 		return
@@ -521,6 +565,7 @@ func (h *handler) Closed(c rdma.Conn, err error) {
 	s.mu.Unlock()
 	if p != nil {
 		p.out.close()
+		close(p.gone)
 	}
 }
 
@@ -584,7 +629,19 @@ func (e *engine) pullToo(t task, res *Result) error {
 	return err
 }
 
+// do carries out t, and the served notices of answers that could not be
+// sent (their connection's outbox had shut): those are done here and
+// not submitted, since an engine that waited for room in its own queue
+// would wait for ever.
 func (e *engine) do(t task) {
+	for todo := []task{t}; len(todo) > 0; {
+		t, todo = todo[0], todo[1:]
+		todo = append(todo, e.step(t)...)
+	}
+}
+
+// step carries out t and returns the served notices to do next.
+func (e *engine) step(t task) (next []task) {
 	s, k := e.s, t.key
 	var res Result
 	var err error
@@ -644,21 +701,27 @@ func (e *engine) do(t task) {
 		}
 		var sent func()
 		if a.Last {
-			// The pull is served once its last piece has been sent: the
-			// outbox sends a connection's frames in order.
+			// The pull is served once its last piece has been sent (or
+			// failed): the outbox sends a connection's frames in order.
 			sent = func() {
 				s.pulls.Add(1)
 				e.submit(task{kind: taskServed, key: k, round: round})
 			}
 		}
-		p.out.send(hdr, a.Buf, sent)
+		if !p.out.send(hdr, a.Buf, sent) && a.Last {
+			next = append(next, task{kind: taskServed, key: k, round: round})
+		}
 	}
+	return next
 }
 
 // outbox sends frames on one connection in order, from its own goroutine,
-// so that an engine never waits on a socket.
+// so that an engine never waits on a socket. A Send that fails shuts the
+// outbox and closes the connection: the worker learns of it from the
+// close rather than by waiting for answers that will not come.
 type outbox struct {
 	conn rdma.Conn
+	done func() // called when run returns
 	mu   sync.Mutex
 	cond *sync.Cond
 	q    []outFrame
@@ -671,25 +734,28 @@ type outFrame struct {
 	sent    func() // called after the send returned, successful or not
 }
 
-func newOutbox(c rdma.Conn) *outbox {
-	o := &outbox{conn: c}
+// newOutbox starts c's outbox; done is called when its goroutine ends.
+func newOutbox(c rdma.Conn, done func()) *outbox {
+	o := &outbox{conn: c, done: done}
 	o.cond = sync.NewCond(&o.mu)
 	go o.run()
 	return o
 }
 
-func (o *outbox) send(h proto.Header, payload []byte, sent func()) {
+// send queues a frame; sent, if not nil, is called on the outbox's
+// goroutine once the Send returned, successful or not. It returns false,
+// without calling sent, when the outbox has shut: the frame will not be
+// sent.
+func (o *outbox) send(h proto.Header, payload []byte, sent func()) bool {
 	o.mu.Lock()
 	if o.shut {
 		o.mu.Unlock()
-		if sent != nil {
-			sent()
-		}
-		return
+		return false
 	}
 	o.q = append(o.q, outFrame{h, payload, sent})
 	o.mu.Unlock()
 	o.cond.Signal()
+	return true
 }
 
 func (o *outbox) close() {
@@ -700,6 +766,7 @@ func (o *outbox) close() {
 }
 
 func (o *outbox) run() {
+	defer o.done()
 	for {
 		o.mu.Lock()
 		for len(o.q) == 0 && !o.shut {
@@ -713,6 +780,7 @@ func (o *outbox) run() {
 			if !shut {
 				if err := o.conn.Send(f.hdr, f.payload); err != nil {
 					shut = true
+					o.conn.Close()
 				}
 			}
 			if f.sent != nil {
