@@ -9,7 +9,10 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
@@ -69,23 +72,30 @@ func AdvertiseHost(cfg *config.Config) (string, error) {
 // RunServer runs a summation server until the coordinator says the job is
 // over (nil), the coordinator is lost (an error), or ctx ends.
 func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
-	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes,
-		HelloTimeout: cfg.HelloTimeout})
+	budget, why, err := MemoryBudget(cfg.ServerMemory, "/")
 	if err != nil {
 		return err
 	}
+	logf("memory budget: %d bytes of declared keys (%s)", budget, why)
+	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes,
+		HelloTimeout: cfg.HelloTimeout, Logf: logf})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
 	logf("transport %s: %s", tr.Caps().Name, why)
 	host, err := AdvertiseHost(cfg)
 	if err != nil {
 		return err
 	}
 	srv, err := summation.New(summation.Config{
-		Workers:   cfg.NumWorkerProcs(),
-		Pushers:   cfg.PushesPerRound(),
-		Engines:   cfg.EngineThreads,
-		Transport: tr,
-		Addr:      net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),
-		Logf:      logf,
+		Workers:      cfg.NumWorkerProcs(),
+		Pushers:      cfg.PushesPerRound(),
+		Engines:      cfg.EngineThreads,
+		Transport:    tr,
+		Addr:         net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),
+		MemoryBudget: budget,
+		Logf:         logf,
 	})
 	if err != nil {
 		return err
@@ -125,4 +135,93 @@ func FreePort() (int, error) {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// MemoryBudget resolves GOBPS_SERVER_MEMORY_BYTES (configured; 0 means a
+// share of the machine) into the summation server's budget of declared
+// bytes, and says where it came from. 0 becomes half of the memory the
+// process may use: the cgroup's limit (v2 memory.max, else v1
+// memory.limit_in_bytes) where one is set below the machine's memory,
+// else MemTotal from /proc/meminfo. root is the file system root to read
+// those files under ("/"; tests give a directory of their own).
+func MemoryBudget(configured int, root string) (int64, string, error) {
+	if configured > 0 {
+		return int64(configured), "GOBPS_SERVER_MEMORY_BYTES", nil
+	}
+	limit, source, err := processMemory(root)
+	if err != nil {
+		return 0, "", fmt.Errorf("server memory budget: %w (set GOBPS_SERVER_MEMORY_BYTES)", err)
+	}
+	return limit / 2, fmt.Sprintf("half of %s, %d bytes; GOBPS_SERVER_MEMORY_BYTES sets it", source, limit), nil
+}
+
+// processMemory returns the memory the process may use, and names its
+// source.
+func processMemory(root string) (int64, string, error) {
+	total, err := memTotal(filepath.Join(root, "proc/meminfo"))
+	if err != nil {
+		return 0, "", err
+	}
+	limit, source := total, "MemTotal in /proc/meminfo"
+	cg, err := os.ReadFile(filepath.Join(root, "proc/self/cgroup"))
+	if err != nil {
+		return limit, source, nil // no cgroups: the machine's memory
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(cg)), "\n") {
+		// hierarchy-ID:controllers:path
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		var files []string
+		switch {
+		case parts[0] == "0" && parts[1] == "":
+			for _, mount := range []string{"sys/fs/cgroup", "sys/fs/cgroup/unified"} {
+				files = append(files, filepath.Join(root, mount, parts[2], "memory.max"), filepath.Join(root, mount, "memory.max"))
+			}
+		case slices.Contains(strings.Split(parts[1], ","), "memory"):
+			mount := filepath.Join(root, "sys/fs/cgroup/memory")
+			files = append(files, filepath.Join(mount, parts[2], "memory.limit_in_bytes"), filepath.Join(mount, "memory.limit_in_bytes"))
+		}
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				continue
+			}
+			v := strings.TrimSpace(string(b))
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 { // "max": no limit
+				continue
+			}
+			if n < limit {
+				limit, source = n, "the cgroup limit in "+strings.TrimPrefix(f, filepath.Clean(root))
+			}
+			break // the first that exists is this cgroup's
+		}
+	}
+	return limit, source, nil
+}
+
+// memTotal reads MemTotal from a meminfo file, in bytes.
+func memTotal(path string) (int64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		rest, ok := strings.CutPrefix(line, "MemTotal:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			break
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil || kb <= 0 {
+			break
+		}
+		return kb << 10, nil
+	}
+	return 0, fmt.Errorf("no MemTotal in %s", path)
 }
