@@ -329,11 +329,15 @@ func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, 
 // conn is one connection: an RC queue pair with its own CQ and
 // completion channel, a registered slab of receive buffers, eager send
 // buffers and control slots, and the TCP socket it was bootstrapped over,
-// kept open as a liveness channel.
+// kept open as a liveness channel. It is the driver of the connection's
+// protocol machine (protocol): it posts work requests, polls completions,
+// registers memory and wakes waiting Sends, and asks the machine for every
+// decision (which id, slot or buffer; whether a message of the peer's is
+// legal; where a write landed; what to release).
 //
 // Goroutines: poll (completions; never calls the rdma.Handler), serve (the
 // rdma.Handler's goroutine: Dest, Handle, Closed) and watch (the TCP socket).
-// Sends run on the callers' goroutines.
+// Sends and Releases run on the callers' goroutines.
 type conn struct {
 	t        *Transport
 	h        rdma.Handler
@@ -355,10 +359,7 @@ type conn struct {
 	nCtl             int
 	eagerOff, ctlOff int
 
-	tokens    chan struct{} // one per frame in flight (SendDepth)
-	eagerFree chan int
-	ctlFree   chan int
-	events    chan event // poll → serve
+	events chan event // poll → serve
 
 	// qpMu orders posting against destruction: posters hold it shared and
 	// check qpGone; the poller destroys the QP holding it exclusively.
@@ -367,23 +368,18 @@ type conn struct {
 	// outstanding counts posted work requests not yet completed.
 	outstanding atomic.Int64
 
+	// Locking: mu guards the protocol machine, which every goroutine of
+	// the connection calls (see protocol), and why the connection failed.
+	// It is never held while posting, waiting or calling the handler.
 	mu struct {
 		sync.Mutex
-		failed   bool
-		err      error // why; nil when this side closed
+		p        *protocol
+		err      error // why it failed; nil when this side closed it
 		graceful bool  // the peer closed its end: deliver what has arrived
-		sends    map[uint32]*sendOp
-		nextSID  uint32
-		// Stable destinations the peer granted us, by (op, key) and id.
-		grants     map[stableKey]*grant
-		grantsByID map[uint32]*grant
-	}
-	// Stable destinations this side granted the peer (rdma.StableReceiver):
-	// made by serve, released by the handler from any goroutine.
-	st struct {
-		sync.Mutex
-		byKey map[stableKey]*stableDest // nil value: the handler declined
-		byID  []*stableDest
+		// wake[k] is closed, and cleared, when something a Send or
+		// Release waits for (a resource of kind k) may have come free;
+		// nil while nobody waits.
+		wake [nWait]chan struct{}
 	}
 	done       chan struct{} // closed when the connection starts failing
 	pollerDone chan struct{} // the poller exited
@@ -393,27 +389,68 @@ type conn struct {
 	adm       rdma.Admission
 	helloWait time.Duration // accepted connections: the hello timeout
 	helloBy   time.Time     // and when it ends; zero for dialed ones
-	slots     map[uint32]*recvSlot
-	nextSlot  uint32
-	hdrPages  []hdrPage // header slots of stable destinations
 }
 
-// stableKey names the frames that share a stable destination.
-type stableKey struct {
-	op  proto.Op
-	key proto.Key
+// waitFor names what a Send or Release may wait for.
+type waitFor uint8
+
+const (
+	waitToken  waitFor = iota // one of SendDepth frames in flight
+	waitEager                 // an eager send buffer
+	waitCtl                   // a control slot
+	waitCredit                // the credit of a stable destination of the peer's
+	nWait
+)
+
+// waitLocked waits until something of kind k may have come free, and
+// returns true; or false once the connection has failed. REQUIRES: c.mu,
+// which it releases while it waits and holds again when it returns.
+func (c *conn) waitLocked(k waitFor) bool {
+	ch := c.mu.wake[k]
+	if ch == nil {
+		ch = make(chan struct{})
+		c.mu.wake[k] = ch
+	}
+	c.mu.Unlock()
+	ok := true
+	select {
+	case <-ch:
+	case <-c.done:
+		ok = false
+	}
+	c.mu.Lock()
+	return ok
 }
 
-// stableDest is a stable destination this side granted: the handler's
-// buffer, kept registered for the life of the connection, and a registered
-// header slot the peer writes each frame's header into.
-type stableDest struct {
-	id   uint32
-	sk   stableKey
-	buf  []byte
-	ent  *mrEntry
-	hdr  []byte
-	held bool // a frame is (or is about to be) in buf and not released (st's lock)
+// wakeLocked wakes everything waiting for kind k: it may have come free.
+// REQUIRES: c.mu.
+func (c *conn) wakeLocked(k waitFor) {
+	if ch := c.mu.wake[k]; ch != nil {
+		close(ch)
+		c.mu.wake[k] = nil
+	}
+}
+
+// takeCtlLocked takes a control slot, waiting for one; false once the
+// connection has failed. REQUIRES: c.mu (released while it waits).
+func (c *conn) takeCtlLocked() (int, bool) {
+	for {
+		if slot, ok := c.mu.p.takeCtl(); ok {
+			return slot, true
+		}
+		if !c.waitLocked(waitCtl) {
+			return 0, false
+		}
+	}
+}
+
+// putCtl gives back a control slot whose work request completed or was
+// never posted.
+func (c *conn) putCtl(slot int) {
+	c.mu.Lock()
+	c.mu.p.putCtl(slot)
+	c.wakeLocked(waitCtl)
+	c.mu.Unlock()
 }
 
 // hdrPage is registered memory for stableHdrPage header slots.
@@ -422,27 +459,13 @@ type hdrPage struct {
 	mr  ibv.MR
 }
 
-// grant is a stable destination the peer granted: frames of its (op, key)
-// and length go there, one per credit.
-type grant struct {
-	id, n, rkey, hdrRKey uint32
-	addr, hdrAddr        uint64
-	credit               chan struct{} // holds the one credit the receiver may give
-}
-
-// sendOp is a rendezvous send waiting for its CTS and its write.
-type sendOp struct {
-	cts   chan cts          // the receiver's answer
-	wrote chan ibv.WCStatus // the write's completion
-}
-
-// recvSlot is a rendezvous receive: a destination offered to the peer,
-// awaiting its write.
-type recvSlot struct {
-	hdr proto.Header
-	dst []byte
-	ent *mrEntry // from the MR cache, or
-	tmp ibv.MR   // a registration of a buffer the transport allocated
+// sendEvent is what a waiting rendezvous or stable Send is woken with: the
+// peer's CTS, then its write's completion status. The machine hands out
+// each at most once per send, and the Send takes the CTS before it posts
+// the write, so a channel of one never blocks the poller.
+type sendEvent struct {
+	cts    cts
+	status ibv.WCStatus
 }
 
 type eventKind uint8
@@ -492,11 +515,6 @@ func (c *conn) slabAddr(b []byte) uint64 {
 	return c.mr.Addr() + uint64(cap(c.slab)-cap(b))
 }
 
-// handshake sets up a connection over nc: creates the QP and its buffers,
-// exchanges qpInfo with the peer, connects the QP (INIT → RTR → RTS) and
-// waits until the peer has done the same. On error nc is closed and
-// everything made is released.
-//
 // A dialed connection (hello not nil) sends its hello as its first frame
 // before handshake returns. An accepted one (accepted not zero) must get
 // its hello within the hello timeout of accepted, the bootstrap included.
@@ -512,11 +530,7 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 	c := &conn{
 		t: t, h: h, nc: nc, remote: remote, checksum: t.opt.Checksum, adm: rdma.NewAdmission(side),
 		done: make(chan struct{}), pollerDone: make(chan struct{}), dead: make(chan struct{}),
-		slots: map[uint32]*recvSlot{},
 	}
-	c.mu.sends = map[uint32]*sendOp{}
-	c.mu.grants, c.mu.grantsByID = map[stableKey]*grant{}, map[uint32]*grant{}
-	c.st.byKey = map[stableKey]*stableDest{}
 	deadline := time.Now().Add(handshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -654,15 +668,8 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 	}
 	_ = nc.SetDeadline(time.Time{})
 
-	c.tokens = make(chan struct{}, sd)
-	c.eagerFree = make(chan int, c.nEager)
-	for i := 0; i < c.nEager; i++ {
-		c.eagerFree <- i
-	}
-	c.ctlFree = make(chan int, c.nCtl)
-	for i := 0; i < c.nCtl; i++ {
-		c.ctlFree <- i
-	}
+	c.mu.p = newProtocol(protoConfig{sendDepth: sd, eagerBufs: c.nEager, ctlSlots: c.nCtl,
+		eagerMax: min(int(c.peer.EagerBytes), eagerBytes)})
 	// Events are bounded by the protocol: eager frames by our receive
 	// buffers, RTSs and writes by the peer's frames in flight (an RTS and a
 	// write per frame at most, as a frame's write completes before its
@@ -749,11 +756,11 @@ func (c *conn) Close() error {
 // handed over.
 func (c *conn) fail(err error, graceful bool) {
 	c.mu.Lock()
-	if c.mu.failed {
+	if !c.mu.p.fail() {
 		c.mu.Unlock()
 		return
 	}
-	c.mu.failed, c.mu.err, c.mu.graceful = true, err, graceful
+	c.mu.err, c.mu.graceful = err, graceful
 	c.mu.Unlock()
 	close(c.done)
 	c.nc.Close()
@@ -767,7 +774,7 @@ func (c *conn) fail(err error, graceful bool) {
 func (c *conn) failed() (bool, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.mu.failed, c.mu.err
+	return c.mu.p.failed, c.mu.err
 }
 
 // sendErr is what Send returns once the connection has failed.
@@ -835,8 +842,15 @@ func (c *conn) repost(i int) {
 
 // protoErr fails the connection for a message the peer should not have sent.
 func (c *conn) protoErr(format string, args ...any) {
-	c.fail(fmt.Errorf("rdma: from %s: %w: %s", c.remote, proto.ErrBadFrame, fmt.Sprintf(format, args...)), false)
+	c.badPeer(badFrame(format, args...))
 }
+
+// badPeer fails the connection with err, the protocol machine's verdict on
+// a message of the peer's (it wraps proto.ErrBadFrame).
+func (c *conn) badPeer(err error) { c.fail(c.fromPeer(err), false) }
+
+// fromPeer says that err is about a message of the peer's.
+func (c *conn) fromPeer(err error) error { return fmt.Errorf("rdma: from %s: %w", c.remote, err) }
 
 // watch fails the connection when its TCP socket ends: the peer closed it,
 // died, or the network did. This is what makes a dead peer an error rather
@@ -861,6 +875,8 @@ func (c *conn) watch() {
 // rendezvous: an RTS with the header, the receiver's CTS with a destination,
 // and one RDMA write with immediate straight from payload, which is
 // registered through the MR cache; Send returns when the write completed.
+// A frame of an (op, key) and length the peer granted a stable destination
+// for is written there once the peer's credit is in, with no RTS or CTS.
 func (c *conn) Send(h proto.Header, payload []byte) error {
 	if err := rdma.Stamp(&h, payload, c.checksum); err != nil {
 		return err
@@ -872,163 +888,69 @@ func (c *conn) Send(h proto.Header, payload []byte) error {
 		return c.sendErr(h.Op)
 	}
 	defer c.t.leaveSend()
-	eager := len(payload) == 0 || (!h.Op.CarriesTensor() &&
-		msgHeaderSize+proto.HeaderSize+len(payload) <= min(int(c.peer.EagerBytes), eagerBytes))
-	var g *grant
-	if !eager {
+	c.mu.Lock()
+	rt, g := c.mu.p.route(&h)
+	if g != nil && !c.mu.p.takeCredit(g) {
 		// A stable destination of the peer: wait for its credit (the
 		// peer's handler released the last frame written there) before
 		// taking a token, so that waiting holds up no other frame.
-		c.mu.Lock()
-		g = c.mu.grants[stableKey{h.Op, h.Key}]
-		c.mu.Unlock()
-		if g != nil && g.n != h.Length {
-			g = nil
+		if hook := c.t.onCreditWait; hook != nil {
+			c.mu.Unlock()
+			hook()
+			c.mu.Lock()
 		}
-		if g != nil {
-			select {
-			case <-g.credit:
-			default:
-				if hook := c.t.onCreditWait; hook != nil {
-					hook()
-				}
-				select {
-				case <-g.credit:
-				case <-c.done:
-					return c.sendErr(h.Op)
-				}
+		for !c.mu.p.takeCredit(g) {
+			if !c.waitLocked(waitCredit) {
+				c.mu.Unlock()
+				return c.sendErr(h.Op)
 			}
 		}
 	}
 	// A token per frame in flight: blocks while SendDepth frames are.
-	select {
-	case c.tokens <- struct{}{}:
-	case <-c.done:
-		return c.sendErr(h.Op)
-	}
-	if eager {
-		return c.sendEager(&h, payload) // the token is returned on completion
-	}
-	defer func() { <-c.tokens }()
-	if g != nil {
-		return c.sendStable(&h, payload, g)
-	}
-	return c.sendRendezvous(&h, payload)
-}
-
-// newSend registers a send waiting for its CTS and write completion under
-// a fresh send id; endSend forgets it.
-func (c *conn) newSend() (uint32, *sendOp, bool) {
-	op := &sendOp{cts: make(chan cts, 1), wrote: make(chan ibv.WCStatus, 1)}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.mu.failed {
-		return 0, nil, false
-	}
-	c.mu.nextSID++
-	for c.mu.sends[c.mu.nextSID] != nil {
-		c.mu.nextSID++
-	}
-	sid := c.mu.nextSID
-	c.mu.sends[sid] = op
-	return sid, op, true
-}
-
-func (c *conn) endSend(sid uint32) {
-	c.mu.Lock()
-	delete(c.mu.sends, sid)
-	c.mu.Unlock()
-}
-
-// openWrite readies a frame that is written straight from payload: it
-// registers payload through the MR cache and opens a send (its id and
-// state). closeWrite undoes both.
-func (c *conn) openWrite(h *proto.Header, payload []byte) (*mrEntry, uint32, *sendOp, error) {
-	ent, err := c.t.cache.get(payload)
-	if err != nil {
-		return nil, 0, nil, fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
-	}
-	sid, op, ok := c.newSend()
-	if !ok {
-		c.t.cache.put(ent)
-		return nil, 0, nil, c.sendErr(h.Op)
-	}
-	return ent, sid, op, nil
-}
-
-// closeWrite ends a send opened by openWrite. With writing (the NIC may
-// still be reading payload) it first waits until the QP is gone, so that
-// the memory is never reused or evicted under a write.
-func (c *conn) closeWrite(ent *mrEntry, sid uint32, writing bool) {
-	c.endSend(sid)
-	if writing {
-		<-c.dead
-	}
-	c.t.cache.put(ent)
-}
-
-// postCtl posts one control work request from a free control slot: fill
-// writes the message into the slot's buffer and returns the request. The
-// slot comes back with the completion, or at once if the post fails, which
-// fails the connection ("rdma: VERB OP WHAT to PEER").
-func (c *conn) postCtl(h *proto.Header, verb, what string, fill func(slot int, b []byte) ibv.SendWR) error {
-	var slot int
-	select {
-	case slot = <-c.ctlFree:
-	case <-c.done:
-		return c.sendErr(h.Op)
-	}
-	wr := fill(slot, c.ctlBuf(slot))
-	if err := c.postSend(&wr); err != nil {
-		c.ctlFree <- slot
-		if !errors.Is(err, net.ErrClosed) {
-			c.fail(fmt.Errorf("rdma: %s %s %s to %s: %w", verb, h.Op, what, c.remote, err), false)
+	for !c.mu.p.takeToken() {
+		if !c.waitLocked(waitToken) {
+			if g != nil {
+				c.mu.p.returnCredit(g)
+				c.wakeLocked(waitCredit)
+			}
+			c.mu.Unlock()
+			return c.sendErr(h.Op)
 		}
-		return c.sendErr(h.Op)
 	}
-	return nil
+	if rt == routeEager {
+		return c.sendEager(&h, payload) // unlocks; the token is returned on completion
+	}
+	c.mu.Unlock()
+	err := c.sendWrite(&h, payload, g)
+	c.mu.Lock()
+	c.mu.p.putToken()
+	c.wakeLocked(waitToken)
+	c.mu.Unlock()
+	return err
 }
 
-// sendStable sends a frame into a stable destination of the peer, holding
-// its credit: an RDMA write of the header into the destination's header
-// slot, then one RDMA write with immediate of the payload; no RTS, no CTS.
-// The QP executes them in order, so the header is in place when the
-// receiver sees the immediate.
-func (c *conn) sendStable(h *proto.Header, payload []byte, g *grant) error {
-	ent, sid, op, err := c.openWrite(h, payload)
-	if err != nil {
-		g.credit <- struct{}{} // unused: still ours (the channel holds one)
-		return err
-	}
-	writing := false
-	defer func() { c.closeWrite(ent, sid, writing) }()
-	if err := c.postCtl(h, "write", "header", func(slot int, b []byte) ibv.SendWR {
-		b = b[:proto.HeaderSize]
-		h.Encode(b)
-		return ibv.SendWR{ID: wrID(wrHdr, uint32(slot)), Op: ibv.OpWrite, Signaled: true,
-			Addr: c.slabAddr(b), Len: proto.HeaderSize, LKey: c.mr.LKey(), RemoteAddr: g.hdrAddr, RKey: g.hdrRKey,
-			Inline: proto.HeaderSize <= c.inl}
-	}); err != nil {
-		return err
-	}
-	c.t.cnt.stable.Add(1)
-	return c.writeImm(h, op, &writing, &ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
-		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: g.addr, RKey: g.rkey, Imm: stableBit | g.id})
-}
-
+// sendEager sends h and payload in one SEND from an eager send buffer,
+// holding a token that the SEND's completion gives back. REQUIRES: c.mu,
+// which it releases.
 func (c *conn) sendEager(h *proto.Header, payload []byte) error {
-	var i int
-	select {
-	case i = <-c.eagerFree:
-	case <-c.done:
-		<-c.tokens
+	i, ok := c.mu.p.takeEager()
+	for !ok {
+		if !c.waitLocked(waitEager) {
+			break
+		}
+		i, ok = c.mu.p.takeEager()
+	}
+	if !ok || c.mu.p.failed {
+		if ok {
+			c.mu.p.putEager(i)
+			c.wakeLocked(waitEager)
+		}
+		c.mu.p.putToken()
+		c.wakeLocked(waitToken)
+		c.mu.Unlock()
 		return c.sendErr(h.Op)
 	}
-	if failed, _ := c.failed(); failed {
-		c.eagerFree <- i
-		<-c.tokens
-		return c.sendErr(h.Op)
-	}
+	c.mu.Unlock()
 	b := c.eagerBuf(i)
 	putMsgHeader(b, msgEager, 0, 0)
 	h.Encode(b[msgHeaderSize:])
@@ -1042,8 +964,7 @@ func (c *conn) sendEager(h *proto.Header, payload []byte) error {
 	c.t.cnt.eager.Add(1)
 	if err := c.postSend(&wr); err != nil {
 		c.t.cnt.eager.Add(^uint64(0))
-		c.eagerFree <- i
-		<-c.tokens
+		c.eagerDone(i)
 		if !errors.Is(err, net.ErrClosed) {
 			c.fail(fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err), false)
 		}
@@ -1052,79 +973,133 @@ func (c *conn) sendEager(h *proto.Header, payload []byte) error {
 	return nil
 }
 
-func (c *conn) sendRendezvous(h *proto.Header, payload []byte) error {
-	ent, sid, op, err := c.openWrite(h, payload)
-	if err != nil {
-		return err
-	}
-	writing := false
-	defer func() { c.closeWrite(ent, sid, writing) }()
-	if err := c.postCtl(h, "send", "RTS", func(slot int, b []byte) ibv.SendWR {
-		putMsgHeader(b, msgRTS, 0, sid)
-		h.Encode(b[msgHeaderSize:])
-		return ibv.SendWR{ID: wrID(wrRTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
-			Addr: c.slabAddr(b), Len: rtsSize, LKey: c.mr.LKey(), Inline: rtsSize <= c.inl}
-	}); err != nil {
-		return err
-	}
-	var m cts
-	select {
-	case m = <-op.cts:
-	case <-c.done:
-		return c.sendErr(h.Op)
-	}
-	c.t.cnt.rendezvous.Add(1)
-	if m.refused {
-		c.t.cnt.refused.Add(1)
-		return nil // the receiver discarded it and told its handler, as TCP does
-	}
-	if m.n != h.Length {
-		c.protoErr("CTS for %d bytes, the frame has %d", m.n, h.Length)
-		return c.sendErr(h.Op)
-	}
-	if m.stable {
-		// Later frames of (op, key) go straight to m.addr, one per
-		// credit; the credit for this one comes when it is released.
-		g := &grant{id: m.id, n: m.n, rkey: m.rkey, hdrRKey: m.hdrRKey, addr: m.addr, hdrAddr: m.hdrAddr, credit: make(chan struct{}, 1)}
-		sk := stableKey{h.Op, h.Key}
-		c.mu.Lock()
-		dup := c.mu.grants[sk] != nil || c.mu.grantsByID[m.id] != nil
-		if !dup {
-			c.mu.grants[sk], c.mu.grantsByID[m.id] = g, g
-		}
-		c.mu.Unlock()
-		if dup {
-			c.protoErr("second stable grant for %s %s (id %d)", h.Op, h.Key, m.id)
-			return c.sendErr(h.Op)
-		}
-	}
-	return c.writeImm(h, op, &writing, &ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
-		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey(), RemoteAddr: m.addr, RKey: m.rkey, Imm: m.slot})
+// eagerDone gives back eager send buffer i and its frame's token.
+func (c *conn) eagerDone(i int) {
+	c.mu.Lock()
+	c.mu.p.putEager(i)
+	c.mu.p.putToken()
+	c.wakeLocked(waitEager)
+	c.wakeLocked(waitToken)
+	c.mu.Unlock()
 }
 
-// writeImm posts a frame's RDMA write with immediate and waits for its
-// completion. *writing says, for the caller's cleanup, whether the NIC may
-// still read the payload: true from the post until the completion (or
-// until the connection has died).
-func (c *conn) writeImm(h *proto.Header, op *sendOp, writing *bool, wr *ibv.SendWR) error {
-	*writing = true
-	if err := c.postSend(wr); err != nil {
-		*writing = false // never posted
+// sendWrite sends a frame written straight from payload, which it
+// registers through the MR cache: by rendezvous (an RTS, the peer's CTS,
+// the write), or, with g, whose credit it holds, into a stable destination
+// of the peer's (an RDMA write of the header into the destination's header
+// slot, then the write; the QP executes them in order, so the header is in
+// place when the receiver sees the immediate). It returns once the write
+// has completed.
+func (c *conn) sendWrite(h *proto.Header, payload []byte, g *grant) error {
+	ent, err := c.t.cache.get(payload)
+	if err != nil {
+		if g != nil {
+			c.mu.Lock()
+			c.mu.p.returnCredit(g) // unused: still ours
+			c.wakeLocked(waitCredit)
+			c.mu.Unlock()
+		}
+		return fmt.Errorf("rdma: send %s to %s: %w", h.Op, c.remote, err)
+	}
+	wake := make(chan sendEvent, 1)
+	c.mu.Lock()
+	sid, ok := c.mu.p.openSend(h, g, wake)
+	if !ok {
+		if g != nil {
+			c.mu.p.returnCredit(g)
+			c.wakeLocked(waitCredit)
+		}
+		c.mu.Unlock()
+		c.t.cache.put(ent)
+		return c.sendErr(h.Op)
+	}
+	slot, ok := c.takeCtlLocked() // for the RTS or the header write
+	c.mu.Unlock()
+	defer c.closeWrite(ent, sid)
+	if !ok {
+		return c.sendErr(h.Op)
+	}
+	b := c.ctlBuf(slot)
+	var wr ibv.SendWR
+	if g == nil {
+		putMsgHeader(b, msgRTS, 0, sid)
+		h.Encode(b[msgHeaderSize:])
+		wr = ibv.SendWR{ID: wrID(wrRTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
+			Addr: c.slabAddr(b), Len: rtsSize, LKey: c.mr.LKey(), Inline: rtsSize <= c.inl}
+	} else {
+		b = b[:proto.HeaderSize]
+		h.Encode(b)
+		wr = ibv.SendWR{ID: wrID(wrHdr, uint32(slot)), Op: ibv.OpWrite, Signaled: true,
+			Addr: c.slabAddr(b), Len: proto.HeaderSize, LKey: c.mr.LKey(), RemoteAddr: g.hdrAddr, RKey: g.hdrRKey,
+			Inline: proto.HeaderSize <= c.inl}
+	}
+	if err := c.postSend(&wr); err != nil {
+		c.putCtl(slot)
+		if !errors.Is(err, net.ErrClosed) {
+			verb, what := "send", "RTS"
+			if g != nil {
+				verb, what = "write", "header"
+			}
+			c.fail(fmt.Errorf("rdma: %s %s %s to %s: %w", verb, h.Op, what, c.remote, err), false)
+		}
+		return c.sendErr(h.Op)
+	}
+	write := ibv.SendWR{ID: wrID(wrWrite, sid), Op: ibv.OpWriteWithImm, Signaled: true,
+		Addr: ent.sge(payload), Len: h.Length, LKey: ent.mr.LKey()}
+	if g != nil {
+		c.t.cnt.stable.Add(1)
+		write.RemoteAddr, write.RKey, write.Imm = g.addr, g.rkey, stableBit|g.id
+	} else {
+		var ev sendEvent
+		select {
+		case ev = <-wake:
+		case <-c.done:
+			return c.sendErr(h.Op)
+		}
+		// The machine checked the CTS (its length, its grant).
+		m := &ev.cts
+		c.t.cnt.rendezvous.Add(1)
+		if m.refused {
+			c.t.cnt.refused.Add(1)
+			return nil // the receiver discarded it and told its handler, as TCP does
+		}
+		write.RemoteAddr, write.RKey, write.Imm = m.addr, m.rkey, m.slot
+	}
+	c.mu.Lock()
+	c.mu.p.writePosted(sid)
+	c.mu.Unlock()
+	if err := c.postSend(&write); err != nil {
+		c.mu.Lock()
+		c.mu.p.writeNotPosted(sid)
+		c.mu.Unlock()
 		if !errors.Is(err, net.ErrClosed) {
 			c.fail(fmt.Errorf("rdma: write %s to %s: %w", h.Op, c.remote, err), false)
 		}
 		return c.sendErr(h.Op)
 	}
 	select {
-	case st := <-op.wrote:
-		if st != ibv.StatusSuccess {
+	case ev := <-wake:
+		if ev.status != ibv.StatusSuccess {
 			return c.sendErr(h.Op)
 		}
-		*writing = false
 		return nil
 	case <-c.done:
 		return c.sendErr(h.Op)
 	}
+}
+
+// closeWrite ends a send opened by sendWrite. While the machine says the
+// NIC may still read the payload (its write was posted and did not
+// complete), it first waits until the QP is gone, so that the memory is
+// never reused or evicted under a write.
+func (c *conn) closeWrite(ent *mrEntry, sid uint32) {
+	c.mu.Lock()
+	writing := c.mu.p.closeSend(sid)
+	c.mu.Unlock()
+	if writing {
+		<-c.dead
+	}
+	c.t.cache.put(ent)
 }
 
 // poll takes completions off the CQ, waiting on the completion channel,
@@ -1223,24 +1198,22 @@ func (c *conn) complete(wc *ibv.WC) {
 	case wrRecv:
 		c.received(int(idx), wc)
 	case wrEager:
-		c.eagerFree <- int(idx)
-		<-c.tokens
+		c.eagerDone(int(idx))
 	case wrRTS, wrCTS, wrHdr, wrCred:
-		c.ctlFree <- int(idx)
+		c.putCtl(int(idx))
 	case wrWrite:
 		c.wrote(idx, wc.Status)
 	}
 }
 
+// wrote hands the completion of send sid's write to its Send, if that is
+// still waiting for it.
 func (c *conn) wrote(sid uint32, st ibv.WCStatus) {
 	c.mu.Lock()
-	op := c.mu.sends[sid]
+	w := c.mu.p.wrote(sid, st == ibv.StatusSuccess)
 	c.mu.Unlock()
-	if op != nil {
-		select {
-		case op.wrote <- st:
-		default:
-		}
+	if w != nil {
+		w.(chan sendEvent) <- sendEvent{status: st}
 	}
 }
 
@@ -1292,21 +1265,17 @@ func (c *conn) received(i int, wc *ibv.WC) {
 		m, err := decodeCTS(b)
 		c.repost(i)
 		if err != nil {
-			c.protoErr("%v", err)
+			c.badPeer(err)
 			return
 		}
 		c.mu.Lock()
-		op := c.mu.sends[m.sid]
+		w, err := c.mu.p.cts(&m)
 		c.mu.Unlock()
-		if op == nil {
-			c.protoErr("CTS for send %d, which is not waiting for one", m.sid)
+		if err != nil {
+			c.badPeer(err)
 			return
 		}
-		select {
-		case op.cts <- m:
-		default:
-			c.protoErr("second CTS for send %d", m.sid)
-		}
+		w.(chan sendEvent) <- sendEvent{cts: m}
 	case msgCredit:
 		if len(b) != creditSize {
 			c.protoErr("credit of %d bytes, want %d", len(b), creditSize)
@@ -1315,16 +1284,13 @@ func (c *conn) received(i int, wc *ibv.WC) {
 		id := binary.LittleEndian.Uint32(b[4:])
 		c.repost(i)
 		c.mu.Lock()
-		g := c.mu.grantsByID[id]
-		c.mu.Unlock()
-		if g == nil {
-			c.protoErr("credit for stable destination %d, which was never granted", id)
-			return
+		err := c.mu.p.credit(id)
+		if err == nil {
+			c.wakeLocked(waitCredit)
 		}
-		select {
-		case g.credit <- struct{}{}:
-		default:
-			c.protoErr("second credit for stable destination %d", id)
+		c.mu.Unlock()
+		if err != nil {
+			c.badPeer(err)
 		}
 	default:
 		c.protoErr("message kind %d", b[0])
@@ -1399,43 +1365,39 @@ loop:
 		}
 	}
 	<-c.dead
-	for id, s := range c.slots {
-		c.releaseSlot(s)
-		delete(c.slots, id)
+	// No write can land any more: release every registration of the
+	// receiving half (open slots, stable destinations, header pages).
+	c.mu.Lock()
+	regs := c.mu.p.teardown()
+	c.mu.Unlock()
+	for _, r := range regs {
+		c.releaseReg(r)
 	}
-	c.st.Lock()
-	for _, d := range c.st.byID {
-		if d.ent != nil {
-			c.t.cache.put(d.ent)
-			d.ent = nil
-		}
-	}
-	c.st.Unlock()
-	for _, pg := range c.hdrPages {
-		if err := pg.mr.Deregister(); err != nil {
-			c.t.logf("rdma: %v", err)
-		}
-		c.t.cnt.deregistrations.Add(1)
-	}
-	c.hdrPages = nil
 	c.t.mu.Lock()
 	delete(c.t.mu.conns, c)
 	c.t.mu.Unlock()
 	c.h.Closed(c, cerr)
 }
 
-func (c *conn) releaseSlot(s *recvSlot) {
-	if s.ent != nil {
-		c.t.cache.put(s.ent)
-		s.ent = nil
+// releaseReg releases a registration the protocol machine hands back: an
+// MR cache entry, a temporary MR or a page of header slots.
+func (c *conn) releaseReg(r any) {
+	var mr ibv.MR
+	switch r := r.(type) {
+	case *mrEntry:
+		c.t.cache.put(r)
+		return
+	case *hdrPage:
+		mr = r.mr
+	case ibv.MR:
+		mr = r
+	default:
+		panic(fmt.Sprintf("verbs: release of %T", r))
 	}
-	if s.tmp != nil {
-		if err := s.tmp.Deregister(); err != nil {
-			c.t.logf("rdma: %v", err)
-		}
-		c.t.cnt.deregistrations.Add(1)
-		s.tmp = nil
+	if err := mr.Deregister(); err != nil {
+		c.t.logf("rdma: %v", err)
 	}
+	c.t.cnt.deregistrations.Add(1)
 }
 
 // handle processes one event on serve's goroutine. An error fails the
@@ -1443,160 +1405,168 @@ func (c *conn) releaseSlot(s *recvSlot) {
 func (c *conn) handle(ev *event) error {
 	switch ev.kind {
 	case evEager:
-		b := c.recvBuf(ev.buf)[:ev.n]
-		var hdr proto.Header
-		if err := hdr.Decode(b[msgHeaderSize:]); err != nil {
-			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
-		}
-		body := b[msgHeaderSize+proto.HeaderSize:]
-		if len(body) != int(hdr.Length) {
-			return fmt.Errorf("rdma: from %s: %w: %s with %d payload bytes, header says %d", c.remote, proto.ErrBadFrame, hdr.Op, len(body), hdr.Length)
-		}
-		if err := c.adm.Admit(&hdr); err != nil {
-			if errors.Is(err, proto.ErrBadFrame) {
-				return fmt.Errorf("rdma: from %s: %w", c.remote, err)
-			}
-			c.repost(ev.buf) // the body is never copied out
-			c.h.Handle(c, &hdr, nil, err)
-			return nil
-		}
-		var payload []byte
-		var refused error
-		if hdr.Length > 0 {
-			dst, err := c.h.Dest(c, &hdr)
-			switch {
-			case err != nil:
-				refused = err
-			case dst == nil:
-				dst = make([]byte, hdr.Length)
-				fallthrough
-			default:
-				if len(dst) != int(hdr.Length) {
-					return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
-				}
-				copy(dst, body)
-				c.t.cnt.copies.Add(1)
-				c.t.cnt.copiedBytes.Add(uint64(len(dst)))
-				if err := hdr.CheckPayload(dst); err != nil {
-					return fmt.Errorf("rdma: from %s: %w", c.remote, err)
-				}
-				payload = dst
-			}
-		}
-		c.repost(ev.buf)
-		c.h.Handle(c, &hdr, payload, refused)
+		return c.eager(ev)
 	case evRTS:
-		var hdr proto.Header
-		if err := hdr.Decode(ev.hdr[:]); err != nil {
-			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
-		}
-		if hdr.Length == 0 {
-			return fmt.Errorf("rdma: from %s: %w: RTS for %s without a payload", c.remote, proto.ErrBadFrame, hdr.Op)
-		}
-		if err := c.adm.Admit(&hdr); err != nil {
-			if errors.Is(err, proto.ErrBadFrame) {
-				return fmt.Errorf("rdma: from %s: %w", c.remote, err)
-			}
-			// The payload is never written: the CTS says so.
-			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
-				return err
-			}
-			c.h.Handle(c, &hdr, nil, err)
-			return nil
-		}
-		sd, err := c.stableDest(&hdr)
-		var dst []byte
-		if sd != nil {
-			dst = sd.buf
-		} else if err == nil {
-			dst, err = c.h.Dest(c, &hdr)
-		}
-		if err != nil {
-			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
-				return err
-			}
-			c.h.Handle(c, &hdr, nil, err)
-			return nil
-		}
-		s := &recvSlot{hdr: hdr}
-		if dst == nil {
-			if hdr.Length > proto.MaxControlPayload {
-				return fmt.Errorf("rdma: from %s: %w: no destination for a %d-byte %s payload", c.remote, proto.ErrBadFrame, hdr.Length, hdr.Op)
-			}
-			dst = make([]byte, hdr.Length)
-			s.tmp, err = c.t.pd.Register(dst, ibv.AccessLocalWrite|ibv.AccessRemoteWrite)
-			if err == nil {
-				c.t.cnt.registrations.Add(1)
-			}
-		} else if len(dst) != int(hdr.Length) {
-			return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
-		} else {
-			s.ent, err = c.t.cache.get(dst)
-		}
-		if err != nil {
-			// No registration, no write: refuse the frame with the reason
-			// (e.g. RLIMIT_MEMLOCK), and keep the connection.
-			err = fmt.Errorf("rdma: receive %s from %s: %w", hdr.Op, c.remote, err)
-			if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
-				return err
-			}
-			c.h.Handle(c, &hdr, nil, err)
-			return nil
-		}
-		s.dst = dst
-		c.nextSlot++
-		for c.nextSlot == 0 || c.nextSlot >= stableBit || c.slots[c.nextSlot] != nil {
-			c.nextSlot = max(1, (c.nextSlot+1)%stableBit)
-		}
-		c.slots[c.nextSlot] = s
-		m := cts{sid: ev.sid, slot: c.nextSlot, n: hdr.Length}
-		if s.ent != nil {
-			m.addr, m.rkey = s.ent.sge(dst), s.ent.mr.RKey()
-		} else {
-			m.addr, m.rkey = s.tmp.Addr(), s.tmp.RKey()
-		}
-		if sd != nil {
-			pg := c.hdrPages[sd.id/stableHdrPage]
-			m.stable, m.id, m.hdrRKey = true, sd.id, pg.mr.RKey()
-			m.hdrAddr = pg.mr.Addr() + uint64(sd.id%stableHdrPage)*stableHdrBytes
-		}
-		return c.sendCTS(m)
+		return c.rts(ev)
 	case evWrite:
 		if ev.slot&stableBit != 0 {
 			return c.stableLanded(ev.slot&^stableBit, ev.n)
 		}
-		s := c.slots[ev.slot]
-		if s == nil {
-			return fmt.Errorf("rdma: from %s: %w: write into slot %d, which awaits none", c.remote, proto.ErrBadFrame, ev.slot)
+		c.mu.Lock()
+		s, err := c.mu.p.landSlot(ev.slot, ev.n)
+		c.mu.Unlock()
+		if s != nil {
+			c.releaseReg(s.reg)
 		}
-		delete(c.slots, ev.slot)
-		c.releaseSlot(s)
-		if ev.n != s.hdr.Length {
-			return fmt.Errorf("rdma: from %s: %w: wrote %d bytes of a %d-byte %s payload", c.remote, proto.ErrBadFrame, ev.n, s.hdr.Length, s.hdr.Op)
+		if err != nil {
+			return c.fromPeer(err)
 		}
 		if err := s.hdr.CheckPayload(s.dst); err != nil {
-			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+			return c.fromPeer(err)
 		}
 		c.h.Handle(c, &s.hdr, s.dst, nil)
 	}
 	return nil
 }
 
+// eager hands over an eager frame, copied out of its receive buffer
+// (serve's goroutine).
+func (c *conn) eager(ev *event) error {
+	b := c.recvBuf(ev.buf)[:ev.n]
+	var hdr proto.Header
+	if err := hdr.Decode(b[msgHeaderSize:]); err != nil {
+		return c.fromPeer(err)
+	}
+	body := b[msgHeaderSize+proto.HeaderSize:]
+	if len(body) != int(hdr.Length) {
+		return c.fromPeer(badFrame("%s with %d payload bytes, header says %d", hdr.Op, len(body), hdr.Length))
+	}
+	if err := c.adm.Admit(&hdr); err != nil {
+		if errors.Is(err, proto.ErrBadFrame) {
+			return c.fromPeer(err)
+		}
+		c.repost(ev.buf) // the body is never copied out
+		c.h.Handle(c, &hdr, nil, err)
+		return nil
+	}
+	var payload []byte
+	var refused error
+	if hdr.Length > 0 {
+		dst, err := c.h.Dest(c, &hdr)
+		switch {
+		case err != nil:
+			refused = err
+		case dst == nil:
+			dst = make([]byte, hdr.Length)
+			fallthrough
+		default:
+			if len(dst) != int(hdr.Length) {
+				return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
+			}
+			copy(dst, body)
+			c.t.cnt.copies.Add(1)
+			c.t.cnt.copiedBytes.Add(uint64(len(dst)))
+			if err := hdr.CheckPayload(dst); err != nil {
+				return c.fromPeer(err)
+			}
+			payload = dst
+		}
+	}
+	c.repost(ev.buf)
+	c.h.Handle(c, &hdr, payload, refused)
+	return nil
+}
+
+// rts answers the peer's announcement of a frame with a CTS: a
+// destination (a stable one for the first frame of an (op, key) a
+// StableReceiver keeps, or Dest's, or one the transport allocates), or a
+// refusal (serve's goroutine).
+func (c *conn) rts(ev *event) error {
+	var hdr proto.Header
+	if err := hdr.Decode(ev.hdr[:]); err != nil {
+		return c.fromPeer(err)
+	}
+	c.mu.Lock()
+	err := c.mu.p.rts(&hdr)
+	c.mu.Unlock()
+	if err != nil {
+		return c.fromPeer(err)
+	}
+	// refuse answers with a refused CTS, so the payload is never written,
+	// and hands the handler the reason.
+	refuse := func(why error) error {
+		if err := c.sendCTS(cts{sid: ev.sid, refused: true}); err != nil {
+			return err
+		}
+		c.h.Handle(c, &hdr, nil, why)
+		return nil
+	}
+	if err := c.adm.Admit(&hdr); err != nil {
+		if errors.Is(err, proto.ErrBadFrame) {
+			return c.fromPeer(err)
+		}
+		return refuse(err)
+	}
+	sd, err := c.stableDest(&hdr)
+	var dst []byte
+	if sd != nil {
+		dst = sd.buf
+	} else if err == nil {
+		dst, err = c.h.Dest(c, &hdr)
+	}
+	if err != nil {
+		return refuse(err)
+	}
+	var reg any
+	var addr uint64
+	var rkey uint32
+	switch {
+	case dst == nil:
+		if hdr.Length > proto.MaxControlPayload {
+			return c.fromPeer(badFrame("no destination for a %d-byte %s payload", hdr.Length, hdr.Op))
+		}
+		dst = make([]byte, hdr.Length)
+		var tmp ibv.MR
+		if tmp, err = c.t.pd.Register(dst, ibv.AccessLocalWrite|ibv.AccessRemoteWrite); err == nil {
+			c.t.cnt.registrations.Add(1)
+			reg, addr, rkey = tmp, tmp.Addr(), tmp.RKey()
+		}
+	case len(dst) != int(hdr.Length):
+		return fmt.Errorf("rdma: handler gave %d bytes for a %d-byte %s payload", len(dst), hdr.Length, hdr.Op)
+	default:
+		var ent *mrEntry
+		if ent, err = c.t.cache.get(dst); err == nil {
+			reg, addr, rkey = ent, ent.sge(dst), ent.mr.RKey()
+		}
+	}
+	if err != nil {
+		// No registration, no write: refuse the frame with the reason
+		// (e.g. RLIMIT_MEMLOCK), and keep the connection.
+		return refuse(fmt.Errorf("rdma: receive %s from %s: %w", hdr.Op, c.remote, err))
+	}
+	c.mu.Lock()
+	slot := c.mu.p.openSlot(&hdr, dst, reg)
+	c.mu.Unlock()
+	m := cts{sid: ev.sid, slot: slot, n: hdr.Length, addr: addr, rkey: rkey}
+	if sd != nil {
+		pg := sd.page.(*hdrPage)
+		m.stable, m.id, m.hdrRKey = true, sd.id, pg.mr.RKey()
+		m.hdrAddr = pg.mr.Addr() + uint64(sd.hdrOff)
+	}
+	return c.sendCTS(m)
+}
+
 // stableDest returns the stable destination to grant for the frame h
 // announces, or nil for the per-frame path (serve's goroutine). It asks the
 // handler (a rdma.StableReceiver) for the first frame of h's (op, key), and
-// registers the buffer and a header slot for it. An error refuses the frame.
+// registers the buffer and, when the machine needs one, a page of header
+// slots. An error refuses the frame.
 func (c *conn) stableDest(h *proto.Header) (*stableDest, error) {
 	sr, ok := c.h.(rdma.StableReceiver)
-	if !ok || !h.Op.CarriesTensor() {
-		return nil, nil
-	}
-	sk := stableKey{h.Op, h.Key}
-	c.st.Lock()
-	_, seen := c.st.byKey[sk]
-	n := len(c.st.byID)
-	c.st.Unlock()
-	if seen || n >= maxStableGrants {
+	c.mu.Lock()
+	ask := c.mu.p.askStable(h, ok)
+	c.mu.Unlock()
+	if !ask {
 		return nil, nil
 	}
 	buf, ok, err := sr.StableDest(c, h)
@@ -1604,69 +1574,57 @@ func (c *conn) stableDest(h *proto.Header) (*stableDest, error) {
 		return nil, err
 	}
 	if !ok {
-		c.st.Lock()
-		c.st.byKey[sk] = nil
-		c.st.Unlock()
+		c.mu.Lock()
+		c.mu.p.declineStable(h)
+		c.mu.Unlock()
 		return nil, nil
 	}
 	if len(buf) != int(h.Length) {
 		return nil, fmt.Errorf("rdma: handler gave a %d-byte stable destination for a %d-byte %s payload", len(buf), h.Length, h.Op)
 	}
-	id := uint32(n)
-	for len(c.hdrPages) <= int(id/stableHdrPage) {
+	c.mu.Lock()
+	need := c.mu.p.needHdrPage()
+	c.mu.Unlock()
+	if need {
 		b := make([]byte, stableHdrPage*stableHdrBytes)
 		mr, err := c.t.pd.Register(b, ibv.AccessLocalWrite|ibv.AccessRemoteWrite)
 		if err != nil {
 			return nil, fmt.Errorf("rdma: receive %s from %s: header slots: %w", h.Op, c.remote, err)
 		}
 		c.t.cnt.registrations.Add(1)
-		c.hdrPages = append(c.hdrPages, hdrPage{buf: b, mr: mr})
+		c.mu.Lock()
+		c.mu.p.addHdrPage(&hdrPage{buf: b, mr: mr})
+		c.mu.Unlock()
 	}
 	ent, err := c.t.cache.get(buf) // held for the life of the connection
 	if err != nil {
 		return nil, fmt.Errorf("rdma: receive %s from %s: %w", h.Op, c.remote, err)
 	}
-	off := int(id%stableHdrPage) * stableHdrBytes
-	d := &stableDest{id: id, sk: sk, buf: buf, ent: ent, hdr: c.hdrPages[id/stableHdrPage].buf[off : off+stableHdrBytes], held: true}
-	c.st.Lock()
-	c.st.byKey[sk] = d
-	c.st.byID = append(c.st.byID, d)
-	c.st.Unlock()
+	c.mu.Lock()
+	d := c.mu.p.grantStable(h, buf, ent)
+	c.mu.Unlock()
 	return d, nil
 }
 
 // stableLanded handles a write of n bytes into stable destination id: its
 // header is in the header slot (serve's goroutine).
 func (c *conn) stableLanded(id, n uint32) error {
-	c.st.Lock()
-	var d *stableDest
-	if int(id) < len(c.st.byID) {
-		d = c.st.byID[id]
-	}
-	held := d != nil && d.held
-	if d != nil {
-		d.held = true
-	}
-	c.st.Unlock()
-	switch {
-	case d == nil:
-		return fmt.Errorf("rdma: from %s: %w: write into stable destination %d, never granted", c.remote, proto.ErrBadFrame, id)
-	case held:
-		return fmt.Errorf("rdma: from %s: %w: write into stable destination %d without a credit", c.remote, proto.ErrBadFrame, id)
-	case int(n) != len(d.buf):
-		return fmt.Errorf("rdma: from %s: %w: wrote %d bytes into a %d-byte stable destination", c.remote, proto.ErrBadFrame, n, len(d.buf))
+	c.mu.Lock()
+	d, err := c.mu.p.landStable(id, n)
+	c.mu.Unlock()
+	if err != nil {
+		return c.fromPeer(err)
 	}
 	var hdr proto.Header
-	if err := hdr.Decode(d.hdr[:proto.HeaderSize]); err != nil {
+	if err := hdr.Decode(d.page.(*hdrPage).buf[d.hdrOff : d.hdrOff+proto.HeaderSize]); err != nil {
 		return fmt.Errorf("rdma: from %s: stable destination %d: %w", c.remote, id, err)
 	}
-	if hdr.Op != d.sk.op || hdr.Key != d.sk.key || int(hdr.Length) != len(d.buf) {
-		return fmt.Errorf("rdma: from %s: %w: %s %s of %d bytes in the stable destination of %s %s", c.remote, proto.ErrBadFrame,
-			hdr.Op, hdr.Key, hdr.Length, d.sk.op, d.sk.key)
+	if err := d.check(&hdr); err != nil {
+		return c.fromPeer(err)
 	}
 	if err := c.adm.Admit(&hdr); err != nil {
 		if errors.Is(err, proto.ErrBadFrame) {
-			return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+			return c.fromPeer(err)
 		}
 		// Refused: the destination is free again for the next frame.
 		c.Release(d.sk.op, d.sk.key)
@@ -1674,7 +1632,7 @@ func (c *conn) stableLanded(id, n uint32) error {
 		return nil
 	}
 	if err := hdr.CheckPayload(d.buf); err != nil {
-		return fmt.Errorf("rdma: from %s: %w", c.remote, err)
+		return c.fromPeer(err)
 	}
 	c.h.Handle(c, &hdr, d.buf, nil)
 	return nil
@@ -1683,24 +1641,17 @@ func (c *conn) stableLanded(id, n uint32) error {
 // Release implements rdma.Conn: the handler is done with the frame of (op,
 // key) in its stable destination; the peer gets a credit to write the next.
 func (c *conn) Release(op proto.Op, key proto.Key) {
-	c.st.Lock()
-	d := c.st.byKey[stableKey{op, key}]
-	if d == nil || !d.held {
-		c.st.Unlock()
-		return
-	}
-	d.held = false
-	id := d.id
-	c.st.Unlock()
-	if failed, _ := c.failed(); failed {
+	c.mu.Lock()
+	id, ok := c.mu.p.release(stableKey{op, key})
+	if !ok {
+		c.mu.Unlock()
 		return
 	}
 	// A control slot is freed by a send completion, which the peer's NIC
 	// produces without its software: this waits briefly at most.
-	var slot int
-	select {
-	case slot = <-c.ctlFree:
-	case <-c.done:
+	slot, ok := c.takeCtlLocked()
+	c.mu.Unlock()
+	if !ok {
 		return
 	}
 	b := c.ctlBuf(slot)
@@ -1709,7 +1660,7 @@ func (c *conn) Release(op proto.Op, key proto.Key) {
 	if err := c.postSend(&ibv.SendWR{ID: wrID(wrCred, uint32(slot)), Op: ibv.OpSend, Signaled: true,
 		Addr: c.slabAddr(b), Len: creditSize, LKey: c.mr.LKey(), Inline: creditSize <= c.inl}); err != nil {
 		c.t.cnt.credits.Add(^uint64(0))
-		c.ctlFree <- slot
+		c.putCtl(slot)
 		if !errors.Is(err, net.ErrClosed) {
 			c.fail(fmt.Errorf("rdma: send credit to %s: %w", c.remote, err), false)
 		}
@@ -1720,17 +1671,17 @@ func (c *conn) Release(op proto.Op, key proto.Key) {
 // only on send completions, which the peer's NIC produces without its
 // software's help, so it cannot deadlock with the peer.
 func (c *conn) sendCTS(m cts) error {
-	var slot int
-	select {
-	case slot = <-c.ctlFree:
-	case <-c.done:
+	c.mu.Lock()
+	slot, ok := c.takeCtlLocked()
+	c.mu.Unlock()
+	if !ok {
 		return nil
 	}
 	b := c.ctlBuf(slot)
 	n := m.encode(b)
 	if err := c.postSend(&ibv.SendWR{ID: wrID(wrCTS, uint32(slot)), Op: ibv.OpSend, Signaled: true,
 		Addr: c.slabAddr(b), Len: uint32(n), LKey: c.mr.LKey(), Inline: n <= c.inl}); err != nil {
-		c.ctlFree <- slot
+		c.putCtl(slot)
 		if errors.Is(err, net.ErrClosed) {
 			return nil
 		}
