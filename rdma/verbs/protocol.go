@@ -215,6 +215,18 @@ const (
 	creditTaken                    // a Send took it and has neither committed it (openSend) nor given it back
 )
 
+func (c creditState) String() string {
+	switch c {
+	case creditOwed:
+		return "owed"
+	case creditHeld:
+		return "held"
+	case creditTaken:
+		return "taken"
+	}
+	return fmt.Sprintf("credit(%d)", uint8(c))
+}
+
 // grant is a stable destination the peer granted: the frames of its (op,
 // key) and length go there, one per credit.
 type grant struct {
@@ -251,7 +263,7 @@ func (p *protocol) takeCredit(g *grant) bool {
 // was not sent.
 func (p *protocol) returnCredit(g *grant) {
 	if g.credit != creditTaken {
-		panic(fmt.Sprintf("verbs: credit of stable destination %d given back while %d", g.id, g.credit))
+		panic(fmt.Sprintf("verbs: credit of stable destination %d given back while %s", g.id, g.credit))
 	}
 	g.credit = creditHeld
 }
