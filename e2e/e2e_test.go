@@ -3,7 +3,11 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 )
 
@@ -58,7 +63,14 @@ type line struct {
 
 func start(t *testing.T, ctx context.Context, env []string, args ...string) *job {
 	t.Helper()
-	cmd := exec.CommandContext(ctx, filepath.Join(bin, "bpsrun"), args...)
+	return startProg(t, ctx, env, filepath.Join(bin, "bpsrun"), args...)
+}
+
+// startProg runs prog (a shell, say, that execs bpsrun) as start runs
+// bpsrun. The process is killed by its PID at the end of the test.
+func startProg(t *testing.T, ctx context.Context, env []string, prog string, args ...string) *job {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.WaitDelay = 5 * time.Second
 	out, err := cmd.StdoutPipe()
@@ -425,4 +437,418 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help does not mention %s", f)
 		}
 	}
+}
+
+// The probes that found the summation server's edges, as regression
+// tests against a real server process: started in environment mode
+// (DMLC_ROLE=server bpsrun) with a coordinator of its own, spoken to in
+// raw frames on its data port as the probes did, measured from /proc.
+
+// probed is a server process and what it takes to reach it.
+type probed struct {
+	t    *testing.T
+	srv  *job
+	pid  int
+	addr string   // the data address
+	env  []string // the job's environment, for workers
+}
+
+// freePort asks the kernel for a free loopback port.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startProbed starts a coordinator for workers worker processes and one
+// server with extra in its environment, and waits until the server
+// listens. wrap, if not empty, is a shell command line that execs the
+// server ("$0" "$@" is bpsrun -v), to set its limits, say.
+func startProbed(t *testing.T, ctx context.Context, workers int, wrap string, extra ...string) *probed {
+	t.Helper()
+	dataPort := freePort(t)
+	env := []string{
+		"DMLC_NUM_WORKER=" + strconv.Itoa(workers), "DMLC_NUM_SERVER=1", "BYTEPS_LOCAL_SIZE=1",
+		"DMLC_PS_ROOT_URI=127.0.0.1", "DMLC_PS_ROOT_PORT=" + strconv.Itoa(freePort(t)), "DMLC_NODE_HOST=127.0.0.1",
+	}
+	with := func(kv ...string) []string { return append(append([]string(nil), env...), kv...) }
+	start(t, ctx, with("DMLC_ROLE=scheduler"), "-v")
+	srvEnv := with(append([]string{"DMLC_ROLE=server", "GOBPS_SERVER_ID=0", "GOBPS_SERVER_PORT=" + strconv.Itoa(dataPort)}, extra...)...)
+	var srv *job
+	if wrap != "" {
+		srv = startProg(t, ctx, srvEnv, "sh", "-c", wrap, filepath.Join(bin, "bpsrun"), "-v")
+	} else {
+		srv = start(t, ctx, srvEnv, "-v")
+	}
+	p := &probed{t: t, srv: srv, pid: srv.cmd.Process.Pid, addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(dataPort)), env: env}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		nc, err := net.DialTimeout("tcp", p.addr, time.Second)
+		if err == nil {
+			nc.Close()
+			break
+		}
+		select {
+		case <-srv.done:
+			t.Fatalf("the server exited:\n%s", srv.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the server does not listen on %s after 30s: %v\n%s", p.addr, err, srv.output())
+		}
+	}
+	return p
+}
+
+// worker runs the test job as worker rank of p's job.
+func (p *probed) worker(ctx context.Context, rank int, args ...string) *job {
+	p.t.Helper()
+	env := append(append([]string(nil), p.env...), "DMLC_ROLE=worker", "DMLC_WORKER_ID="+strconv.Itoa(rank), "BYTEPS_LOCAL_RANK=0")
+	return start(p.t, ctx, env, append([]string{filepath.Join(bin, "testjob")}, args...)...)
+}
+
+// status returns a field of /proc/PID/status in bytes (VmRSS, VmHWM,
+// VmPeak: given in kB there).
+func (p *probed) status(field string) int64 {
+	p.t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, field+":"); ok {
+			f := strings.Fields(rest)
+			kb, err := strconv.ParseInt(f[0], 10, 64)
+			if err != nil || len(f) != 2 || f[1] != "kB" {
+				p.t.Fatalf("/proc/%d/status: %q", p.pid, l)
+			}
+			return kb << 10
+		}
+	}
+	p.t.Fatalf("no %s in /proc/%d/status", field, p.pid)
+	return 0
+}
+
+// dataConns counts the server's connections on its data port: the
+// sockets among its descriptors that /proc/PID/net/tcp lists with that
+// local port in a state other than LISTEN.
+func (p *probed) dataConns() int {
+	p.t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.pid))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	inodes := map[string]bool{}
+	for _, e := range ents {
+		l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", p.pid, e.Name()))
+		if ino, ok := strings.CutPrefix(l, "socket:["); ok {
+			inodes[strings.TrimSuffix(ino, "]")] = true
+		}
+	}
+	_, port, _ := net.SplitHostPort(p.addr)
+	want, _ := strconv.Atoi(port)
+	n := 0
+	for _, table := range []string{"tcp", "tcp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", p.pid, table))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n")[1:] {
+			// sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+			f := strings.Fields(l)
+			if len(f) < 10 || f[3] == "0A" || !inodes[f[9]] {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(f[1], ":")
+			if port, err := strconv.ParseUint(hexPort, 16, 16); err == nil && int(port) == want {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// raw is a data connection that speaks frames itself.
+type raw struct {
+	t  *testing.T
+	nc net.Conn
+}
+
+func (p *probed) dialRaw() *raw {
+	p.t.Helper()
+	nc, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	p.t.Cleanup(func() { nc.Close() })
+	return &raw{t: p.t, nc: nc}
+}
+
+func (r *raw) send(h proto.Header, payload []byte) {
+	r.t.Helper()
+	r.nc.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if err := proto.WriteFrame(r.nc, h, payload); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// next reads the next frame, within 10 s.
+func (r *raw) next() (proto.Header, []byte) {
+	r.t.Helper()
+	r.nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	h, p, err := proto.ReadFrame(r.nc, proto.MaxPayload)
+	if err != nil {
+		r.t.Fatalf("no answer: %v", err)
+	}
+	return h, p
+}
+
+func (r *raw) expect(op proto.Op, reqID uint64, words ...string) []byte {
+	r.t.Helper()
+	h, p := r.next()
+	if h.Op != op || h.ReqID != reqID {
+		r.t.Fatalf("got %v %q, want %s for request %d", &h, p, op, reqID)
+	}
+	for _, w := range words {
+		if !strings.Contains(string(p), w) {
+			r.t.Fatalf("%s %q does not say %q", op, p, w)
+		}
+	}
+	return p
+}
+
+// hello says hello as worker rank 0.
+func (r *raw) hello() {
+	r.t.Helper()
+	r.send(proto.Header{Op: proto.OpHello, Sender: proto.NodeID(proto.RoleWorker, 0)}, nil)
+}
+
+func int32s(vs ...int32) []byte {
+	b := make([]byte, 4*len(vs))
+	for i, v := range vs {
+		binary.LittleEndian.PutUint32(b[4*i:], uint32(v))
+	}
+	return b
+}
+
+// TestOversizedDeclareBeforeHello: three connections each announce a
+// 1 GiB declaration before any hello and send 32 MiB of it. The server
+// closes each at its header (no declaration is taken before a hello, nor
+// over proto.MaxControlPayload) and its peak RSS stays under 64 MB; it
+// still serves a worker afterwards.
+func TestOversizedDeclareBeforeHello(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startProbed(t, ctx, 1, "", "GOBPS_HELLO_TIMEOUT=60s")
+	var hdr [proto.HeaderSize]byte
+	(&proto.Header{Op: proto.OpDeclare, Length: 1 << 30}).Encode(hdr[:])
+	const sent = 32 << 20 // of the announced payload, on each connection
+	var wg sync.WaitGroup
+	var conns []net.Conn
+	for range 3 {
+		nc := p.dialRaw().nc
+		conns = append(conns, nc)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if _, err := nc.Write(hdr[:]); err != nil {
+				return
+			}
+			chunk := make([]byte, 1<<20)
+			for n := 0; n < sent; n += len(chunk) {
+				if _, err := nc.Write(chunk); err != nil {
+					return // closed by the server
+				}
+			}
+		}()
+	}
+	for i, nc := range conns {
+		nc.SetReadDeadline(time.Now().Add(30 * time.Second))
+		if _, err := io.Copy(io.Discard, nc); errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("connection %d: still open 30s after it announced a 1 GiB declaration before its hello", i)
+		}
+	}
+	wg.Wait()
+	if hwm := p.status("VmHWM"); hwm > 64<<20 {
+		t.Errorf("the server's peak RSS is %d MB, want under 64 MB", hwm>>20)
+	} else {
+		t.Logf("the server's peak RSS: %.1f MB", float64(hwm)/(1<<20))
+	}
+	r := p.dialRaw()
+	r.hello()
+	r.send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls([]proto.Decl{{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}}))
+	r.expect(proto.OpDeclareAck, 1)
+}
+
+// TestDeclarationsBeyondBudget: with GOBPS_SERVER_MEMORY_BYTES=1 MiB, 200
+// declarations of 1 GiB in one 4.8 KB frame are refused with an error
+// naming the budget and the variable, and take no memory (they took the
+// server's virtual size to 412 GB); a later declaration within the budget
+// works, and so does a round on it.
+func TestDeclarationsBeyondBudget(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startProbed(t, ctx, 1, "", "GOBPS_SERVER_MEMORY_BYTES=1048576")
+	p.srv.waitFor(regexp.MustCompile(`memory budget: 1048576 bytes of declared keys \(GOBPS_SERVER_MEMORY_BYTES\)`), 1, 10*time.Second)
+	r := p.dialRaw()
+	r.hello()
+	huge := make([]proto.Decl, 200)
+	for i := range huge {
+		huge[i] = proto.Decl{Key: proto.MakeKey(uint32(i), 0), DType: proto.Float32, Root: proto.NoRoot, Bytes: 1 << 30}
+	}
+	r.send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls(huge))
+	msg := r.expect(proto.OpError, 1, "memory budget of 1048576 bytes", "GOBPS_SERVER_MEMORY_BYTES")
+	t.Logf("refused: %s", msg)
+	if peak := p.status("VmPeak"); peak > 16<<30 {
+		t.Errorf("the server's virtual size peaked at %d GB", peak>>30)
+	}
+	k := proto.Decl{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 1 << 20}
+	r.send(proto.Header{Op: proto.OpDeclare, ReqID: 2}, proto.EncodeDecls([]proto.Decl{k}))
+	r.expect(proto.OpDeclareAck, 2)
+	vals := make([]int32, k.Bytes/4)
+	for i := range vals {
+		vals[i] = int32(i) - 7
+	}
+	r.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: k.Key, ReqID: 3}, int32s(vals...))
+	got := make([]byte, k.Bytes)
+	for n := 0; n < int(k.Bytes); {
+		h, b := r.next()
+		if h.Op != proto.OpPullResp || h.ReqID != 3 {
+			t.Fatalf("got %v %q, want the sum", &h, b)
+		}
+		off := 0
+		if h.Flags&proto.FlagPiece != 0 {
+			off = int(h.Piece) * proto.PieceBytes
+		}
+		n += copy(got[off:], b)
+	}
+	if string(got) != string(int32s(vals...)) {
+		t.Fatal("the sum of one worker's push is not its push")
+	}
+}
+
+// TestWorkerSeesMemoryBudget: a worker whose declarations go beyond the
+// server's budget fails with the server's error, naming the variable.
+func TestWorkerSeesMemoryBudget(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	j := start(t, ctx, []string{"GOBPS_SERVER_MEMORY_BYTES=65536"}, "--local", "-np", "1", "--servers", "1", "--",
+		filepath.Join(bin, "testjob"), "-tensors", "4", "-rounds", "1", "-max", "1048576", "-timeout", "60s")
+	if code := j.wait(90 * time.Second); code == 0 {
+		t.Fatalf("a job beyond the server's memory budget exited 0:\n%s", j.output())
+	}
+	l := j.waitFor(regexp.MustCompile(`^\[worker 0\] testjob: .*memory budget of 65536 bytes \(GOBPS_SERVER_MEMORY_BYTES`), 1, time.Second)
+	t.Log(l[0].text)
+}
+
+// TestZeroLengthPushAnswered: a push without a payload on a declared key
+// is answered with OpError for its request id (it was dropped unanswered),
+// and the connection carries on.
+func TestZeroLengthPushAnswered(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startProbed(t, ctx, 1, "")
+	r := p.dialRaw()
+	r.hello()
+	k := proto.Decl{Key: proto.MakeKey(1, 0), DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+	r.send(proto.Header{Op: proto.OpDeclare, ReqID: 1}, proto.EncodeDecls([]proto.Decl{k}))
+	r.expect(proto.OpDeclareAck, 1)
+	r.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: k.Key, ReqID: 9}, nil)
+	r.expect(proto.OpError, 9, "push without a payload")
+	r.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: k.Key, ReqID: 10}, int32s(5, -6))
+	if b := r.expect(proto.OpPullResp, 10); string(b) != string(int32s(5, -6)) {
+		t.Fatalf("sum %v", b)
+	}
+}
+
+// TestIdleConnectionsClosedAtHelloTimeout: 1000 connections that never
+// say hello are all closed within GOBPS_HELLO_TIMEOUT (2 s) plus 5 s, none
+// before it; the server logs each once, with its address, and holds none
+// of them afterwards (its sockets on the data port, from /proc).
+func TestIdleConnectionsClosedAtHelloTimeout(t *testing.T) {
+	const n, timeout, bound = 1000, 2 * time.Second, 5 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startProbed(t, ctx, 1, "", "GOBPS_HELLO_TIMEOUT="+timeout.String())
+	conns := make([]net.Conn, n)
+	dialed := make([]time.Time, n)
+	for i := range conns {
+		nc, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		defer nc.Close()
+		conns[i], dialed[i] = nc, time.Now()
+	}
+	deadline := dialed[n-1].Add(timeout + bound)
+	t.Logf("%d connections in %v", n, dialed[n-1].Sub(dialed[0]).Round(time.Millisecond))
+	for i, nc := range conns {
+		nc.SetReadDeadline(deadline)
+		_, err := nc.Read(make([]byte, 1))
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			t.Fatalf("connection %d still open %v after the last dial", i, timeout+bound)
+		case time.Since(dialed[i]) < timeout-100*time.Millisecond:
+			t.Fatalf("connection %d closed %v after its dial, before the hello timeout (%v)", i, time.Since(dialed[i]), err)
+		}
+	}
+	for end := time.Now().Add(10 * time.Second); p.dataConns() > 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("the server holds %d connections on its data port 10s after it closed the idle ones", p.dataConns())
+		}
+	}
+	lines := p.srv.waitFor(regexp.MustCompile(`no hello from`), n, 10*time.Second)
+	if len(lines) != n {
+		t.Errorf("%d lines about connections without a hello, want %d", len(lines), n)
+	}
+	for i, nc := range conns {
+		addr := nc.LocalAddr().String()
+		count := 0
+		for _, l := range lines {
+			if strings.Contains(l.text, "closed "+addr+":") {
+				count++
+			}
+		}
+		if count != 1 {
+			t.Fatalf("connection %d (%s) is in %d log lines, want 1", i, addr, count)
+		}
+	}
+}
+
+// TestAcceptSurvivesDescriptorBurst: a server limited to 64 descriptors
+// gets a burst of connections until its accept fails with EMFILE; once
+// they are closed, a real job of two workers completes against that same
+// server with exact sums.
+func TestAcceptSurvivesDescriptorBurst(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := startProbed(t, ctx, 2, `ulimit -n 64 && exec "$0" "$@"`)
+	var burst []net.Conn
+	for i := 0; i < 200; i++ {
+		nc, err := net.DialTimeout("tcp", p.addr, 2*time.Second)
+		if err != nil {
+			break // the listen queue is full too
+		}
+		burst = append(burst, nc)
+	}
+	l := p.srv.waitFor(regexp.MustCompile(`accept: .*too many open files`), 1, 30*time.Second)
+	t.Logf("%d connections; the server says: %s", len(burst), l[0].text)
+	for _, nc := range burst {
+		nc.Close()
+	}
+	var ws []*job
+	for rank := range 2 {
+		ws = append(ws, p.worker(ctx, rank, "-tensors", "10", "-rounds", "3", "-max", "65536", "-timeout", "60s"))
+	}
+	for rank, w := range ws {
+		if code := w.wait(90 * time.Second); code != 0 {
+			t.Fatalf("worker %d exited %d:\n%s\nserver:\n%s", rank, code, w.output(), p.srv.output())
+		}
+		w.waitFor(regexp.MustCompile(`all 3 rounds exact`), 1, time.Second)
+	}
+	p.srv.waitFor(regexp.MustCompile(`accept: accepting again after \d+ failed tries`), 1, time.Second)
 }
