@@ -567,12 +567,7 @@ func (e *Engine) failServer(s *server, cause error) {
 	s.failed = fmt.Errorf("gobps: %s failed: %w", s, cause)
 	close(s.dead)
 	e.mu.m.ServerFailed(s.rank, s.failed)
-	for _, ch := range e.mu.declReqs {
-		select {
-		case ch <- s.failed:
-		default:
-		}
-	}
+	e.answerDeclsLocked(s.failed)
 	// Once Shutdown has begun, the servers hang up as the job ends: not
 	// worth a notice.
 	quiet := e.mu.shutdown
@@ -587,6 +582,28 @@ func (e *Engine) failServer(s *server, cause error) {
 	e.run(effs)
 }
 
+// answerDeclsLocked fails every declaration waiting for its answer: a
+// server has failed, or the engine. (A flush waits for all of its
+// declarations; one failure fails it, so each may as well hear it.)
+// REQUIRES: e.mu.
+func (e *Engine) answerDeclsLocked(err error) {
+	for id, ch := range e.mu.declReqs {
+		e.answerDeclLocked(id, ch, err)
+	}
+}
+
+// answerDeclLocked gives declaration request id its answer, once: its
+// reply channel holds one, and the request is forgotten, so that a later
+// answer for it (the server's, after a failure was given) finds nothing
+// and nothing ever blocks under the lock. REQUIRES: e.mu.
+func (e *Engine) answerDeclLocked(id uint64, ch chan error, err error) {
+	delete(e.mu.declReqs, id)
+	select {
+	case ch <- err:
+	default: // cannot happen: the channel holds one answer, and id gets one
+	}
+}
+
 // failAll makes the engine unusable and fails everything pending.
 func (e *Engine) failAll(err error) {
 	e.mu.Lock()
@@ -595,12 +612,7 @@ func (e *Engine) failAll(err error) {
 	}
 	e.brokenOnce.Do(func() { close(e.broken) })
 	e.mu.m.Stop(err)
-	for _, ch := range e.mu.declReqs {
-		select {
-		case ch <- err:
-		default:
-		}
-	}
+	e.answerDeclsLocked(err)
 	effs := e.takeLocked()
 	e.mu.Unlock()
 	e.run(effs)

@@ -144,8 +144,7 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 		e.mu.Lock()
 		var effs []lifecycle.Effect
 		if ch, ok := e.mu.declReqs[h.ReqID]; ok {
-			delete(e.mu.declReqs, h.ReqID)
-			ch <- rerr
+			e.answerDeclLocked(h.ReqID, ch, rerr)
 		} else if t := e.mu.m.Request(h.ReqID); t != nil && rerr != nil {
 			e.mu.m.AnswerFailed(h.ReqID, fmt.Errorf("%q key %s round %d: %w", t.Op.Spec.Name, t.Part.Key, t.Round, rerr))
 			effs = e.takeLocked()
