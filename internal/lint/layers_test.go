@@ -144,7 +144,8 @@ var unlockedOnly = []string{"run", "report", "spawn", "failServer", "failAll", "
 // block, after a deferred Unlock). No call there may reach a standard
 // package that does I/O (ioPackages), time.Sleep, a method of the gobps
 // types that do I/O (ioTypes), or an engine function that must run
-// unlocked. It sees only direct calls, not what a callee calls in turn:
+// unlocked; and no channel send or receive may wait (outside a select
+// with a default case). It sees only direct calls, not what a callee calls in turn:
 // as far as a test can check it.
 func TestNoIOUnderEngineLock(t *testing.T) {
 	goBin, err := exec.LookPath("go")
@@ -174,12 +175,32 @@ func TestNoIOUnderEngineLock(t *testing.T) {
 	}
 	var regions int
 	var problems []string
-	check := func(fn string, stmts []ast.Stmt) {
+	var check func(fn string, stmts []ast.Stmt)
+	check = func(fn string, stmts []ast.Stmt) {
 		regions++
 		for _, s := range stmts {
 			ast.Inspect(s, func(n ast.Node) bool {
-				if _, ok := n.(*ast.FuncLit); ok {
+				switch n := n.(type) {
+				case *ast.FuncLit:
 					return false // runs later, not under the lock
+				case *ast.SelectStmt:
+					// A send or receive in a select with a default case
+					// does not wait; look only at the bodies.
+					if hasDefault(n) {
+						for _, cc := range n.Body.List {
+							for _, st := range cc.(*ast.CommClause).Body {
+								check(fn, []ast.Stmt{st})
+							}
+						}
+						regions--
+						return false
+					}
+				case *ast.SendStmt:
+					problems = append(problems, fmt.Sprintf("%s: in %s, under Engine.mu: a channel send that may block (use a select with a default)", fset.Position(n.Pos()), fn))
+				case *ast.UnaryExpr:
+					if n.Op == token.ARROW {
+						problems = append(problems, fmt.Sprintf("%s: in %s, under Engine.mu: a channel receive that may block", fset.Position(n.Pos()), fn))
+					}
 				}
 				call, ok := n.(*ast.CallExpr)
 				if !ok {
@@ -203,10 +224,17 @@ func TestNoIOUnderEngineLock(t *testing.T) {
 				check(name, fd.Body.List)
 			}
 			ast.Inspect(fd.Body, func(n ast.Node) bool {
-				if b, ok := n.(*ast.BlockStmt); ok {
-					for _, r := range lockedRegions(b.List, info) {
-						check(name, r)
-					}
+				var list []ast.Stmt
+				switch n := n.(type) {
+				case *ast.BlockStmt:
+					list = n.List
+				case *ast.CaseClause:
+					list = n.Body
+				case *ast.CommClause:
+					list = n.Body
+				}
+				for _, r := range lockedRegions(list, info) {
+					check(name, r)
 				}
 				return true
 			})
@@ -219,6 +247,16 @@ func TestNoIOUnderEngineLock(t *testing.T) {
 	for _, p := range problems {
 		t.Error(p)
 	}
+}
+
+// hasDefault reports whether a select has a default case.
+func hasDefault(s *ast.SelectStmt) bool {
+	for _, cc := range s.Body.List {
+		if cc.(*ast.CommClause).Comm == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // parseDir parses the non-test Go files of one package directory.
