@@ -857,6 +857,20 @@ func (m *Machine) Live() int {
 	return n
 }
 
+// States describes every unfinished task, in start order, for tests and
+// debugging.
+func (m *Machine) States() []string {
+	var out []string
+	all := map[*Task]struct{}{}
+	for _, ts := range m.live {
+		maps.Copy(all, ts)
+	}
+	for _, t := range sorted(all) {
+		out = append(out, t.String()+": "+t.State())
+	}
+	return out
+}
+
 // State describes t for tests and messages: its stage and what is busy.
 func (t *Task) State() string {
 	s := t.stage.String()
