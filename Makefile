@@ -1,7 +1,7 @@
 # gobps: the README's two commands are `make demo` and `make test`.
 GO      ?= go
 BIN     := bin
-RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./gpu/... ./cgo/...
+RACE_PKGS := ./core/... ./summation/... ./scheduler/... ./rdma/... ./gpu/... ./cgo/... ./cluster/... ./internal/... ./cmd/internal/...
 # Debian's python3-torch and python3-sklearn work with this interpreter only.
 PY      := /usr/bin/python3
 PYDEPS  := python3-torch python3-sklearn
