@@ -300,7 +300,7 @@ func (p *protocol) openSend(h *proto.Header, g *grant, w any) (uint32, bool) {
 // cts takes the peer's CTS m for one of our rendezvous sends and returns
 // the driver's handle of that send, to which the driver hands m. A stable
 // grant in m is recorded: later frames of the send's (op, key) and length
-// go there once the peer gives its credit.
+// go there once the peer gives its credit. An error changes nothing.
 func (p *protocol) cts(m *cts) (any, error) {
 	s := p.sends[m.sid]
 	switch {
@@ -309,9 +309,8 @@ func (p *protocol) cts(m *cts) (any, error) {
 	case s.cts:
 		return nil, badFrame("second CTS for send %d", m.sid)
 	}
-	s.cts = true
 	if m.refused {
-		s.phase = sendDone
+		s.cts, s.phase = true, sendDone
 		return s.w, nil
 	}
 	if m.n != s.n {
@@ -327,7 +326,7 @@ func (p *protocol) cts(m *cts) (any, error) {
 		g := &grant{id: m.id, n: m.n, rkey: m.rkey, hdrRKey: m.hdrRKey, addr: m.addr, hdrAddr: m.hdrAddr, credit: creditOwed}
 		p.grants[sk], p.grantsByID[m.id] = g, g
 	}
-	s.phase = sendReady
+	s.cts, s.phase = true, sendReady
 	return s.w, nil
 }
 
