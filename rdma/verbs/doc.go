@@ -13,6 +13,22 @@
 // emulation that the tests use. Each Conn is one reliable-connected queue
 // pair with its own completion queue and channel.
 //
+// Machine and driver. The protocol's state is a state machine with no
+// I/O (protocol, in protocol.go): send ids and what each waits for, the
+// receive slots, the stable destinations granted either way with their
+// credits, and the accounting of tokens, eager buffers and control slots.
+// It decides every step (which id, slot or buffer to use; whether a Send
+// waits for a credit; which destination a write landed in; when a credit
+// is due; what to release when the connection ends) and judges every CTS,
+// credit, write and header of the peer's, returning errors that wrap
+// proto.ErrBadFrame. Registrations are opaque handles to it. It starts no
+// goroutine and uses no channel, lock or clock: conn (verbs.go) is its
+// driver, which calls it under the connection's mutex, posts work
+// requests, polls completions, registers memory and wakes waiting Sends.
+// The machine is tested alone, by scripts (testdata/*.txt) and by two
+// machines wired together under thousands of random schedules with
+// failures and a forging peer.
+//
 // Bootstrap. Listen listens on TCP at the same address a TCP server would,
 // so the address book does not change; Dial connects over TCP. Each side
 // sends a bootstrap hello (magic "GBRV", version, link layer, MTU, LID, GID, send and
@@ -120,8 +136,8 @@
 // push/pull round makes no registration and no copy, and its pushes no
 // RTS/CTS; tests assert it.
 //
-// What was tested where: the whole protocol runs in go test on the
-// emulation (ibv.Emulator) everywhere; the same tests, plus a registration
+// What was tested where: the protocol machine alone, and the whole
+// protocol in go test on the emulation (ibv.Emulator), everywhere; the same tests, plus a registration
 // refused by RLIMIT_MEMLOCK and the summation server with workers, run on a
 // real Soft-RoCE device (rxe0 on lo) inside a QEMU guest
 // (scripts/rdma_qemu.sh; TestVerbsReal* here and in package rdma, run by
