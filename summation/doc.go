@@ -47,11 +47,13 @@
 //
 // # Lifecycle
 //
-// Close returns once every goroutine the server started has ended: the
-// listener's accept loop (Listener.Close), the engines, and every
-// connection's outbox; it closes each connection the server has heard
-// from and waits for its Closed, after which its reader makes no more
-// calls into the server. A connection that never sent a frame is unknown
-// to the server and ends with the transport (Transport.Close); should it
-// send one after Close, it is closed at once.
+// Close returns once every goroutine the server started has ended and no
+// call into the server is in progress: the listener's accept loop
+// (Listener.Close), the handler calls under way (new ones are barred), the
+// engines, and every connection's outbox; it closes each connection the
+// server has heard from and waits for its Closed, after which its reader
+// makes no more calls into the server. A connection that never sent a
+// frame is unknown to the server and ends with the transport
+// (Transport.Close); a call for it after Close closes it and returns at
+// once, taking no lock.
 package summation

@@ -3,6 +3,7 @@ package summation
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"sync"
 	"sync/atomic"
 
@@ -68,10 +69,18 @@ type Server struct {
 	engines []*engine
 	done    chan struct{}
 	closing sync.Once
-	// wg counts the goroutines the server started: engines and outboxes.
-	// Add only under mu with mu.closed false (or in New), so that none
-	// is added once Close waits.
-	wg sync.WaitGroup
+	// What Close waits for. Add to them only under mu with mu.closed
+	// false (or in New), so that none grows once Close waits.
+	wg    sync.WaitGroup // the goroutines the server started: engines and outboxes
+	conns sync.WaitGroup // the connections it has heard from, until their Closed returns
+	// calls counts the handler calls in progress (see enter), and bars
+	// new ones once Close has set callsClosing; the call that leaves it
+	// at zero after that closes idle.
+	calls atomic.Int64
+	idle  chan struct{}
+	// final is the set of connections the server has heard from, fixed
+	// when Close begins (nil before).
+	final atomic.Pointer[map[rdma.Conn]*peer]
 
 	id                                                          atomic.Uint32 // node id, the Sender of every frame
 	declares, pushes, pulls, pieces, refused, badConns, noHello atomic.Int64
@@ -116,7 +125,6 @@ type peer struct {
 	conn   rdma.Conn
 	worker atomic.Int32 // -1 until hello
 	out    *outbox
-	gone   chan struct{} // closed by Closed: no callback for conn follows
 	chunks chunkPool
 	// stable holds, by key, the buffer this connection's pushes land in
 	// when its transport grants stable destinations (rdma.StableReceiver).
@@ -190,7 +198,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
-	s := &Server{cfg: cfg, stable: cfg.Transport.Caps().StableDest, done: make(chan struct{})}
+	s := &Server{cfg: cfg, stable: cfg.Transport.Caps().StableDest, done: make(chan struct{}), idle: make(chan struct{})}
 	s.mu.keys = make(map[proto.Key]*key)
 	s.mu.load = make([]uint64, cfg.Engines)
 	s.mu.peers = make(map[rdma.Conn]*peer)
@@ -224,42 +232,74 @@ func (s *Server) Stats() Stats {
 }
 
 // Close stops the server and returns once every goroutine it started has
-// ended: it closes the listener (which waits for its accept loop), ends
-// the engines' waits, closes every connection the server has heard from
-// and waits for each one's Closed (after which its reader makes no more
-// callbacks), then waits for the engines and every connection's outbox.
-// A connection that never sent a frame is unknown to the server: it is
-// the transport's to end (Transport.Close). Idempotent.
+// ended and no call into it is in progress: it fixes the set of
+// connections it has heard from, closes the listener (which waits for
+// its accept loop), ends the engines' waits, bars new handler calls and
+// waits for those in progress, closes every connection it has heard from
+// and waits for each one's Closed (the last call its reader makes), then
+// waits for the engines and every connection's outbox. A connection that
+// never sent a frame is unknown to the server and ends with the transport
+// (Transport.Close); a call for it after Close returns at once. Idempotent.
 func (s *Server) Close() error {
 	s.closing.Do(func() {
 		s.mu.Lock()
 		s.mu.closed = true
-		peers := make([]*peer, 0, len(s.mu.peers))
-		for _, p := range s.mu.peers {
-			peers = append(peers, p)
-		}
+		final := maps.Clone(s.mu.peers)
+		s.final.Store(&final)
 		s.mu.Unlock()
 		if s.ln != nil {
 			s.ln.Close()
 		}
 		close(s.done)
-		for _, p := range peers {
-			p.conn.Close()
+		if s.calls.Or(callsClosing) == 0 {
+			close(s.idle)
 		}
-		for _, p := range peers {
-			<-p.gone
+		<-s.idle
+		for c := range final {
+			c.Close()
 		}
+		s.conns.Wait()
 		s.wg.Wait()
 	})
 	return nil
 }
 
-// peer returns the server's view of c, made at c's first callback; nil
-// once Close has begun (the caller then closes c).
+// callsClosing is the bit of Server.calls that bars new calls.
+const callsClosing = 1 << 62
+
+// enter begins a handler call: false once Close has begun (the caller
+// then closes its connection and returns at once). A call that entered
+// calls exit when it returns; Close waits for that.
+func (s *Server) enter() bool {
+	for {
+		v := s.calls.Load()
+		if v&callsClosing != 0 {
+			return false
+		}
+		if s.calls.CompareAndSwap(v, v+1) {
+			return true
+		}
+	}
+}
+
+// exit ends a handler call begun by enter.
+func (s *Server) exit() {
+	if s.calls.Add(-1) == callsClosing {
+		close(s.idle) // the last call Close waits for
+	}
+}
+
+// peer returns the server's view of c, made at c's first call into the
+// server; nil once Close has begun (the caller then closes c and
+// returns). REQUIRES: a call begun by enter.
 func (s *Server) peer(c rdma.Conn) *peer {
 	s.mu.RLock()
 	p := s.mu.peers[c]
+	closed := s.mu.closed
 	s.mu.RUnlock()
+	if closed {
+		return nil
+	}
 	if p != nil {
 		return p
 	}
@@ -269,11 +309,25 @@ func (s *Server) peer(c rdma.Conn) *peer {
 		return nil
 	}
 	if p = s.mu.peers[c]; p == nil {
-		p = &peer{conn: c, gone: make(chan struct{}), chunks: chunkPool{free: make(chan []byte, chunksPerConn)}}
+		p = &peer{conn: c, chunks: chunkPool{free: make(chan []byte, chunksPerConn)}}
 		p.worker.Store(-1)
+		s.conns.Add(1)
 		s.wg.Add(1)
 		p.out = newOutbox(c, s.wg.Done)
 		s.mu.peers[c] = p
+	}
+	return p
+}
+
+// enterPeer begins a handler call for c and returns the server's view of
+// c; nil, with no call begun, once Close has begun.
+func (s *Server) enterPeer(c rdma.Conn) *peer {
+	if !s.enter() {
+		return nil
+	}
+	p := s.peer(c)
+	if p == nil {
+		s.exit()
 	}
 	return p
 }
@@ -372,13 +426,14 @@ func (s *Server) checkPush(p *peer, hd *proto.Header) (*key, error) {
 
 func (h *handler) Dest(c rdma.Conn, hd *proto.Header) ([]byte, error) {
 	s := (*Server)(h)
+	p := s.enterPeer(c)
+	if p == nil {
+		c.Close()
+		return nil, errClosing
+	}
+	defer s.exit()
 	switch hd.Op {
 	case proto.OpPush:
-		p := s.peer(c)
-		if p == nil {
-			c.Close()
-			return nil, errClosing
-		}
 		k, err := s.checkPush(p, hd)
 		if err != nil {
 			return nil, err
@@ -400,11 +455,12 @@ func (h *handler) StableDest(c rdma.Conn, hd *proto.Header) ([]byte, bool, error
 	if !s.stable || hd.Op != proto.OpPush {
 		return nil, false, nil
 	}
-	p := s.peer(c)
+	p := s.enterPeer(c)
 	if p == nil {
 		c.Close()
 		return nil, false, errClosing
 	}
+	defer s.exit()
 	k, err := s.checkPush(p, hd)
 	if err != nil {
 		return nil, false, err
@@ -426,11 +482,12 @@ func (h *handler) Chunks(c rdma.Conn, hd *proto.Header) (rdma.ChunkSink, bool, e
 	if hd.Op != proto.OpPush {
 		return nil, false, nil
 	}
-	p := s.peer(c)
+	p := s.enterPeer(c)
 	if p == nil {
 		c.Close()
 		return nil, false, errClosing
 	}
+	defer s.exit()
 	k, err := s.checkPush(p, hd)
 	if err != nil {
 		return nil, false, err
@@ -479,11 +536,12 @@ func (ps *pushSink) Abort(error) {
 
 func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err error) {
 	s := (*Server)(h)
-	p := s.peer(c)
+	p := s.enterPeer(c)
 	if p == nil {
 		c.Close()
 		return
 	}
+	defer s.exit()
 	if err != nil {
 		s.refuse(p, hd, err)
 		return
@@ -551,6 +609,19 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 // side closed is not.
 func (h *handler) Closed(c rdma.Conn, err error) {
 	s := (*Server)(h)
+	if s.enter() {
+		defer s.exit()
+	} else if (*s.final.Load())[c] == nil {
+		return // unknown to the server, which has closed
+	}
+	s.mu.Lock()
+	p := s.mu.peers[c]
+	delete(s.mu.peers, c)
+	s.mu.Unlock()
+	if p != nil {
+		defer s.conns.Done()
+		p.out.close()
+	}
 	switch {
 	case errors.Is(err, proto.ErrBadFrame):
 		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
@@ -558,14 +629,6 @@ func (h *handler) Closed(c rdma.Conn, err error) {
 	case errors.Is(err, rdma.ErrNoHello):
 		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
 		s.noHello.Add(1)
-	}
-	s.mu.Lock()
-	p := s.mu.peers[c]
-	delete(s.mu.peers, c)
-	s.mu.Unlock()
-	if p != nil {
-		p.out.close()
-		close(p.gone)
 	}
 }
 
