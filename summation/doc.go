@@ -56,4 +56,8 @@
 // frame is unknown to the server and ends with the transport
 // (Transport.Close); a call for it after Close closes it and returns at
 // once, taking no lock.
+//
+// TestFaultSchedules runs the server against raw workers over rdma/memnet
+// with a seeded random schedule of broken links, stalls, failed writes and
+// delays per seed, and checks every answer and the goroutines after Close.
 package summation
