@@ -90,7 +90,9 @@ func (s stableBench) StableDest(_ rdma.Conn, h *proto.Header) ([]byte, bool, err
 	return s.buf(s.in, h.Key, h.Length), true, nil
 }
 
-func benchPushPull(b *testing.B, stable bool, size int) {
+// benchConn connects a client to a benchServer over the emulation; the
+// client's pull responses land in out. Everything is closed when b ends.
+func benchConn(b *testing.B, stable bool, out []byte) (rdma.Conn, *rdmatest.Rec, *benchServer) {
 	e := ibv.NewEmulator(ibv.EmuOptions{})
 	opt := rdma.Options{GIDIndex: -1}
 	srv, _, err := New(e, opt)
@@ -101,11 +103,11 @@ func benchPushPull(b *testing.B, stable bool, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer func() {
+	b.Cleanup(func() {
 		if err := errors.Join(cli.Close(), srv.Close()); err != nil {
 			b.Error(err)
 		}
-	}()
+	})
 	bs := &benchServer{Rec: rdmatest.NewRec(), stable: stable, in: map[proto.Key][]byte{}, out: map[proto.Key][]byte{},
 		answers: make(chan func(), 16)}
 	done := make(chan struct{})
@@ -115,7 +117,7 @@ func benchPushPull(b *testing.B, stable bool, size int) {
 			f()
 		}
 	}()
-	defer func() { close(bs.answers); <-done }()
+	b.Cleanup(func() { close(bs.answers); <-done })
 	var h rdma.Handler = bs
 	if stable {
 		h = stableBench{bs}
@@ -124,15 +126,20 @@ func benchPushPull(b *testing.B, stable bool, size int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer ln.Close()
-	in, out := make([]byte, size), make([]byte, size)
+	b.Cleanup(func() { ln.Close() })
 	ch := rdmatest.NewRec()
 	ch.DestFn = func(rdma.Conn, *proto.Header) ([]byte, error) { return out, nil }
 	c, err := cli.Dial(b.Context(), ln.Addr(), rdmatest.Self, ch)
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
+	return c, ch, bs
+}
+
+func benchPushPull(b *testing.B, stable bool, size int) {
+	in, out := make([]byte, size), make([]byte, size)
+	c, ch, bs := benchConn(b, stable, out)
 	key := proto.MakeKey(1, 0)
 	round := func(r uint64) {
 		if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: key, Round: r, ReqID: r}, in); err != nil {
@@ -158,5 +165,45 @@ func benchPushPull(b *testing.B, stable bool, size int) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		round(uint64(3 + i))
+	}
+}
+
+// BenchmarkParallelPush: 8 goroutines push 64 KiB frames, each of its own
+// key, on one connection, into a server that releases them at once: the
+// connection's lock, tokens and control slots under contention.
+//
+//	go test -run '^$' -bench ParallelPush -benchtime 20000x -count 6 ./rdma/verbs
+func BenchmarkParallelPush(b *testing.B) {
+	for _, stable := range []bool{true, false} {
+		name := "dest"
+		if stable {
+			name = "stable"
+		}
+		b.Run(name, func(b *testing.B) {
+			c, _, _ := benchConn(b, stable, nil)
+			const g = 8
+			b.SetBytes(64 << 10)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for w := range g {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					buf := make([]byte, 64<<10)
+					n := b.N / g
+					if w < b.N%g {
+						n++
+					}
+					for range n {
+						if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: proto.Key(w)}, buf); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+		})
 	}
 }
