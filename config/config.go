@@ -323,7 +323,7 @@ var table = []spec{
 	},
 	{
 		Variable: Variable{Name: envServerMemory, Default: "0", Roles: serverOnly,
-			Doc: "Most bytes of keys a server accepts in declarations (it keeps two rounds' sums of each and refuses a declaration beyond this); 0 means half of the memory the server may use (its cgroup's limit, or the machine's memory)."},
+			Doc: "Most bytes of keys a server accepts in declarations (it keeps two rounds' sums of each and refuses a declaration beyond this); 0 means a quarter of the memory the server may use (its cgroup's limit, or the machine's memory): each declared byte costs about two, the sums of the two open rounds."},
 		field: func(c *Config) any { return &c.ServerMemory },
 	},
 	{

@@ -31,8 +31,10 @@
 // declaration) plus pushes in flight. Config.MemoryBudget bounds the
 // declared bytes: a declaration frame whose new keys would go beyond it
 // is refused whole, naming the budget and GOBPS_SERVER_MEMORY_BYTES.
-// cmd/internal/roles sets it from the configuration, by default half of
-// the memory the process may use.
+// cmd/internal/roles sets it from the configuration, by default a quarter
+// of the memory the process may use. Not counted: on verbs, the landing
+// buffer each worker's pushes of a key get (a stable destination, one per
+// worker connection and key).
 //
 // # Errors
 //

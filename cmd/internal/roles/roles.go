@@ -139,8 +139,9 @@ func FreePort() (int, error) {
 
 // MemoryBudget resolves GOBPS_SERVER_MEMORY_BYTES (configured; 0 means a
 // share of the machine) into the summation server's budget of declared
-// bytes, and says where it came from. 0 becomes half of the memory the
-// process may use: the cgroup's limit (v2 memory.max, else v1
+// bytes, and says where it came from. 0 becomes a quarter of the memory
+// the process may use (each declared byte costs the server about two, the
+// sums of the two open rounds, plus what pushes in flight take): the cgroup's limit (v2 memory.max, else v1
 // memory.limit_in_bytes) where one is set below the machine's memory,
 // else MemTotal from /proc/meminfo. root is the file system root to read
 // those files under ("/"; tests give a directory of their own).
@@ -152,7 +153,7 @@ func MemoryBudget(configured int, root string) (int64, string, error) {
 	if err != nil {
 		return 0, "", fmt.Errorf("server memory budget: %w (set GOBPS_SERVER_MEMORY_BYTES)", err)
 	}
-	return limit / 2, fmt.Sprintf("half of %s, %d bytes; GOBPS_SERVER_MEMORY_BYTES sets it", source, limit), nil
+	return limit / 4, fmt.Sprintf("a quarter of %s, %d bytes; GOBPS_SERVER_MEMORY_BYTES sets it", source, limit), nil
 }
 
 // processMemory returns the memory the process may use, and names its

@@ -8,7 +8,7 @@ import (
 )
 
 // TestMemoryBudget resolves the server's budget on fake file system roots:
-// a configured value wins; otherwise half of the tightest of MemTotal and
+// a configured value wins; otherwise a quarter of the tightest of MemTotal and
 // the process's cgroup limit, v2 or v1, where one is set.
 func TestMemoryBudget(t *testing.T) {
 	const meminfo = "MemTotal:       16384 kB\nMemFree:         1000 kB\n"
@@ -20,39 +20,39 @@ func TestMemoryBudget(t *testing.T) {
 		from       string
 	}{
 		{"configured", 12345, map[string]string{"proc/meminfo": meminfo}, 12345, "GOBPS_SERVER_MEMORY_BYTES"},
-		{"no cgroup", 0, map[string]string{"proc/meminfo": meminfo}, 8 << 20, "MemTotal"},
+		{"no cgroup", 0, map[string]string{"proc/meminfo": meminfo}, 4 << 20, "MemTotal"},
 		{"v2 limit", 0, map[string]string{
 			"proc/meminfo":                       meminfo,
 			"proc/self/cgroup":                   "0::/job/a\n",
 			"sys/fs/cgroup/job/a/memory.max":     "4194304\n",
 			"sys/fs/cgroup/job/a/memory.high":    "1\n",
 			"sys/fs/cgroup/unrelated/memory.max": "1\n",
-		}, 2 << 20, "/sys/fs/cgroup/job/a/memory.max"},
+		}, 1 << 20, "/sys/fs/cgroup/job/a/memory.max"},
 		{"v2 no limit", 0, map[string]string{
 			"proc/meminfo":                   meminfo,
 			"proc/self/cgroup":               "0::/job/a\n",
 			"sys/fs/cgroup/job/a/memory.max": "max\n",
-		}, 8 << 20, "MemTotal"},
+		}, 4 << 20, "MemTotal"},
 		{"v2 in a namespace", 0, map[string]string{
 			"proc/meminfo":             meminfo,
 			"proc/self/cgroup":         "0::/\n",
 			"sys/fs/cgroup/memory.max": "2097152\n",
-		}, 1 << 20, "/sys/fs/cgroup/memory.max"},
+		}, 512 << 10, "/sys/fs/cgroup/memory.max"},
 		{"v1 limit, hybrid", 0, map[string]string{
 			"proc/meminfo":     meminfo,
 			"proc/self/cgroup": "4:memory:/docker/x\n2:cpu,cpuacct:/docker/x\n0::/\n",
 			"sys/fs/cgroup/memory/docker/x/memory.limit_in_bytes": "6291456\n",
-		}, 3 << 20, "/sys/fs/cgroup/memory/docker/x/memory.limit_in_bytes"},
+		}, 3 << 19, "/sys/fs/cgroup/memory/docker/x/memory.limit_in_bytes"},
 		{"v1 unlimited", 0, map[string]string{
 			"proc/meminfo":     meminfo,
 			"proc/self/cgroup": "4:memory:/x\n",
 			"sys/fs/cgroup/memory/x/memory.limit_in_bytes": "9223372036854771712\n",
-		}, 8 << 20, "MemTotal"},
+		}, 4 << 20, "MemTotal"},
 		{"limit above the machine", 0, map[string]string{
 			"proc/meminfo":               meminfo,
 			"proc/self/cgroup":           "0::/a\n",
 			"sys/fs/cgroup/a/memory.max": "1073741824\n",
-		}, 8 << 20, "MemTotal"},
+		}, 4 << 20, "MemTotal"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
