@@ -1,14 +1,13 @@
 package scheduler
 
 import (
-	"bufio"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/gobps/gobps/internal/scenario"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -23,60 +22,13 @@ import (
 //	state -> queued=N inflight=B     Len() and InFlight()
 //
 // Any command may instead end in "-> panic" to say that it must panic. A
-// mismatch fails the script with its file:line.
+// mismatch fails the script with its file:line (internal/scenario runs the
+// scripts).
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no scenario files in testdata/")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			runScenario(t, file)
-		})
-	}
-}
-
-func runScenario(t *testing.T, file string) {
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-
-	var q *Queue[string]
-	sc := bufio.NewScanner(f)
-	for lineno := 1; sc.Scan(); lineno++ {
-		line, _, _ := strings.Cut(sc.Text(), "#")
-		cmd, want, hasWant := strings.Cut(line, "->")
-		args := strings.Fields(cmd)
-		want = strings.Join(strings.Fields(want), " ")
-		if len(args) == 0 {
-			if hasWant {
-				t.Fatalf("%s:%d: expectation without a command", file, lineno)
-			}
-			continue
-		}
-		if hasWant && want == "" {
-			t.Fatalf("%s:%d: empty expectation after ->", file, lineno)
-		}
-		got, err := step(&q, args)
-		if err != nil {
-			t.Fatalf("%s:%d: %s: %v", file, lineno, args[0], err)
-		}
-		switch {
-		case !hasWant && got == "":
-		case !hasWant:
-			t.Fatalf("%s:%d: %s: result %q not stated (add -> %s)", file, lineno, args[0], got, got)
-		case got != want:
-			t.Fatalf("%s:%d: %s:\n got: %s\nwant: %s", file, lineno, strings.Join(args, " "), got, want)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
+	scenario.Files(t, filepath.Join("testdata", "*.txt"), func(*testing.T) scenario.Step {
+		var q *Queue[string]
+		return func(args []string) (string, error) { return step(&q, args) }
+	})
 }
 
 // step runs one command against *q and returns its result as the script

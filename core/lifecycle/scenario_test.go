@@ -1,17 +1,14 @@
 package lifecycle
 
 import (
-	"bufio"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/gobps/gobps/internal/scenario"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -42,135 +39,35 @@ import (
 //	check -> live=N inflight=B        Live and InFlight
 //
 // Errors E are one word, or several in double quotes. After every command
-// the checker (invariants.go) checks what must always hold: a handle
+// the checker (invariants_test.go) checks what must always hold: a handle
 // completes once, nothing touches a buffer after its handle completed, the
 // credit is returned exactly once.
 func TestScenarios(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no scenario files in testdata/")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			runScenario(t, file)
-		})
-	}
+	scenario.Files(t, filepath.Join("testdata", "*.txt"), func(*testing.T) scenario.Step {
+		sc := &script{}
+		return func(args []string) (string, error) {
+			got, err := sc.step(args)
+			if err == nil && sc.chk != nil {
+				if ierr := sc.chk.err(); ierr != nil {
+					err = fmt.Errorf("invariant broken: %w", ierr)
+				}
+			}
+			return got, err
+		}
+	})
 }
 
-// scenario is the state of one script.
-type scenario struct {
+// script is the state of one script.
+type script struct {
 	m   *Machine
 	chk *checker
 	ops map[string]*Op
 	cfg Config
 }
 
-// rewrite, with -rewrite, writes every command's result into the scripts
-// instead of checking it (review the diff before committing it).
-var rewrite = flag.Bool("rewrite", false, "write the results into testdata/*.txt instead of checking them")
-
-func runScenario(t *testing.T, file string) {
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := &scenario{}
-	in := bufio.NewScanner(f)
-	var out []string
-	defer func() {
-		if *rewrite && !t.Failed() {
-			if err := os.WriteFile(file, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}()
-	for lineno := 1; in.Scan(); lineno++ {
-		text := in.Text()
-		line, comment, hasComment := strings.Cut(text, "#")
-		cmd, want, hasWant := strings.Cut(line, "->")
-		args, err := fields(cmd)
-		if err != nil {
-			t.Fatalf("%s:%d: %v", file, lineno, err)
-		}
-		want = strings.Join(strings.Fields(want), " ")
-		if len(args) == 0 {
-			out = append(out, text)
-			if hasWant {
-				t.Fatalf("%s:%d: expectation without a command", file, lineno)
-			}
-			continue
-		}
-		got, err := sc.step(args)
-		if err != nil {
-			t.Fatalf("%s:%d: %s: %v", file, lineno, args[0], err)
-		}
-		if sc.chk != nil {
-			if err := sc.chk.err(); err != nil {
-				t.Fatalf("%s:%d: %s: invariant broken: %v", file, lineno, strings.Join(args, " "), err)
-			}
-		}
-		if *rewrite {
-			l := strings.TrimRight(cmd, " \t")
-			if got != "" && got != "none" || hasWant {
-				l += " -> " + got
-			}
-			if hasComment {
-				l += "  #" + comment
-			}
-			out = append(out, l)
-			continue
-		}
-		switch {
-		case !hasWant && (got == "" || got == "none"):
-		case !hasWant:
-			t.Fatalf("%s:%d: %s: result not stated (add -> %s)", file, lineno, args[0], got)
-		case got != want:
-			t.Fatalf("%s:%d: %s:\n got: %s\nwant: %s", file, lineno, strings.Join(args, " "), got, want)
-		}
-	}
-	if err := in.Err(); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// fields splits a command into words, keeping "quoted words" whole.
-func fields(s string) ([]string, error) {
-	var out []string
-	for {
-		s = strings.TrimLeft(s, " \t")
-		if s == "" {
-			return out, nil
-		}
-		var w string
-		if i := strings.Index(s, "\""); i >= 0 && !strings.ContainsAny(s[:i], " \t") {
-			j := strings.Index(s[i+1:], "\"")
-			if j < 0 {
-				return nil, fmt.Errorf("unterminated quote in %q", s)
-			}
-			w, s = s[:i]+s[i+1:i+1+j], s[i+2+j:]
-		} else if k := strings.IndexAny(s, " \t"); k >= 0 {
-			w, s = s[:k], s[k:]
-		} else {
-			w, s = s, ""
-		}
-		out = append(out, w)
-	}
-}
-
-func (sc *scenario) step(args []string) (string, error) {
-	cmd, rest := args[0], args[1:]
-	kv, pos := map[string]string{}, []string(nil)
-	for _, a := range rest {
-		if k, v, ok := strings.Cut(a, "="); ok && !strings.ContainsAny(k, " \t") {
-			kv[k] = v
-		} else {
-			pos = append(pos, a)
-		}
-	}
+func (sc *script) step(args []string) (string, error) {
+	cmd := args[0]
+	kv, pos := scenario.Args(args[1:])
 	errArg := func() error {
 		if e, ok := kv["err"]; ok {
 			return errors.New(e)
@@ -373,7 +270,7 @@ func (sc *scenario) step(args []string) (string, error) {
 
 // result is what a command returns: its own result, then the effects it
 // produced, each checked against the invariants.
-func (sc *scenario) result(own string) string {
+func (sc *script) result(own string) string {
 	effs := sc.m.AppendEffects(nil)
 	var parts []string
 	if own != "" {
@@ -389,7 +286,7 @@ func (sc *scenario) result(own string) string {
 	return strings.Join(parts, "; ")
 }
 
-func (sc *scenario) name(op *Op) string {
+func (sc *script) name(op *Op) string {
 	for n, o := range sc.ops {
 		if o == op {
 			return n
@@ -398,7 +295,7 @@ func (sc *scenario) name(op *Op) string {
 	return op.Spec.Name
 }
 
-func (sc *scenario) describe(e Effect) string {
+func (sc *script) describe(e Effect) string {
 	var s string
 	if e.Task != nil {
 		s = fmt.Sprintf("%s %s.%d", e.Kind, sc.name(e.Task.Op), e.Task.Index)
@@ -414,7 +311,7 @@ func (sc *scenario) describe(e Effect) string {
 	return s
 }
 
-func (sc *scenario) task(name string) (*Task, error) {
+func (sc *script) task(name string) (*Task, error) {
 	opName, idx, ok := strings.Cut(name, ".")
 	op := sc.ops[opName]
 	if !ok || op == nil {
@@ -427,7 +324,7 @@ func (sc *scenario) task(name string) (*Task, error) {
 	return op.Tasks[i], nil
 }
 
-func (sc *scenario) spec(name string, flags []string, kv map[string]string) (OpSpec, error) {
+func (sc *script) spec(name string, flags []string, kv map[string]string) (OpSpec, error) {
 	spec := OpSpec{Name: name, DType: proto.Uint8, Push: true}
 	size := 8
 	if v, ok := kv["bytes"]; ok {
@@ -490,14 +387,4 @@ func (sc *scenario) spec(name string, flags []string, kv map[string]string) (OpS
 		spec.Priority = p
 	}
 	return spec, nil
-}
-
-// sortedKeys is for stable messages.
-func sortedKeys[V any](m map[string]V) []string {
-	ks := make([]string, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }

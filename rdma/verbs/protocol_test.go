@@ -1,20 +1,18 @@
 package verbs
 
 import (
-	"bufio"
 	"errors"
-	"flag"
 	"fmt"
 	"go/ast"
 	"go/parser"
 	"go/token"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/gobps/gobps/internal/scenario"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -63,85 +61,16 @@ import (
 // Registrations are names (R, P): the machine keeps them and hands them
 // back; the runner checks that each is handed back at most once.
 func TestProtocolScenarios(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join("testdata", "*.txt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(files) == 0 {
-		t.Fatal("no scenario files in testdata/")
-	}
-	for _, file := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(file), ".txt"), func(t *testing.T) {
-			runProtoScenario(t, file)
-		})
-	}
+	scenario.Files(t, filepath.Join("testdata", "*.txt"), func(*testing.T) scenario.Step {
+		sc := &protoScenario{}
+		return sc.run
+	})
 }
-
-// rewrite, with -rewrite, writes every command's result into the scripts
-// instead of checking it (review the diff before committing it).
-var rewrite = flag.Bool("rewrite", false, "write the results into testdata/*.txt instead of checking them")
 
 // protoScenario is the state of one script.
 type protoScenario struct {
 	p        *protocol
 	released map[string]bool // registrations handed back
-}
-
-func runProtoScenario(t *testing.T, file string) {
-	f, err := os.Open(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := &protoScenario{}
-	in := bufio.NewScanner(f)
-	var out []string
-	defer func() {
-		if *rewrite && !t.Failed() {
-			if err := os.WriteFile(file, []byte(strings.Join(out, "\n")+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}()
-	for lineno := 1; in.Scan(); lineno++ {
-		text := in.Text()
-		line, comment, hasComment := strings.Cut(text, "#")
-		cmd, want, hasWant := strings.Cut(line, "->")
-		args := strings.Fields(cmd)
-		want = strings.Join(strings.Fields(want), " ")
-		if len(args) == 0 {
-			out = append(out, text)
-			if hasWant {
-				t.Fatalf("%s:%d: expectation without a command", file, lineno)
-			}
-			continue
-		}
-		got, err := sc.run(args)
-		if err != nil {
-			t.Fatalf("%s:%d: %s: %v", file, lineno, args[0], err)
-		}
-		if *rewrite {
-			l := strings.TrimRight(cmd, " \t")
-			if got != "" || hasWant {
-				l += " -> " + got
-			}
-			if hasComment {
-				l += "  #" + comment
-			}
-			out = append(out, l)
-			continue
-		}
-		switch {
-		case !hasWant && got == "":
-		case !hasWant:
-			t.Fatalf("%s:%d: %s: result not stated (add -> %s)", file, lineno, strings.Join(args, " "), got)
-		case got != want:
-			t.Fatalf("%s:%d: %s:\n got: %s\nwant: %s", file, lineno, strings.Join(args, " "), got, want)
-		}
-	}
-	if err := in.Err(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // run runs one command; a panic of the machine's is its result.
