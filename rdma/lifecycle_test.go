@@ -186,8 +186,12 @@ func testCloseInHandle(t *testing.T, k rdmatest.Kind) {
 	srv, cli := k.Make(t, rdma.Options{})
 	sh := closer{rdmatest.NewRec()}
 	c, ch := rdmatest.Connect(t, srv, cli, sh)
+	// The handler closes the connection as soon as the frame is in, which
+	// may be before the sender has seen its own completion (verbs): the
+	// Send may then report the connection's end. Either is right; what
+	// matters is that the frame arrived and both ends see the close.
 	if err := c.Send(proto.Header{Op: proto.OpPush, DType: proto.Uint8, Key: 1}, []byte("bye")); err != nil {
-		t.Fatal(err)
+		t.Logf("Send: %v (the close raced the send's completion)", err)
 	}
 	sh.Next(t)
 	if err := sh.WaitClosed(t, 5*time.Second); err != nil {
