@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/proto"
+	"github.com/gobps/gobps/rdma/memnet"
 )
 
 // fast is the member pacing used by the tests that need quick detection.
@@ -150,43 +151,16 @@ func recv[T any](t *testing.T, ctx context.Context, ch <-chan T, what string) T 
 // abort closes m's control connection abruptly, without Leave: a crash.
 func abort(m *Member) { m.conn.Close() }
 
-// watchedConn is a member's connection to the coordinator as a test sees
-// it: it counts the heartbeats the member writes and, once hung, swallows
-// everything the member writes, as a hung process would send nothing.
-// (Members write each frame in one Write.)
-type watchedConn struct {
-	net.Conn
-	heartbeats atomic.Int64
-	hung       atomic.Bool
-}
-
-func (c *watchedConn) Write(b []byte) (int, error) {
-	if c.hung.Load() {
-		return len(b), nil
-	}
-	if len(b) >= proto.HeaderSize && proto.Op(b[5]) == proto.OpHeartbeat {
-		c.heartbeats.Add(1)
-	}
-	return c.Conn.Write(b)
-}
-
-// watched returns member options that dial over TCP and hand the watched
-// connection to got; failed counts the attempts that found nobody.
-func watched(opt Options, got chan<- *watchedConn, failed *atomic.Int64) Options {
+// countFailures returns member options that dial over TCP and count the
+// attempts that found nobody listening.
+func countFailures(opt Options, failed *atomic.Int64) Options {
 	opt.Dial = func(ctx context.Context, addr string) (net.Conn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", addr)
 		if err != nil {
-			if failed != nil {
-				failed.Add(1)
-			}
-			return nil, err
+			failed.Add(1)
 		}
-		w := &watchedConn{Conn: c}
-		if got != nil {
-			got <- w
-		}
-		return w, nil
+		return c, err
 	}
 	return opt
 }
@@ -554,7 +528,7 @@ func TestJoinBeforeCoordinator(t *testing.T) {
 	// Join before the coordinator exists: it must keep trying. Start the
 	// coordinator once Join has failed to connect twice.
 	var failed atomic.Int64
-	j := joinAsync(ctx, addr, worker(0), watched(fast, nil, &failed))
+	j := joinAsync(ctx, addr, worker(0), countFailures(fast, &failed))
 	eventually(t, ctx, "two failed attempts to connect", func() bool { return failed.Load() >= 2 })
 	tc := startCoordinator(t, CoordinatorConfig{Addr: addr, NumWorkers: 1}, nil)
 	m := recv(t, ctx, j, "join").must(t)
@@ -708,17 +682,36 @@ func TestHeartbeatTimeout(t *testing.T) {
 	t.Parallel()
 	ctx := timeout(t, 5*time.Second)
 	const hb = 300 * time.Millisecond
+	// Over the in-memory network, which counts what each member writes
+	// (link i is member i's: they dial one at a time) and stalls the hung
+	// one's writes.
+	var wmu sync.Mutex
+	writes := map[uint64]int64{}
+	network := memnet.New(memnet.Options{Policy: func(w memnet.Write) memnet.Action {
+		if w.Dir == memnet.FromDialer {
+			wmu.Lock()
+			writes[w.Link]++
+			wmu.Unlock()
+		}
+		return memnet.Action{}
+	}})
+	t.Cleanup(func() { network.Close() })
+	ln, err := network.Listen("coordinator:1")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var ticks atomic.Int64
-	tc := startCoordinatorWith(t, CoordinatorConfig{NumWorkers: 2, NumServers: 1, HeartbeatTimeout: hb}, hooks{
+	tc := startCoordinatorWith(t, CoordinatorConfig{Listener: ln, NumWorkers: 2, NumServers: 1, HeartbeatTimeout: hb}, hooks{
 		ticked: func() { ticks.Add(1) },
 	})
+	opt := fast
+	opt.Dial = network.Dial
 	var joins []<-chan joined
-	var ws []*watchedConn
-	for _, reg := range []Registration{worker(0), worker(1), server("127.0.0.1:7000", 7)} {
-		got := make(chan *watchedConn, 1)
-		joins = append(joins, joinAsync(ctx, tc.Addr(), reg, watched(fast, got, nil)))
-		ws = append(ws, recv(t, ctx, got, "a connection"))
+	for i, reg := range []Registration{worker(0), worker(1), server("127.0.0.1:7000", 7)} {
+		joins = append(joins, joinAsync(ctx, tc.Addr(), reg, opt))
+		eventually(t, ctx, "a member's connection", func() bool { return len(network.Links()) > i })
 	}
+	links := network.Links()
 	var ms []*Member
 	for _, j := range joins {
 		ms = append(ms, recv(t, ctx, j, "join").must(t))
@@ -730,10 +723,14 @@ func TestHeartbeatTimeout(t *testing.T) {
 		go func() { barrierErrs <- m.Barrier(ctx, All) }()
 	}
 	// The healthy nodes wait well past the timeout before the hang: their
-	// waiting must not count as silence. Wait until each has sent
+	// waiting must not count as silence. Wait until each has written
 	// heartbeats for more than twice the timeout and the coordinator has
 	// checked for silence since.
-	beats := func() int64 { return min(ws[0].heartbeats.Load(), ws[2].heartbeats.Load()) }
+	beats := func() int64 {
+		wmu.Lock()
+		defer wmu.Unlock()
+		return min(writes[links[0].ID()], writes[links[2].ID()])
+	}
 	from := beats()
 	enough := int64(2*hb/fast.HeartbeatInterval) + 1
 	eventually(t, ctx, "heartbeats over twice the timeout", func() bool { return beats()-from >= enough })
@@ -744,7 +741,7 @@ func TestHeartbeatTimeout(t *testing.T) {
 		t.Fatalf("barrier returned before the last node entered: %v", err)
 	default:
 	}
-	ws[1].hung.Store(true)
+	links[1].Stall(memnet.FromDialer)
 	start := time.Now()
 	within := timeout(t, hb+time.Second)
 	for _, m := range others {

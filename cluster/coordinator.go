@@ -32,10 +32,14 @@ type CoordinatorConfig struct {
 	// default interval is 1s).
 	HeartbeatTimeout time.Duration
 	Logf             func(format string, args ...any) // optional
+	// Listener, if set, is where the coordinator accepts connections
+	// instead of listening on Addr (tests: an in-memory network that
+	// injects faults). The coordinator closes it.
+	Listener net.Listener
 }
 
 func (cfg *CoordinatorConfig) validate() error {
-	if cfg.Addr == "" {
+	if cfg.Addr == "" && cfg.Listener == nil {
 		return errors.New("cluster: coordinator: empty listen address")
 	}
 	if cfg.NumWorkers < 1 || cfg.NumWorkers > proto.MaxRank+1 {
@@ -158,9 +162,12 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: coordinator: %w", err)
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", cfg.Addr); err != nil {
+			return nil, fmt.Errorf("cluster: coordinator: %w", err)
+		}
 	}
 	c := &Coordinator{
 		cfg:      cfg,
