@@ -29,7 +29,8 @@
 // machines wired together under thousands of random schedules with
 // failures and a forging peer.
 //
-// Bootstrap. Listen listens on TCP at the same address a TCP server would,
+// Bootstrap (transport.go: the Transport, its listeners and the
+// handshake). Listen listens on TCP at the same address a TCP server would,
 // so the address book does not change; Dial connects over TCP. Each side
 // sends a bootstrap hello (magic "GBRV", version, link layer, MTU, LID, GID, send and
 // receive depths, receive buffer size), sizes its QP from both sides'
