@@ -338,6 +338,10 @@ func (m *Member) answer(id uint64, err error) {
 	}
 }
 
+// readerVerdict bounds how long a failed heartbeat waits for the reader to
+// say why the connection ended before it ends the membership itself.
+const readerVerdict = time.Second
+
 func (m *Member) heartbeat() {
 	defer m.wg.Done()
 	defer close(m.hbDone)
@@ -357,7 +361,18 @@ func (m *Member) heartbeat() {
 			t.Reset(cur)
 		}
 		if err := m.write(proto.Header{Op: proto.OpHeartbeat}, nil); err != nil {
-			m.end(m.lost(err))
+			// The connection failed under the write. The reader usually
+			// knows why (the coordinator says why it drops a node just
+			// before it closes the connection): let it end the membership
+			// with that, if it does so promptly.
+			wait := time.NewTimer(readerVerdict)
+			select {
+			case <-m.done:
+			case <-m.stopHB: // leaving: Leave ends the membership
+			case <-wait.C:
+				m.end(m.lost(err))
+			}
+			wait.Stop()
 			return
 		}
 	}
