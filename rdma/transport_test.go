@@ -280,7 +280,7 @@ func testBothWays(t *testing.T, k rdmatest.Kind) {
 	alloc := func(_ rdma.Conn, h *proto.Header) ([]byte, error) { return make([]byte, h.Length), nil }
 	sh.DestFn = alloc
 	c, ch := rdmatest.Connect(t, srv, cli, sh)
-	ch.DestFn = alloc
+	ch.SetDest(alloc)
 	sh.NextHello(t)
 	sc := <-sh.Conns
 	// Tensors go both ways as they do between a worker and a server:

@@ -128,7 +128,7 @@ func benchConn(b *testing.B, stable bool, out []byte) (rdma.Conn, *rdmatest.Rec,
 	}
 	b.Cleanup(func() { ln.Close() })
 	ch := rdmatest.NewRec()
-	ch.DestFn = func(rdma.Conn, *proto.Header) ([]byte, error) { return out, nil }
+	ch.SetDest(func(rdma.Conn, *proto.Header) ([]byte, error) { return out, nil })
 	c, err := cli.Dial(b.Context(), ln.Addr(), rdmatest.Self, ch)
 	if err != nil {
 		b.Fatal(err)

@@ -169,10 +169,21 @@ func (r *Rec) See(c rdma.Conn) {
 
 func (r *Rec) Dest(c rdma.Conn, h *proto.Header) ([]byte, error) {
 	r.See(c)
-	if r.DestFn != nil {
-		return r.DestFn(c, h)
+	r.mu.Lock()
+	f := r.DestFn
+	r.mu.Unlock()
+	if f != nil {
+		return f(c, h)
 	}
 	return nil, nil
+}
+
+// SetDest sets DestFn on a Rec whose connections may already be reading
+// (the client's Rec of Connect, say).
+func (r *Rec) SetDest(f func(c rdma.Conn, h *proto.Header) ([]byte, error)) {
+	r.mu.Lock()
+	r.DestFn = f
+	r.mu.Unlock()
 }
 
 func (r *Rec) Handle(c rdma.Conn, h *proto.Header, p []byte, err error) {
@@ -399,12 +410,12 @@ func PushPullRounds(t *testing.T, srv, cli rdma.Transport, keys, size, warm, rou
 	for k := range in {
 		in[k], out[k] = make([]byte, size), make([]byte, size)
 	}
-	ch.DestFn = func(_ rdma.Conn, h *proto.Header) ([]byte, error) {
+	ch.SetDest(func(_ rdma.Conn, h *proto.Header) ([]byte, error) {
 		if h.Op != proto.OpPullResp {
 			return nil, nil
 		}
 		return out[h.Key], nil
-	}
+	})
 	var s0, c0 rdma.Counters
 	for r := 0; r < rounds; r++ {
 		if r == warm {
