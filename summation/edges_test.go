@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -39,83 +38,43 @@ func serverGoroutines() []string {
 // what must hold the moment Close returns. Close waits for what it must
 // by WaitGroups, and a goroutine may not yet have returned from the
 // final Done; a transport's reader may make a call into the server after
-// Close, which returns at once. Those goroutines, running or runnable and
-// leaving (see leaving), and only those, get a bounded number of yields
-// (no sleep) to be gone.
+// Close, which returns at once. Those goroutines (see leaving), and only
+// those, get a bounded number of yields (no sleep) to be gone.
 func noServerGoroutines(t *testing.T) {
 	t.Helper()
-	for i := 0; ; i++ {
-		left := serverGoroutines()
-		ending := 0
-		for _, g := range left {
-			if leaving(g) {
-				ending++
-			}
-		}
-		if len(left) > 0 && ending == len(left) && i < 1000 {
-			runtime.Gosched()
-			continue
-		}
-		for _, g := range left {
-			t.Errorf("goroutine left after Server.Close:\n%s", g)
-		}
-		return
-	}
+	leakcheck.Immediately(t, "after Server.Close", serverGoroutines, leaving)
 }
 
 // leaving reports whether stack g, that of a goroutine running the
-// server's code, is past the server's work: it is running or runnable
-// (or assisting the GC), and either inside sync.(*WaitGroup).Done
-// deferred by the one server function on its stack (an engine, an outbox,
-// a connection's Closed), or returning from the one function on its stack
-// once that Done is done, or inside Server.exit deferred by a handler
+// server's code, is past the server's work: on its way out as
+// leakcheck.Exiting says, or inside Server.exit deferred by a handler
 // method (a call Close waited for), or in a handler method with no other
 // server function on its stack (a call after Close, closing its
 // connection on its way out).
 func leaving(g string) bool {
-	lines := strings.Split(g, "\n")
-	if !strings.Contains(lines[0], "[runnable") && !strings.Contains(lines[0], "[running") && !strings.Contains(lines[0], "[GC assist") {
+	if leakcheck.Exiting(g) {
+		return true
+	}
+	state, frames := leakcheck.Parse(g)
+	if !leakcheck.OnCPU(state) {
 		return false
 	}
-	// Frames are pairs of lines (function, file), innermost first.
-	type frame struct{ fn, file string }
-	var frames []frame
-	for i := 1; i+1 < len(lines); i += 2 {
-		f := frame{lines[i], lines[i+1]}
-		if strings.HasPrefix(f.fn, "created by ") {
-			break
-		}
-		if strings.HasPrefix(f.fn, "runtime.") || strings.HasPrefix(f.fn, "internal/") || strings.Contains(f.fn, ".deferwrap") || strings.HasPrefix(f.fn, "sync.(*WaitGroup).Done-fm") {
-			continue
-		}
-		frames = append(frames, f)
+	server := func(f leakcheck.Frame) bool {
+		return strings.Contains(f.File, "/summation/server.go:") || strings.Contains(f.File, "/summation/rounds.go:")
 	}
-	if len(frames) == 0 {
-		return true // nothing but the runtime left: in goexit, past its function
+	handler := func(f leakcheck.Frame) bool {
+		return strings.HasPrefix(f.Func, "github.com/gobps/gobps/summation.(*handler).")
 	}
-	server := func(f frame) bool {
-		return strings.Contains(f.file, "/summation/server.go:") || strings.Contains(f.file, "/summation/rounds.go:")
-	}
-	handler := func(f frame) bool { return strings.HasPrefix(f.fn, "github.com/gobps/gobps/summation.(*handler).") }
-	var own []frame
+	var own []leakcheck.Frame
 	for _, f := range frames {
 		if server(f) {
 			own = append(own, f)
 		}
 	}
-	if len(own) == 2 && strings.HasPrefix(own[0].fn, "github.com/gobps/gobps/summation.(*Server).exit(") && frames[0] == own[0] && handler(own[1]) {
+	if len(own) == 2 && strings.HasPrefix(own[0].Func, "github.com/gobps/gobps/summation.(*Server).exit(") && frames[0] == own[0] && handler(own[1]) {
 		return true // a handler call Close waited for, ending
 	}
-	if len(own) != 1 {
-		return false
-	}
-	if len(frames) > 1 && strings.HasPrefix(frames[0].fn, "sync.(*WaitGroup).Done(") && server(frames[1]) {
-		return true
-	}
-	if len(frames) == 1 {
-		return true // an engine or an outbox returning, its deferred Done done
-	}
-	return handler(own[0])
+	return len(own) == 1 && handler(own[0])
 }
 
 // logs collects a server's log lines.

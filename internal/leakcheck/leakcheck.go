@@ -76,3 +76,81 @@ func Goroutines(marker string) []string {
 	}
 	return out
 }
+
+// Frame is one frame of a goroutine's stack: the function (with its
+// arguments, as runtime.Stack prints it) and its file:line.
+type Frame struct{ Func, File string }
+
+// Parse splits one goroutine's stack (runtime.Stack's text) into its
+// state ("running", "runnable", "chan receive", ...) and its frames,
+// innermost first, leaving out the runtime's own frames, defer wrappers
+// and the "created by" line.
+func Parse(g string) (state string, frames []Frame) {
+	lines := strings.Split(g, "\n")
+	if i, j := strings.IndexByte(lines[0], '['), strings.IndexByte(lines[0], ']'); i >= 0 && j > i {
+		state = lines[0][i+1 : j]
+	}
+	for i := 1; i+1 < len(lines); i += 2 {
+		f := Frame{lines[i], strings.TrimSpace(lines[i+1])}
+		if strings.HasPrefix(f.Func, "created by ") {
+			break
+		}
+		if strings.HasPrefix(f.Func, "runtime.") || strings.HasPrefix(f.Func, "internal/") ||
+			strings.Contains(f.Func, ".deferwrap") || strings.HasPrefix(f.Func, "sync.(*WaitGroup).Done-fm") {
+			continue
+		}
+		frames = append(frames, f)
+	}
+	return state, frames
+}
+
+// OnCPU reports whether a goroutine in state is running, or could be at
+// once (runnable, or assisting the garbage collector): not blocked.
+func OnCPU(state string) bool {
+	return strings.HasPrefix(state, "running") || strings.HasPrefix(state, "runnable") || strings.HasPrefix(state, "GC assist")
+}
+
+// Exiting reports whether stack g is that of a goroutine past its work:
+// not blocked, and inside sync.(*WaitGroup).Done called from a deferred
+// call of its one function, or returning from that function, or in the
+// runtime's exit with no frame of it left. A component's Close that waits
+// for its goroutines by their final Done can return while one is there.
+func Exiting(g string) bool {
+	state, frames := Parse(g)
+	if !OnCPU(state) {
+		return false
+	}
+	for len(frames) > 0 && strings.HasPrefix(frames[0].Func, "sync.(*WaitGroup).Add(") {
+		frames = frames[1:] // Done calls Add
+	}
+	if len(frames) > 0 && strings.HasPrefix(frames[0].Func, "sync.(*WaitGroup).Done(") {
+		frames = frames[1:]
+	}
+	return len(frames) <= 1
+}
+
+// Immediately fails t for every goroutine find returns now, right after
+// what (a Close) returned; but while every one of them is on its way out
+// (ending says so, e.g. Exiting), it yields the processor and looks again,
+// a bounded number of times and never sleeping, to let them go.
+func Immediately(t testing.TB, what string, find func() []string, ending func(g string) bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Second)
+	for i := 0; ; i++ {
+		left := find()
+		n := 0
+		for _, g := range left {
+			if ending(g) {
+				n++
+			}
+		}
+		if len(left) > 0 && n == len(left) && i < 1000 && time.Now().Before(deadline) {
+			runtime.Gosched()
+			continue
+		}
+		for _, g := range left {
+			t.Errorf("goroutine left %s:\n%s", what, g)
+		}
+		return
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -57,66 +56,18 @@ func Close(t *testing.T, trs ...rdma.Transport) {
 
 // NoTransportGoroutines fails t if a goroutine running a transport's code
 // is there now. Close waits for its goroutines by their final
-// WaitGroup.Done, and the runtime may not yet have let a goroutine return
-// from there: one caught inside that Done, or past it with nothing but
-// its own function left on its stack, has ended its work. Those, and only
-// those, get a few yields of the processor (a bounded number, no sleep) to
-// be gone; any other goroutine fails t at once.
+// WaitGroup.Done, and the runtime may not yet have let one return from
+// there: those (leakcheck.Exiting), and only those, get a few yields of
+// the processor to be gone; any other goroutine fails t at once.
 func NoTransportGoroutines(t *testing.T, when string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Second)
-	for i := 0; ; i++ {
+	leakcheck.Immediately(t, when, func() []string {
 		var left []string
-		ending := 0
 		for _, m := range Markers {
-			for _, g := range leakcheck.Goroutines(m) {
-				left = append(left, g)
-				if exiting(g) {
-					ending++
-				}
-			}
+			left = append(left, leakcheck.Goroutines(m)...)
 		}
-		if ending == len(left) && ending > 0 && i < 1000 && time.Now().Before(deadline) {
-			runtime.Gosched()
-			continue
-		}
-		for _, g := range left {
-			t.Errorf("goroutine left %s:\n%s", when, g)
-		}
-		return
-	}
-}
-
-// exiting reports whether stack g (runtime.Stack's text of one goroutine)
-// is that of a goroutine past its work: not blocked, and inside
-// sync.(*WaitGroup).Done called from a deferred call of its function, or
-// with nothing but that function on its stack (returning), or nothing but
-// the runtime's exit (goexit).
-func exiting(g string) bool {
-	lines := strings.Split(g, "\n")
-	if !strings.Contains(lines[0], "[runnable") && !strings.Contains(lines[0], "[running") {
-		return false
-	}
-	// lines[0] is the header; frames are pairs of lines (function, file).
-	var funcs []string
-	for i := 1; i < len(lines); i += 2 {
-		f := lines[i]
-		if strings.HasPrefix(f, "created by ") {
-			break
-		}
-		if !strings.HasPrefix(f, "runtime.") && !strings.HasPrefix(f, "internal/") && !strings.Contains(f, ".deferwrap") {
-			funcs = append(funcs, f)
-		}
-	}
-	for len(funcs) > 0 && strings.HasPrefix(funcs[0], "sync.(*WaitGroup).Add(") {
-		funcs = funcs[1:]
-	}
-	if len(funcs) > 0 && strings.HasPrefix(funcs[0], "sync.(*WaitGroup).Done(") {
-		funcs = funcs[1:]
-	}
-	// One function left: returning. None: in goexit, past it (the
-	// "created by" line alone still names the transport).
-	return len(funcs) <= 1
+		return left
+	}, leakcheck.Exiting)
 }
 
 // TCPKind makes TCP transports.
