@@ -11,6 +11,7 @@ package main
 // the generated header, which then includes gobps.h too, and the C compiler
 // rejects any export whose signature differs from the hand-written one.
 typedef const char gobps_cchar;
+typedef const int64_t gobps_cint64;
 */
 import "C"
 
@@ -23,6 +24,7 @@ import (
 	"unsafe"
 
 	"github.com/gobps/gobps/core"
+	"github.com/gobps/gobps/proto"
 )
 
 // The status codes, dtypes and ops of gobps.h must equal lib.go's: each line
@@ -168,7 +170,7 @@ func gobps_declare(name *C.gobps_cchar, dtype C.int, count C.int64_t) (rc C.int)
 	if err != nil {
 		return result(err)
 	}
-	_, err = lib.declare(n, int(dtype), int64(count), -1)
+	_, err = lib.declare(n, int(dtype), int64(count), -1, nil)
 	return result(err)
 }
 
@@ -182,7 +184,33 @@ func gobps_declare_broadcast(name *C.gobps_cchar, dtype C.int, count C.int64_t, 
 	if root < 0 {
 		return result(fail(statusInvalidArgument, "gobps: declare_broadcast %q: root %d is not a rank", n, root))
 	}
-	_, err = lib.declare(n, int(dtype), int64(count), int(root))
+	_, err = lib.declare(n, int(dtype), int64(count), int(root), nil)
+	return result(err)
+}
+
+//export gobps_declare_shape
+func gobps_declare_shape(name *C.gobps_cchar, dtype C.int, ndim C.int, dims *C.gobps_cint64, root C.int) (rc C.int) {
+	defer guard(&rc)
+	n, err := goName("declare_shape", name)
+	if err != nil {
+		return result(err)
+	}
+	what := fmt.Sprintf("declare_shape %q", n)
+	switch {
+	case ndim < 0 || ndim > proto.MaxDims:
+		return result(fail(statusInvalidArgument, "gobps: %s: %d dimensions; 0 to %d", what, ndim, proto.MaxDims))
+	case ndim > 0 && dims == nil:
+		return result(fail(statusInvalidArgument, "gobps: %s: NULL dims for %d dimensions", what, ndim))
+	case root < -1:
+		return result(fail(statusInvalidArgument, "gobps: %s: root %d is not a rank (-1 for push_pull)", what, root))
+	}
+	shape := make([]int64, int(ndim))
+	if ndim > 0 {
+		for i, d := range unsafe.Slice(dims, int(ndim)) {
+			shape[i] = int64(d)
+		}
+	}
+	_, err = lib.declare(n, int(dtype), 0, int(root), shape)
 	return result(err)
 }
 

@@ -143,8 +143,11 @@ int gobps_local_rank(int *local_rank);
 int gobps_local_size(int *local_size);
 
 /* gobps_declare declares a tensor of count elements of dtype for
- * gobps_push_pull. Every worker must declare the same tensors in the same
- * order: the order fixes which server owns each part, and the earlier a
+ * gobps_push_pull. Every worker must declare the same tensors (names,
+ * dtypes, shapes) in the same order; the servers compare every worker's
+ * declarations and fail the ones that disagree, naming both versions, so
+ * that tensors matched up wrongly are never summed. The order fixes which
+ * server owns each part, and the earlier a
  * tensor is declared the higher its priority (declare in model order, input
  * side first, so that the next forward pass gets its first layers' results
  * first). Declaring a name again with the same dtype and count does
@@ -156,6 +159,15 @@ int gobps_declare(const char *name, int dtype, int64_t count);
 /* gobps_declare_broadcast declares a tensor for gobps_broadcast from
  * root (a rank). A name is either for push_pull or for broadcast. */
 int gobps_declare_broadcast(const char *name, int dtype, int64_t count, int root);
+
+/* gobps_declare_shape declares a tensor of the given shape (ndim
+ * dimensions at dims, 0 to 32 of them; ndim 0 is a scalar) for
+ * gobps_push_pull (root -1) or gobps_broadcast from root. The shape is
+ * part of what the servers compare across workers: a tensor of the same
+ * size but another shape on another rank is refused. Later calls with the
+ * name must agree with it: another shape fails, and a push_pull of the
+ * name must have its element count. */
+int gobps_declare_shape(const char *name, int dtype, int ndim, const int64_t *dims, int root);
 
 /* gobps_push_pull starts reducing the count elements of dtype at data over
  * all workers, in place: when the handle completes, data holds the sum

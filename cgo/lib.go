@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -98,14 +99,26 @@ type tensor struct {
 	t     *core.Tensor
 	dtype proto.DType
 	count int
-	root  int // -1: for push_pull
+	shape []int64 // nil: declared by count only (a vector)
+	root  int     // -1: for push_pull
 }
 
 func (t *tensor) describe() string {
-	if t.root >= 0 {
-		return fmt.Sprintf("%d elements of %s for broadcast from rank %d", t.count, t.dtype, t.root)
+	what := fmt.Sprintf("%d elements of %s", t.count, t.dtype)
+	if t.shape != nil {
+		what = fmt.Sprintf("%s%v (%d elements)", t.dtype, t.shape, t.count)
 	}
-	return fmt.Sprintf("%d elements of %s for push_pull", t.count, t.dtype)
+	if t.root >= 0 {
+		return fmt.Sprintf("%s for broadcast from rank %d", what, t.root)
+	}
+	return what + " for push_pull"
+}
+
+// agrees reports whether a use described by u fits t: the same dtype, size
+// and root, and the same shape where both name one.
+func (t *tensor) agrees(u *tensor) bool {
+	return t.dtype == u.dtype && t.count == u.count && t.root == u.root &&
+		(t.shape == nil || u.shape == nil || slices.Equal(t.shape, u.shape))
 }
 
 var lib = newLibrary()
@@ -152,7 +165,8 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: newLogf(logw, cfg.SlogLevel())})
+	logf, warnf := newLogf(logw, cfg.SlogLevel())
+	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: logf, Warnf: warnf})
 	if err != nil {
 		return fail(statusFailed, "gobps: init: %w", err)
 	}
@@ -161,10 +175,12 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 }
 
 // newLogf logs the engine's notices to w at INFO, the way bpsrun logs its
-// roles: shown when BYTEPS_LOG_LEVEL is INFO or more verbose.
-func newLogf(w io.Writer, level slog.Level) func(string, ...any) {
+// roles (shown when BYTEPS_LOG_LEVEL is INFO or more verbose), and its
+// warnings at WARN (shown by default).
+func newLogf(w io.Writer, level slog.Level) (logf, warnf func(string, ...any)) {
 	lg := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-	return func(format string, args ...any) { lg.Info(fmt.Sprintf(format, args...)) }
+	return func(format string, args ...any) { lg.Info(fmt.Sprintf(format, args...)) },
+		func(format string, args ...any) { lg.Warn(fmt.Sprintf(format, args...)) }
 }
 
 // shutdown leaves the job.
@@ -218,8 +234,10 @@ func checkCount(what string, dt proto.DType, count int64) (int, error) {
 }
 
 // declare declares name, or checks it against its earlier declaration.
-// root is -1 for push_pull.
-func (l *library) declare(name string, dtype int, count int64, root int) (*tensor, error) {
+// root is -1 for push_pull. shape, if not nil, is the tensor's shape (count
+// is then its product); a name first used by count alone (push_pull
+// declares on first use) is a vector to the servers.
+func (l *library) declare(name string, dtype int, count int64, root int, shape []int64) (*tensor, error) {
 	e, err := l.live()
 	if err != nil {
 		return nil, err
@@ -232,17 +250,22 @@ func (l *library) declare(name string, dtype int, count int64, root int) (*tenso
 	if err != nil {
 		return nil, err
 	}
+	if shape != nil {
+		if count, err = checkShape(what, dt, shape); err != nil {
+			return nil, err
+		}
+	}
 	if _, err := checkCount(what, dt, count); err != nil {
 		return nil, err
 	}
 	if root >= 0 && root >= e.Size() || root < -1 {
 		return nil, fail(statusInvalidArgument, "gobps: %s: broadcast root %d is not a rank (0..%d)", what, root, e.Size()-1)
 	}
-	want := &tensor{dtype: dt, count: int(count), root: root}
+	want := &tensor{dtype: dt, count: int(count), shape: slices.Clone(shape), root: root}
 	l.tmu.Lock()
 	defer l.tmu.Unlock()
 	if t, ok := l.tensors[name]; ok {
-		if t.dtype != want.dtype || t.count != want.count || t.root != want.root {
+		if !t.agrees(want) {
 			return nil, fail(statusInvalidArgument, "gobps: %q is declared as %s; now used as %s", name, t.describe(), want.describe())
 		}
 		return t, nil
@@ -253,16 +276,40 @@ func (l *library) declare(name string, dtype int, count int64, root int) (*tenso
 		l.tensors[name] = want
 		return want, nil
 	}
+	engShape := shape
+	if engShape == nil {
+		engShape = []int64{count}
+	}
 	if root >= 0 {
-		want.t, err = e.DeclareBroadcast(name, dt, int(count), root)
+		want.t, err = e.DeclareBroadcastShape(name, dt, engShape, root)
 	} else {
-		want.t, err = e.Declare(name, dt, int(count))
+		want.t, err = e.DeclareShape(name, dt, engShape)
 	}
 	if err != nil {
 		return nil, err
 	}
 	l.tensors[name] = want
 	return want, nil
+}
+
+// checkShape checks a shape and returns its element count: every
+// dimension at least 0, at most proto.MaxDims of them, and a product that
+// fits in memory. An empty shape is a scalar.
+func checkShape(what string, dt proto.DType, shape []int64) (int64, error) {
+	if len(shape) > proto.MaxDims {
+		return 0, fail(statusInvalidArgument, "gobps: %s: %d dimensions; at most %d", what, len(shape), proto.MaxDims)
+	}
+	count := int64(1)
+	for _, d := range shape {
+		if d < 0 {
+			return 0, fail(statusInvalidArgument, "gobps: %s: shape %v has a negative dimension", what, shape)
+		}
+		if d > 0 && count > int64(math.MaxInt/dt.Size())/d {
+			return 0, fail(statusInvalidArgument, "gobps: %s: shape %v does not fit in memory", what, shape)
+		}
+		count *= d
+	}
+	return count, nil
 }
 
 // reduction checks a push_pull's op, declares its tensor, and starts it
@@ -275,7 +322,7 @@ func (l *library) reduction(what, name string, dtype int, count int64, op int, c
 	if op != opSum && op != opAverage {
 		return 0, fail(statusInvalidArgument, "gobps: %s %q: unknown reduce op %d (GOBPS_SUM or GOBPS_AVERAGE)", what, name, op)
 	}
-	t, err := l.declare(name, dtype, count, -1)
+	t, err := l.declare(name, dtype, count, -1, nil)
 	if err != nil {
 		return 0, err
 	}
@@ -351,7 +398,7 @@ func (l *library) broadcast(name string, buf []byte, dtype int, count int64, roo
 	if root < 0 || root >= e.Size() {
 		return 0, fail(statusInvalidArgument, "gobps: broadcast %q: root %d is not a rank (0..%d)", name, root, e.Size()-1)
 	}
-	t, err := l.declare(name, dtype, count, root)
+	t, err := l.declare(name, dtype, count, root, nil)
 	if err != nil {
 		return 0, err
 	}

@@ -65,7 +65,7 @@ func TestBeforeInit(t *testing.T) {
 	buf := make([]byte, 16)
 	_, err := l.info((*core.Engine).Rank)
 	wantStatus(t, "info", err, statusNotInitialized, "call gobps_init first")
-	_, err = l.declare("a", int(proto.Float32), 4, -1)
+	_, err = l.declare("a", int(proto.Float32), 4, -1, nil)
 	wantStatus(t, "declare", err, statusNotInitialized, "not initialized")
 	_, err = l.pushPull("a", buf, int(proto.Float32), 4, opSum)
 	wantStatus(t, "push_pull", err, statusNotInitialized, "not initialized")

@@ -61,6 +61,8 @@ type Config struct {
 	ServerID          int           // GOBPS_SERVER_ID: rank of this server; -1 when unset (ranks by arrival)
 	ServerMemory      int           // GOBPS_SERVER_MEMORY_BYTES: bytes of keys a server accepts; 0 = a share of the machine's memory
 	HelloTimeout      time.Duration // GOBPS_HELLO_TIMEOUT: how long an accepted data connection has to say hello
+	DeclareWarn       time.Duration // GOBPS_DECLARE_WARN: how long a tensor declared by some workers only waits before they are told whom they wait for; 0 = never
+	DeclareTimeout    time.Duration // GOBPS_DECLARE_TIMEOUT: how long before such a tensor fails; 0 = never
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
 	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
 	GPU               string        // GOBPS_GPU: auto or off (lower-case)
@@ -111,6 +113,8 @@ const (
 	envServerID      = "GOBPS_SERVER_ID"
 	envServerMemory  = "GOBPS_SERVER_MEMORY_BYTES"
 	envHelloTimeout  = "GOBPS_HELLO_TIMEOUT"
+	envDeclareWarn   = "GOBPS_DECLARE_WARN"
+	envDeclareTO     = "GOBPS_DECLARE_TIMEOUT"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
@@ -168,6 +172,7 @@ var (
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
 		HelloTimeout:      10 * time.Second,
+		DeclareWarn:       10 * time.Second,
 		LocalAggregation:  true,
 		GPU:               "auto",
 		GPUTimeout:        time.Minute,
@@ -330,6 +335,16 @@ var table = []spec{
 		Variable: Variable{Name: envHelloTimeout, Default: defaultConfig.HelloTimeout.String(), Roles: serverOnly,
 			Doc: "How long a connection accepted by a server has to say hello (who it is) before it is closed."},
 		field: func(c *Config) any { return &c.HelloTimeout },
+	},
+	{
+		Variable: Variable{Name: envDeclareWarn, Default: defaultConfig.DeclareWarn.String(), Roles: serverOnly,
+			Doc: "How long a tensor that some workers declared (and push) and others did not may wait before the server tells the workers that did, naming the tensor and the ranks that have not declared it; 0 never tells."},
+		field: func(c *Config) any { return &c.DeclareWarn },
+	},
+	{
+		Variable: Variable{Name: envDeclareTO, Default: "0s", Roles: serverOnly,
+			Doc: "How long such a tensor may wait before it fails for the workers that declared it, with the same words; 0 waits for ever (a rank that is only slow to get there, loading data for minutes, would fail too)."},
+		field: func(c *Config) any { return &c.DeclareTimeout },
 	},
 	{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
@@ -590,6 +605,12 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	if c.HelloTimeout <= 0 {
 		fail(envHelloTimeout, "must be positive")
+	}
+	if c.DeclareWarn < 0 {
+		fail(envDeclareWarn, "must not be negative (0 turns the notice off)")
+	}
+	if c.DeclareTimeout < 0 {
+		fail(envDeclareTO, "must not be negative (0 turns the timeout off)")
 	}
 	if c.GPUTimeout <= 0 {
 		fail(envGPUTimeout, "must be positive")

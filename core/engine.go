@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,6 +45,10 @@ type Options struct {
 	// Logf, if set, receives the engine's few notices (transport choice,
 	// failures).
 	Logf func(format string, args ...any)
+	// Warnf, if set, receives the warnings a user must see: a server's
+	// notice that a tensor waits for workers that never declared it, a
+	// worker that left the job. Nil sends them to Logf.
+	Warnf func(format string, args ...any)
 	// OpenDevice, if set, opens GPU device index in place of CUDA: tests
 	// and test programs give the fake device here (gpu/fake). Production
 	// code leaves it nil.
@@ -75,6 +80,7 @@ type membership interface {
 type Engine struct {
 	cfg     *config.Config
 	logf    func(string, ...any)
+	warnf   func(string, ...any)
 	member  membership
 	tr      rdma.Transport
 	ownTr   bool // opened by Init: closed by Shutdown
@@ -140,6 +146,7 @@ type Tensor struct {
 	name     string
 	index    uint32
 	dtype    proto.DType
+	shape    []int64
 	nbytes   int
 	root     int32
 	priority int
@@ -214,8 +221,12 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	warnf := opt.Warnf
+	if warnf == nil {
+		warnf = logf
+	}
 	e := &Engine{
-		cfg: cfg, logf: logf, member: m, tr: tr, ownTr: own, self: self, book: book,
+		cfg: cfg, logf: logf, warnf: warnf, member: m, tr: tr, ownTr: own, self: self, book: book,
 		stop: make(chan struct{}), broken: make(chan struct{}),
 	}
 	e.gpu.open = opt.OpenDevice
@@ -297,31 +308,61 @@ func (e *Engine) Transport() string { return e.tr.Caps().Name }
 // Caps describes the transport in use.
 func (e *Engine) Caps() rdma.Caps { return e.tr.Caps() }
 
-// Declare declares a tensor of count elements of dtype for PushPull.
-// Every worker must declare the same tensors in the same order. Declaring a
+// Declare declares a tensor of count elements of dtype for PushPull (a
+// vector: DeclareShape gives a shape). Every worker must declare the same
+// tensors, by name, dtype and shape, in the same order: the servers
+// compare every worker's declarations and refuse a mismatch. Declaring a
 // name again returns the earlier tensor if it matches.
 func (e *Engine) Declare(name string, dtype proto.DType, count int) (*Tensor, error) {
-	return e.declare(name, dtype, count, proto.NoRoot)
+	return e.declare(name, dtype, []int64{int64(count)}, proto.NoRoot)
+}
+
+// DeclareShape is Declare for a tensor of the given shape; an empty shape
+// is a scalar (one element).
+func (e *Engine) DeclareShape(name string, dtype proto.DType, shape []int64) (*Tensor, error) {
+	return e.declare(name, dtype, shape, proto.NoRoot)
 }
 
 // DeclareBroadcast declares a tensor that Broadcast copies from root.
 func (e *Engine) DeclareBroadcast(name string, dtype proto.DType, count, root int) (*Tensor, error) {
+	return e.DeclareBroadcastShape(name, dtype, []int64{int64(count)}, root)
+}
+
+// DeclareBroadcastShape is DeclareBroadcast for a tensor of the given shape.
+func (e *Engine) DeclareBroadcastShape(name string, dtype proto.DType, shape []int64, root int) (*Tensor, error) {
+	if e == nil {
+		return nil, ErrNotInitialized
+	}
 	if root < 0 || root >= e.Size() {
 		return nil, fmt.Errorf("gobps: broadcast root %d outside 0..%d", root, e.Size()-1)
 	}
-	return e.declare(name, dtype, count, int32(root))
+	return e.declare(name, dtype, shape, int32(root))
 }
 
-func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) (*Tensor, error) {
+func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int32) (*Tensor, error) {
 	if e == nil {
 		return nil, ErrNotInitialized
 	}
 	if !dtype.Valid() {
 		return nil, fmt.Errorf("gobps: declare %q: unknown dtype %d", name, uint8(dtype))
 	}
-	if count <= 0 {
-		return nil, fmt.Errorf("gobps: declare %q: %d elements; a tensor needs at least one", name, count)
+	if len(name) > proto.MaxNameBytes {
+		return nil, fmt.Errorf("gobps: declare %q: a name of %d bytes; at most %d", name[:32]+"...", len(name), proto.MaxNameBytes)
 	}
+	if len(shape) > proto.MaxDims {
+		return nil, fmt.Errorf("gobps: declare %q: %d dimensions; at most %d", name, len(shape), proto.MaxDims)
+	}
+	count := 1
+	for _, n := range shape {
+		if n <= 0 {
+			return nil, fmt.Errorf("gobps: declare %q: shape %v has %d elements; a tensor needs at least one", name, shape, n)
+		}
+		if int64(count) > int64(proto.MaxPayload)/n {
+			return nil, fmt.Errorf("gobps: declare %q: shape %v is too large", name, shape)
+		}
+		count *= int(n)
+	}
+	shape = slices.Clone(shape)
 	nbytes := count * dtype.Size()
 	// Declarations are serialised by declMu, not mu: a declaration with
 	// local aggregation creates and maps shared-memory files, and no I/O
@@ -337,8 +378,8 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 	case err != nil:
 		return nil, err
 	case dup:
-		if t.dtype != dtype || t.nbytes != nbytes || t.root != root {
-			return nil, fmt.Errorf("gobps: %q declared again as %d bytes of %s, earlier %d bytes of %s", name, nbytes, dtype, t.nbytes, t.dtype)
+		if t.dtype != dtype || t.nbytes != nbytes || t.root != root || !slices.Equal(t.shape, shape) {
+			return nil, fmt.Errorf("gobps: %q declared again as %d bytes of %s%v, earlier %d bytes of %s%v", name, nbytes, dtype, shape, t.nbytes, t.dtype, t.shape)
 		}
 		return t, nil
 	}
@@ -346,7 +387,7 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 	if err != nil {
 		return nil, fmt.Errorf("gobps: declare %q: %w", name, err)
 	}
-	t = &Tensor{name: name, index: index, dtype: dtype, nbytes: nbytes, root: root, priority: -int(index)}
+	t = &Tensor{name: name, index: index, dtype: dtype, shape: shape, nbytes: nbytes, root: root, priority: -int(index)}
 	lanes := max(e.cfg.Lanes, 1)
 	for i, r := range rs {
 		k := proto.MakeKey(t.index, uint32(i))
@@ -366,7 +407,7 @@ func (e *Engine) declare(name string, dtype proto.DType, count int, root int32) 
 	for i := range t.parts {
 		p := &t.parts[i]
 		p.Server = e.mu.balancer.Assign(uint64(p.Len))
-		e.mu.pending[p.Server] = append(e.mu.pending[p.Server], proto.Decl{Key: p.Key, DType: dtype, Root: root, Bytes: uint64(p.Len)})
+		e.mu.pending[p.Server] = append(e.mu.pending[p.Server], proto.Decl{Key: p.Key, DType: dtype, Root: root, Bytes: uint64(p.Len), Name: name, Shape: shape})
 	}
 	e.mu.tensors[name] = t
 	return t, nil
@@ -413,7 +454,12 @@ func (e *Engine) flush() error {
 	e.mu.Lock()
 	for i, ds := range e.mu.pending {
 		for len(ds) > 0 {
-			n := min(len(ds), proto.MaxDecls)
+			// As many as fit in one control frame.
+			n, size := 0, 0
+			for n < len(ds) && size+ds[n].EncodedSize() <= proto.MaxControlPayload {
+				size += ds[n].EncodedSize()
+				n++
+			}
 			e.mu.nextDecl++
 			r := req{s: e.servers[i], id: declBit | e.mu.nextDecl, ds: ds[:n], reply: make(chan error, 1)}
 			e.mu.declReqs[r.id] = r.reply
@@ -615,6 +661,11 @@ func (e *Engine) failAll(err error) {
 	e.answerDeclsLocked(err)
 	effs := e.takeLocked()
 	e.mu.Unlock()
+	if e.local != nil {
+		// The machine's other workers wait for this one's contributions,
+		// which will never come: they fail now, with the reason.
+		e.local.Abort(err)
+	}
 	e.run(effs)
 }
 

@@ -699,3 +699,58 @@ func TestConcurrentFirstPushes(t *testing.T) {
 		})
 	}
 }
+
+// TestDeclarationsCheckedAcrossWorkers: the workers push tensors that
+// do not match up (other names, another shape of the same size). Both
+// PushPulls fail, within a bound, with an error naming both tensors,
+// where they used to be summed together; with and without local
+// aggregation (which sums in shared memory before any server sees a push).
+func TestDeclarationsCheckedAcrossWorkers(t *testing.T) {
+	for _, agg := range []string{"0", "1"} {
+		for _, tc := range []struct {
+			desc   string
+			names  [2]string
+			shapes [2][]int64
+			want   []string
+		}{
+			{"other names", [2]string{"a", "b"}, [2][]int64{{4}, {4}}, []string{`tensor "a" float32[4]`, `tensor "b" float32[4]`}},
+			{"another shape", [2]string{"w", "w"}, [2][]int64{{2, 2}, {4}}, []string{`tensor "w" float32[2 2]`, `tensor "w" float32[4]`}},
+		} {
+			t.Run(tc.desc+" local aggregation "+agg, func(t *testing.T) {
+				c := startCluster(t, 2, 1, "GOBPS_LOCAL_AGGREGATION", agg)
+				errs := make([]error, 2)
+				var wg sync.WaitGroup
+				for _, e := range c.engines {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						r := e.Rank()
+						tn, err := e.DeclareShape(tc.names[r], proto.Float32, tc.shapes[r])
+						if err != nil {
+							errs[r] = err
+							return
+						}
+						h, err := e.PushPull(tn, f32bytes([]float32{1, 2, 3, 4}), Sum)
+						if err != nil {
+							errs[r] = err
+							return
+						}
+						errs[r] = h.WaitTimeout(10 * time.Second)
+					}()
+				}
+				wg.Wait()
+				for r, err := range errs {
+					if err == nil {
+						t.Fatalf("worker %d summed tensors that do not match", r)
+					}
+					for _, w := range tc.want {
+						if !strings.Contains(err.Error(), w) {
+							t.Fatalf("worker %d: error %q does not say %q", r, err, w)
+						}
+					}
+					t.Logf("worker %d: %v", r, err)
+				}
+			})
+		}
+	}
+}

@@ -136,6 +136,10 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 		effs := e.takeLocked()
 		e.mu.Unlock()
 		e.run(effs)
+	case h.Op == proto.OpError && h.ReqID == 0:
+		// A notice about no request of ours: a tensor we declared and
+		// push waits for workers that have not declared it.
+		e.warnf("gobps: %s says: %s", l.srv, payload)
 	case h.Op == proto.OpDeclareAck || h.Op == proto.OpError:
 		var rerr error
 		if h.Op == proto.OpError {
@@ -143,15 +147,19 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 		}
 		e.mu.Lock()
 		var effs []lifecycle.Effect
+		stray := false
 		if ch, ok := e.mu.declReqs[h.ReqID]; ok {
 			e.answerDeclLocked(h.ReqID, ch, rerr)
 		} else if t := e.mu.m.Request(h.ReqID); t != nil && rerr != nil {
 			e.mu.m.AnswerFailed(h.ReqID, fmt.Errorf("%q key %s round %d: %w", t.Op.Spec.Name, t.Part.Key, t.Round, rerr))
 			effs = e.takeLocked()
-		} else if rerr != nil {
-			e.logf("gobps: %v (request %d, which is not pending)", rerr, h.ReqID)
+		} else {
+			stray = rerr != nil
 		}
 		e.mu.Unlock()
+		if stray {
+			e.logf("gobps: %v (request %d, which is not pending)", rerr, h.ReqID)
+		}
 		e.run(effs)
 	default:
 		e.logf("gobps: unexpected %s from %s", h.Op, l.srv)

@@ -102,8 +102,9 @@ const (
 const (
 	// Magic opens every frame: "GBPS" read as a little-endian uint32.
 	Magic uint32 = 0x53504247
-	// Version is the wire version this package speaks.
-	Version uint8 = 1
+	// Version is the wire version this package speaks. 2: declarations
+	// carry the tensor's name and shape (EncodeDecls).
+	Version uint8 = 2
 	// HeaderSize is the encoded size of a Header.
 	HeaderSize = 48
 	// MaxPayload bounds a frame's payload (1 GiB): larger lengths are

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -98,21 +99,43 @@ func TestFrameCRC(t *testing.T) {
 }
 
 func TestDecls(t *testing.T) {
-	ds := []Decl{{Key: MakeKey(1, 0), DType: Float32, Root: NoRoot, Bytes: 4096}, {Key: MakeKey(2, 1), DType: BFloat16, Root: 0, Bytes: 2}}
+	ds := []Decl{
+		{Key: MakeKey(1, 0), DType: Float32, Root: NoRoot, Bytes: 4096},
+		{Key: MakeKey(2, 1), DType: BFloat16, Root: 0, Bytes: 2, Name: "fc1.weight", Shape: []int64{3, 5}},
+		{Key: MakeKey(3, 0), DType: Int64, Root: NoRoot, Bytes: 8, Name: "step"}, // a scalar
+	}
 	got, err := DecodeDecls(EncodeDecls(ds))
 	if err != nil {
 		t.Fatal(err)
 	}
+	if len(got) != len(ds) {
+		t.Fatalf("%d declarations back, want %d", len(got), len(ds))
+	}
 	for i := range ds {
-		if got[i] != ds[i] {
+		if !got[i].Same(ds[i]) {
 			t.Fatalf("decl %d: %+v != %+v", i, got[i], ds[i])
 		}
+	}
+	other := ds[1]
+	other.Shape = []int64{5, 3}
+	if other.Same(ds[1]) {
+		t.Error("another shape of the same size is the same declaration")
+	}
+	other = ds[1]
+	other.Name = "fc2.weight"
+	if other.Same(ds[1]) {
+		t.Error("another name is the same declaration")
 	}
 	bad := []Decl{
 		{Key: 1, DType: 0, Root: NoRoot, Bytes: 4},
 		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 4},
 		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 0},
 		{Key: 1, DType: Float64, Root: -5, Bytes: 8},
+		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 8, Shape: []int64{2, 0}},
+		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 32, Shape: []int64{3}}, // a partition larger than its tensor
+		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 8, Shape: []int64{-1}},
+		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 8, Name: strings.Repeat("x", MaxNameBytes+1)},
+		{Key: 1, DType: Float64, Root: NoRoot, Bytes: 8, Shape: make([]int64, MaxDims+1)},
 	}
 	for _, d := range bad {
 		if _, err := DecodeDecls(EncodeDecls([]Decl{d})); !errors.Is(err, ErrBadFrame) {
@@ -121,6 +144,11 @@ func TestDecls(t *testing.T) {
 	}
 	if _, err := DecodeDecls(make([]byte, 5)); err == nil {
 		t.Error("ragged payload accepted")
+	}
+	// A name or shape that runs past the payload.
+	enc := EncodeDecls(ds[1:2])
+	if _, err := DecodeDecls(enc[:len(enc)-1]); !errors.Is(err, ErrBadFrame) {
+		t.Errorf("truncated shape: err = %v", err)
 	}
 }
 

@@ -181,7 +181,7 @@ func TestDeclarationsDisagreeInOneFrame(t *testing.T) {
 	other := testKey
 	other.Bytes = 16
 	c.send(proto.Header{Op: proto.OpDeclare, ReqID: 5}, proto.EncodeDecls([]proto.Decl{testKey, other}))
-	c.expectError(5, "declared as 16 bytes of int32 root -1, earlier as 8 bytes")
+	c.expectError(5, "declared as 16 bytes of int32, earlier as 8 bytes")
 	if st := s.Stats(); st.Keys != 0 {
 		t.Fatalf("%d keys declared", st.Keys)
 	}

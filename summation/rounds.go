@@ -96,6 +96,7 @@ type op struct {
 // push into a round nobody has touched yet is swapped in as the sum buffer
 // without any copy, and the old buffer is handed back through Result.Free.
 type Rounds struct {
+	failed  error // set by Fail: every later op gets it
 	decl    proto.Decl
 	workers int // worker ranks 0..workers-1; pulls per round of a broadcast key
 	pushers int // pushes and pulls per round of a sum key
@@ -161,8 +162,42 @@ type Failure struct {
 	Err  error
 }
 
+// Fail ends the key: every pull waiting for a round that is not complete,
+// and every held pull, is returned in Result.Failed with err, held pushes'
+// buffers in Result.Free, and every later push or pull fails with err.
+// (The servers fail a key whose workers disagree about what it is.)
+func (r *Rounds) Fail(err error) Result {
+	var res Result
+	if r.failed != nil {
+		return res
+	}
+	r.failed = err
+	for i := range r.slots {
+		s := &r.slots[i]
+		if s.complete {
+			continue
+		}
+		for _, w := range s.waiting {
+			res.Failed = append(res.Failed, Failure{Pull: w.pull, Err: err})
+		}
+		s.waiting = s.waiting[:0]
+	}
+	for _, h := range r.held {
+		if h.push {
+			res.Free = append(res.Free, h.data)
+		} else {
+			res.Failed = append(res.Failed, Failure{Pull: h.pull, Err: err})
+		}
+	}
+	r.held = nil
+	return res
+}
+
 // check validates the start of worker w's push for round.
 func (r *Rounds) check(w int, round uint64) error {
+	if r.failed != nil {
+		return r.failed
+	}
 	if err := r.checkWorker(w); err != nil {
 		return err
 	}
@@ -276,6 +311,9 @@ func (r *Rounds) Chunk(w int, round uint64, off int, b []byte) Result {
 	if off%proto.PieceBytes != 0 || off+len(b) > int(r.decl.Bytes) || (len(b) != proto.PieceBytes && off+len(b) != int(r.decl.Bytes)) {
 		panic(fmt.Sprintf("summation: key %s: chunk of %d bytes at %d", r.decl.Key, len(b), off))
 	}
+	if r.failed != nil {
+		return res // a push begun before the key failed: nothing to sum into
+	}
 	if h := r.heldPush(w, round); h != nil {
 		copy(h.data[off:], b)
 		h.got = off + len(b)
@@ -342,6 +380,9 @@ func (r *Rounds) checkWorker(w int) error {
 // complete, else when it completes.
 func (r *Rounds) Pull(p Pull, round uint64) (Result, error) {
 	var res Result
+	if r.failed != nil {
+		return res, r.failed
+	}
 	if err := r.checkWorker(p.Worker); err != nil {
 		return res, err
 	}

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
@@ -25,6 +26,18 @@ type Config struct {
 	Transport rdma.Transport
 	// Addr is the data address to listen on, e.g. "127.0.0.1:0".
 	Addr string
+	// DeclareWarn is how long a key may stay declared by some workers and
+	// not by the others before the server tells the workers that did, by
+	// name and rank, whom they are waiting for (GOBPS_DECLARE_WARN): a
+	// tensor used on some ranks only no longer hangs without a word. 0
+	// means never.
+	DeclareWarn time.Duration
+	// DeclareTimeout, if not 0, is how long before such a key fails, for
+	// the workers that declared it, with the same words
+	// (GOBPS_DECLARE_TIMEOUT). A worker that is only slow to get there
+	// (one rank loading data for minutes) would fail too, so it is off by
+	// default.
+	DeclareTimeout time.Duration
 	// MemoryBudget bounds the bytes of keys the server accepts, summed
 	// over every declaration (GOBPS_SERVER_MEMORY_BYTES): a declaration
 	// frame that would take the declared bytes beyond it is refused
@@ -61,8 +74,9 @@ type Server struct {
 	mu struct {
 		sync.RWMutex
 		keys     map[proto.Key]*key
-		load     []uint64 // declared bytes per engine
-		declared uint64   // declared bytes in all
+		partial  map[proto.Key]*key // keys some workers have not declared yet
+		load     []uint64           // declared bytes per engine
+		declared uint64             // declared bytes in all
 		peers    map[rdma.Conn]*peer
 		closed   bool // Close has begun: no new peer, no new goroutine
 	}
@@ -94,7 +108,16 @@ func (s *Server) SetID(id uint32) { s.id.Store(id) }
 type key struct {
 	decl   proto.Decl
 	engine *engine
-	pool   struct {
+	// Who declared it: the worker whose declaration made the key, which
+	// workers have, when it was made, and the error that failed the key
+	// (its workers disagree about it). Guarded by Server.mu.
+	first    int
+	declared []bool
+	missing  int
+	since    time.Time
+	warned   bool
+	failed   error
+	pool     struct {
 		sync.Mutex
 		free [][]byte
 	}
@@ -200,6 +223,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, stable: cfg.Transport.Caps().StableDest, done: make(chan struct{}), idle: make(chan struct{})}
 	s.mu.keys = make(map[proto.Key]*key)
+	s.mu.partial = make(map[proto.Key]*key)
 	s.mu.load = make([]uint64, cfg.Engines)
 	s.mu.peers = make(map[rdma.Conn]*peer)
 	for i := 0; i < cfg.Engines; i++ {
@@ -207,6 +231,10 @@ func New(cfg Config) (*Server, error) {
 		s.engines = append(s.engines, e)
 		s.wg.Add(1)
 		go e.run()
+	}
+	if cfg.DeclareWarn > 0 || cfg.DeclareTimeout > 0 {
+		s.wg.Add(1)
+		go s.sweep()
 	}
 	ln, err := cfg.Transport.Listen(cfg.Addr, (*handler)(s))
 	if err != nil {
@@ -348,15 +376,25 @@ func (s *Server) refuse(p *peer, h *proto.Header, err error) {
 	p.out.send(proto.Header{Op: proto.OpError, Sender: s.id.Load(), Key: h.Key, Round: h.Round, ReqID: h.ReqID}, []byte(err.Error()), nil)
 }
 
-// declare creates or checks every declared key. It refuses the whole batch
-// if any declaration disagrees with an earlier one (in this batch or
-// before), or if its new keys would take the declared bytes beyond the
-// memory budget. Each declaration was checked on its own by
-// proto.DecodeDecls (a known dtype, 1..proto.MaxPayload bytes).
-func (s *Server) declare(ds []proto.Decl) error {
+// keyFailure is a key to fail, and why.
+type keyFailure struct {
+	k   *key
+	err error
+}
+
+// declare creates or checks every key worker w declares. It refuses the
+// whole batch if any declaration disagrees with an earlier one (in this
+// batch, or another worker's), or if its new keys would take the declared
+// bytes beyond the memory budget. A key whose workers disagree also fails
+// for the workers that declared it first (they would wait for ever for
+// pushes that mean something else): it is returned, for the caller to
+// fail on the key's engine once the lock is released. Each declaration was
+// checked on its own by proto.DecodeDecls.
+func (s *Server) declare(ds []proto.Decl, w int) ([]keyFailure, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error
+	var fails []keyFailure
 	batch := make(map[proto.Key]proto.Decl, len(ds))
 	var adds, added uint64 // new keys and their bytes
 	for _, d := range ds {
@@ -364,14 +402,24 @@ func (s *Server) declare(ds []proto.Decl) error {
 			errs = append(errs, fmt.Errorf("key %s: broadcast root %d, but there are %d workers", d.Key, d.Root, s.cfg.Workers))
 			continue
 		}
-		earlier, ok := batch[d.Key]
 		if k, known := s.mu.keys[d.Key]; known {
-			earlier, ok = k.decl, true
+			if !k.decl.Same(d) {
+				err := mismatch(d, w, k.decl, k.first)
+				errs = append(errs, err)
+				// Another worker's tensor under the same key: the key is
+				// lost for the workers that declared it too. (A worker
+				// that contradicts its own earlier declaration is only
+				// refused.)
+				if !k.declared[w] && k.failed == nil {
+					k.failed = err
+					fails = append(fails, keyFailure{k, err})
+				}
+			}
+			continue
 		}
-		if ok {
-			if earlier != d {
-				errs = append(errs, fmt.Errorf("key %s declared as %d bytes of %s root %d, earlier as %d bytes of %s root %d",
-					d.Key, d.Bytes, d.DType, d.Root, earlier.Bytes, earlier.DType, earlier.Root))
+		if earlier, ok := batch[d.Key]; ok {
+			if !earlier.Same(d) {
+				errs = append(errs, mismatch(d, w, earlier, w))
 			}
 			continue
 		}
@@ -380,14 +428,24 @@ func (s *Server) declare(ds []proto.Decl) error {
 		added += d.Bytes
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		for _, f := range fails {
+			delete(s.mu.partial, f.k.decl.Key)
+		}
+		return fails, errors.Join(errs...)
 	}
 	if b := s.cfg.MemoryBudget; b > 0 && s.mu.declared+added > uint64(b) {
-		return fmt.Errorf("declaring %d new keys of %d bytes would take this server to %d declared bytes, beyond its memory budget of %d bytes (GOBPS_SERVER_MEMORY_BYTES; %d bytes declared so far)",
+		return nil, fmt.Errorf("declaring %d new keys of %d bytes would take this server to %d declared bytes, beyond its memory budget of %d bytes (GOBPS_SERVER_MEMORY_BYTES; %d bytes declared so far)",
 			adds, added, s.mu.declared+added, b, s.mu.declared)
 	}
+	now := time.Now()
 	for _, d := range ds {
-		if _, ok := s.mu.keys[d.Key]; ok {
+		if k, ok := s.mu.keys[d.Key]; ok {
+			if !k.declared[w] {
+				k.declared[w] = true
+				if k.missing--; k.missing == 0 {
+					delete(s.mu.partial, d.Key)
+				}
+			}
 			continue
 		}
 		best := 0
@@ -398,9 +456,115 @@ func (s *Server) declare(ds []proto.Decl) error {
 		}
 		s.mu.load[best] += d.Bytes
 		s.mu.declared += d.Bytes
-		s.mu.keys[d.Key] = &key{decl: d, engine: s.engines[best], rounds: NewRoundsOf(d, s.cfg.Workers, s.cfg.Pushers)}
+		k := &key{decl: d, engine: s.engines[best], rounds: NewRoundsOf(d, s.cfg.Workers, s.cfg.Pushers),
+			first: w, declared: make([]bool, s.cfg.Workers), missing: s.cfg.Workers - 1, since: now}
+		k.declared[w] = true
+		s.mu.keys[d.Key] = k
+		if k.missing > 0 {
+			s.mu.partial[d.Key] = k
+		}
 	}
-	return nil
+	return nil, nil
+}
+
+// mismatch says that worker w declares d as a key that worker first
+// declared as earlier.
+func mismatch(d proto.Decl, w int, earlier proto.Decl, first int) error {
+	part := func(d proto.Decl) string {
+		s := fmt.Sprintf("%d bytes of %s", d.Bytes, d.DType)
+		if d.Root >= 0 {
+			s += fmt.Sprintf(", broadcast from worker %d", d.Root)
+		}
+		return s
+	}
+	return fmt.Errorf("key %s declared as %s, earlier as %s: worker %d declares it as a part of tensor %s, worker %d declared it as a part of tensor %s; "+
+		"every worker must declare the same tensors, with the same names, dtypes and shapes, in the same order",
+		d.Key, part(d), part(earlier), w, d.Tensor(), first, earlier.Tensor())
+}
+
+// failKeys fails each key on its engine: its waiting pulls get the error,
+// and so does every later push and pull of it.
+func (s *Server) failKeys(fails []keyFailure) {
+	for _, f := range fails {
+		s.cfg.Logf("summation: %v", f.err)
+		f.k.engine.submit(task{kind: taskFail, key: f.k, err: f.err})
+	}
+}
+
+// sweep tells the workers of keys that some of them declared and the
+// others did not, within DeclareWarn, whom they wait for; and fails those
+// keys after DeclareTimeout, if set.
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	every := s.cfg.DeclareWarn
+	if every == 0 || (s.cfg.DeclareTimeout > 0 && s.cfg.DeclareTimeout < every) {
+		every = s.cfg.DeclareTimeout
+	}
+	t := time.NewTicker(min(max(every/4, time.Millisecond), time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			notes, fails := s.stale(now)
+			for _, n := range notes {
+				s.cfg.Logf("summation: %s", n.text)
+				n.p.out.send(proto.Header{Op: proto.OpError, Sender: s.id.Load()}, []byte(n.text), nil)
+			}
+			s.failKeys(fails)
+		}
+	}
+}
+
+// note is a notice to one connection: an OpError with no request id,
+// which a worker logs as a warning.
+type note struct {
+	p    *peer
+	text string
+}
+
+// stale finds the keys declared by some workers only: longer than
+// DeclareWarn ago, it says so to those workers; longer than DeclareTimeout,
+// it takes them out of the partial set and returns them to fail.
+func (s *Server) stale(now time.Time) ([]note, []keyFailure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var notes []note
+	var fails []keyFailure
+	for key, k := range s.mu.partial {
+		age := now.Sub(k.since)
+		timeout := s.cfg.DeclareTimeout > 0 && age >= s.cfg.DeclareTimeout
+		if !timeout && (k.warned || s.cfg.DeclareWarn == 0 || age < s.cfg.DeclareWarn) {
+			continue
+		}
+		var did, not []int
+		for w, ok := range k.declared {
+			if ok {
+				did = append(did, w)
+			} else {
+				not = append(not, w)
+			}
+		}
+		what := fmt.Sprintf("tensor %s (key %s) was declared by worker(s) %v but not by worker(s) %v after %v: "+
+			"every worker must declare, and push, the same tensors", k.decl.Tensor(), key, did, not, age.Round(time.Millisecond))
+		if timeout {
+			delete(s.mu.partial, key)
+			k.failed = fmt.Errorf("%s (GOBPS_DECLARE_TIMEOUT %v)", what, s.cfg.DeclareTimeout)
+			fails = append(fails, keyFailure{k, k.failed})
+			continue
+		}
+		k.warned = true
+		text := what + "; the workers that did wait for the others (GOBPS_DECLARE_TIMEOUT fails the tensor instead)"
+		seen := map[int]bool{}
+		for _, p := range s.mu.peers {
+			if w := int(p.worker.Load()); w >= 0 && k.declared[w] && !seen[w] {
+				seen[w] = true
+				notes = append(notes, note{p, text})
+			}
+		}
+	}
+	return notes, fails
 }
 
 // handler implements rdma.Handler for the server's connections.
@@ -561,7 +725,9 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 		}
 		ds, err := proto.DecodeDecls(payload)
 		if err == nil {
-			err = s.declare(ds)
+			var fails []keyFailure
+			fails, err = s.declare(ds, int(p.worker.Load()))
+			s.failKeys(fails)
 		}
 		if err != nil {
 			s.refuse(p, hd, err)
@@ -641,6 +807,7 @@ const (
 	taskPull
 	taskServed
 	taskPushStable // a push in its connection's stable destination: summed by copy, then released
+	taskFail       // the key's workers disagree about it: fail it (err)
 )
 
 type task struct {
@@ -652,6 +819,7 @@ type task struct {
 	round uint64
 	off   int
 	push  *pushState // chunked pushes
+	err   error      // taskFail
 }
 
 // engine sums the keys assigned to it, one task at a time.
@@ -745,6 +913,8 @@ func (e *engine) step(t task) (next []task) {
 		res, err = k.rounds.Pull(Pull{Worker: int(t.peer.worker.Load()), ReqID: t.hdr.ReqID, Reply: t.peer}, t.hdr.Round)
 	case taskServed:
 		res = k.rounds.Served(t.round)
+	case taskFail:
+		res = k.rounds.Fail(t.err)
 	}
 	if err != nil {
 		s.refuse(t.peer, &t.hdr, err)

@@ -106,11 +106,18 @@ func (c *client) next() frame {
 	return frame{}
 }
 
-func (c *client) expectError(reqID uint64, want string) {
+// expectError reads the next frame: an error for reqID saying each of
+// wants.
+func (c *client) expectError(reqID uint64, wants ...string) {
 	c.t.Helper()
 	f := c.next()
-	if f.h.Op != proto.OpError || f.h.ReqID != reqID || !strings.Contains(string(f.p), want) {
-		c.t.Fatalf("got %v %q, want error for request %d containing %q", &f.h, f.p, reqID, want)
+	if f.h.Op != proto.OpError || f.h.ReqID != reqID {
+		c.t.Fatalf("got %v %q, want error for request %d", &f.h, f.p, reqID)
+	}
+	for _, want := range wants {
+		if !strings.Contains(string(f.p), want) {
+			c.t.Fatalf("got %v %q, want error for request %d containing %q", &f.h, f.p, reqID, want)
+		}
 	}
 	c.t.Logf("error to sender: %s", f.p)
 }

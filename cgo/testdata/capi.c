@@ -65,6 +65,7 @@ static int noinit(void) {
 	EXPECT(gobps_local_size(&v), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare("a", GOBPS_FLOAT32, 4), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare_broadcast("a", GOBPS_FLOAT32, 4, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_declare_shape("a", GOBPS_FLOAT32, 0, NULL, -1), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_push_pull("a", x, GOBPS_FLOAT32, 4, GOBPS_SUM, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	CHECK(h == 99, "push_pull wrote handle %lld on failure", (long long)h);
 	EXPECT(gobps_broadcast("a", x, GOBPS_FLOAT32, 4, 0, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
@@ -159,6 +160,27 @@ static int job(void) {
 	EXPECT(gobps_declare("", GOBPS_FLOAT64, 1), GOBPS_ERR_INVALID_ARGUMENT, "empty tensor name");
 	EXPECT(gobps_declare_broadcast("b.bad", GOBPS_FLOAT64, 1, 2), GOBPS_ERR_INVALID_ARGUMENT, "root 2 is not a rank");
 	EXPECT(gobps_declare_broadcast("b.bad", GOBPS_FLOAT64, 1, -1), GOBPS_ERR_INVALID_ARGUMENT, "root -1 is not a rank");
+
+	// Shapes: checked here against later uses, and by the servers
+	// against the other rank's.
+	const int64_t dims23[2] = {2, 3}, dims32[2] = {3, 2}, dimsneg[1] = {-1};
+	EXPECT(gobps_declare_shape("shape.w", GOBPS_FLOAT32, 2, dims23, -1), GOBPS_OK, "");
+	EXPECT(gobps_declare_shape("shape.w", GOBPS_FLOAT32, 2, dims23, -1), GOBPS_OK, "");
+	EXPECT(gobps_declare_shape("shape.w", GOBPS_FLOAT32, 2, dims32, -1), GOBPS_ERR_INVALID_ARGUMENT, "declared as float32[2 3]");
+	EXPECT(gobps_declare("shape.w", GOBPS_FLOAT32, 6), GOBPS_OK, "");
+	EXPECT(gobps_declare("shape.w", GOBPS_FLOAT32, 5), GOBPS_ERR_INVALID_ARGUMENT, "now used as 5 elements");
+	EXPECT(gobps_declare_shape("shape.bad", GOBPS_FLOAT32, 1, dimsneg, -1), GOBPS_ERR_INVALID_ARGUMENT, "negative dimension");
+	EXPECT(gobps_declare_shape("shape.bad", GOBPS_FLOAT32, 33, dims23, -1), GOBPS_ERR_INVALID_ARGUMENT, "33 dimensions");
+	EXPECT(gobps_declare_shape("shape.bad", GOBPS_FLOAT32, 2, NULL, -1), GOBPS_ERR_INVALID_ARGUMENT, "NULL dims");
+	EXPECT(gobps_declare_shape("shape.bad", GOBPS_FLOAT32, 0, NULL, 5), GOBPS_ERR_INVALID_ARGUMENT, "root 5 is not a rank");
+	EXPECT(gobps_declare_shape("shape.scalar", GOBPS_FLOAT32, 0, NULL, -1), GOBPS_OK, "");
+	{
+		float one = (float)(rank_ + 1);
+		gobps_handle_t hs = 0;
+		EXPECT(gobps_push_pull("shape.scalar", &one, GOBPS_FLOAT32, 1, GOBPS_SUM, &hs), GOBPS_OK, "");
+		EXPECT(gobps_wait(hs, 30000), GOBPS_OK, "");
+		CHECK(one == 3.0f, "scalar sum %g, want 3", one);
+	}
 
 	// float32 average over a tensor of several partitions (4 MiB each).
 	const int64_t n = 3 * 1024 * 1024 + 17;

@@ -89,13 +89,15 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return err
 	}
 	srv, err := summation.New(summation.Config{
-		Workers:      cfg.NumWorkerProcs(),
-		Pushers:      cfg.PushesPerRound(),
-		Engines:      cfg.EngineThreads,
-		Transport:    tr,
-		Addr:         net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),
-		MemoryBudget: budget,
-		Logf:         logf,
+		Workers:        cfg.NumWorkerProcs(),
+		Pushers:        cfg.PushesPerRound(),
+		Engines:        cfg.EngineThreads,
+		Transport:      tr,
+		Addr:           net.JoinHostPort(host, strconv.Itoa(cfg.ServerPort)),
+		MemoryBudget:   budget,
+		DeclareWarn:    cfg.DeclareWarn,
+		DeclareTimeout: cfg.DeclareTimeout,
+		Logf:           logf,
 	})
 	if err != nil {
 		return err
