@@ -812,10 +812,19 @@ func TestShutdown(t *testing.T) {
 	if err := tc.result(t, ctx); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	for _, m := range ms {
+	for i, m := range ms {
 		recv(t, ctx, m.Done(), "Done")
 		if m.Err() != nil {
 			t.Errorf("%s: %v", m.Self(), m.Err())
+		}
+		// Worker 0 left while worker 1 still ran: the others heard of
+		// it, naming it, and of nothing else. Worker 1 left last: no
+		// one hears of that.
+		if i != 0 {
+			ev := recv(t, ctx, m.Events(), "worker 0's departure")
+			if !ev.Left || ev.Node.Role != RoleWorker || ev.Node.Rank != 0 || !strings.Contains(ev.String(), "worker 0 (pid 1000) left the job") {
+				t.Errorf("%s heard %+v (%s)", m.Self(), ev, ev)
+			}
 		}
 		select {
 		case ev := <-m.Events():

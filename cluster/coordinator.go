@@ -669,6 +669,22 @@ func (c *Coordinator) leave(p *peer) {
 	p.phase = phaseLeft
 	c.closePeer(p)
 	c.logf("cluster: coordinator: %s left", p.node)
+	if p.node.Role == RoleWorker && !c.shutdownSent {
+		if n := c.live(Workers); n > 0 {
+			// A worker that leaves before the others: they (and the
+			// servers, which fail the rounds that need its pushes) hear
+			// of it at once, rather than wait for it.
+			ev := NodeEvent{Node: p.node, Left: true, Reason: fmt.Sprintf("it shut down while %d other worker(s) still run", n)}
+			b, _ := json.Marshal(ev) // cannot fail: plain strings and ints
+			for _, s := range [][]*peer{c.workers, c.servers} {
+				for _, q := range s {
+					if q.phase == phaseActive {
+						c.send(q, proto.Header{Op: proto.OpNodeLeft}, b)
+					}
+				}
+			}
+		}
+	}
 	for g := Workers; g <= All; g++ {
 		if g.has(p.node.Role) {
 			delete(c.barriers[g].waiting, p)

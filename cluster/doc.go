@@ -52,6 +52,9 @@
 //	               closed, payload says why (refused registration, protocol
 //	               error, heartbeat timeout).
 //	  OpNodeDead   NodeEvent, to every other live node.
+//	  OpNodeLeft   NodeEvent (Left), to every other live node, when a worker
+//	               leaves while other workers are still active: they fail
+//	               the rounds that need its pushes instead of waiting.
 //	  OpShutdown   to the servers, once every worker has left or died.
 //
 // Ranks: servers at the rank they ask for (Registration.WorkerID, from

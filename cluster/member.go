@@ -181,7 +181,8 @@ func (m *Member) Self() Node { return m.self }
 // Book is the job's address book (a copy).
 func (m *Member) Book() Book { return m.book.clone() }
 
-// Events delivers the deaths of other nodes. It is buffered for every node in
+// Events delivers the deaths of other nodes, and the departures of
+// workers that leave while others still run (NodeEvent.Left). It is buffered for every node in
 // the book, so the member never blocks on it; it is never closed (select on
 // Done as well).
 func (m *Member) Events() <-chan NodeEvent { return m.events }
@@ -440,12 +441,13 @@ func (m *Member) read(role Role) {
 					iv, b.HeartbeatTimeout, time.Duration(m.interval.Load()))
 			}
 			m.bookc <- b
-		case proto.OpNodeDead:
+		case proto.OpNodeDead, proto.OpNodeLeft:
 			var ev NodeEvent
 			if err := json.Unmarshal(payload, &ev); err != nil {
-				protocol("malformed node-dead event: %v", err)
+				protocol("malformed %s event: %v", h.Op, err)
 				return
 			}
+			ev.Left = h.Op == proto.OpNodeLeft
 			select {
 			case m.events <- ev:
 			default:

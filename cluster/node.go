@@ -93,13 +93,20 @@ func (b Book) clone() Book {
 	}
 }
 
-// NodeEvent reports that a node died.
+// NodeEvent reports that a node died, or (Left) that a worker left the
+// job cleanly while other workers still run.
 type NodeEvent struct {
 	Node   Node   `json:"node"`
-	Reason string `json:"reason"` // e.g. "connection lost: EOF", "no heartbeat for 5s"
+	Reason string `json:"reason"`         // e.g. "connection lost: EOF", "no heartbeat for 5s"
+	Left   bool   `json:"left,omitempty"` // a clean departure (OpLeave), not a death
 }
 
-func (e NodeEvent) String() string { return e.Node.String() + " died: " + e.Reason }
+func (e NodeEvent) String() string {
+	if e.Left {
+		return e.Node.String() + " left the job: " + e.Reason
+	}
+	return e.Node.String() + " died: " + e.Reason
+}
 
 // Group selects the members a barrier waits for.
 type Group uint8

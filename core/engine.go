@@ -675,6 +675,12 @@ func (e *Engine) watch() {
 	for {
 		select {
 		case ev := <-e.member.Events():
+			if ev.Left {
+				// A worker that shut down before this one: the servers
+				// fail the rounds that need its pushes, naming it.
+				e.warnf("gobps: %s; a push_pull that needs it will fail", ev)
+				continue
+			}
 			if ev.Node.Role == cluster.RoleServer && ev.Node.Rank < len(e.servers) {
 				e.failServer(e.servers[ev.Node.Rank], errors.New(ev.Reason))
 				continue

@@ -126,7 +126,26 @@ func startCluster(t *testing.T, workers, servers int, extra ...string) *testClus
 	if err := errors.Join(errs...); err != nil {
 		t.Fatal(err)
 	}
+	// The servers hear of workers that leave or die, as bpsrun's do.
+	stop := make(chan struct{})
+	for i, m := range tc.members {
+		go func() {
+			for {
+				select {
+				case ev := <-m.Events():
+					if ev.Node.Role == cluster.RoleWorker {
+						tc.servers[i].Depart(ev.Node.Rank, ev.String())
+					}
+				case <-m.Done():
+					return
+				case <-stop:
+					return
+				}
+			}
+		}()
+	}
 	t.Cleanup(func() {
+		close(stop)
 		for _, e := range tc.engines {
 			e.Shutdown()
 		}
@@ -753,4 +772,46 @@ func TestDeclarationsCheckedAcrossWorkers(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestWorkerLeavesEarly: with one worker per machine, a worker that shuts
+// down cleanly while the other still pushes used to leave it waiting for
+// ever. Now the rounds it pushed complete, and the next fails at once
+// with an error that names it.
+func TestWorkerLeavesEarly(t *testing.T) {
+	c := startCluster(t, 2, 2)
+	tensors := make([]*Tensor, 2)
+	for i, e := range c.engines {
+		var err error
+		if tensors[i], err = e.Declare("g", proto.Float32, 3000); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step := func(rank int) error {
+		buf := f32bytes(slices.Repeat([]float32{float32(rank + 1)}, 3000))
+		h, err := c.engines[rank].PushPull(tensors[rank], buf, Sum)
+		if err != nil {
+			return err
+		}
+		if err := h.WaitTimeout(10 * time.Second); err != nil {
+			return err
+		}
+		if got := math.Float32frombits(binary.LittleEndian.Uint32(buf)); got != 3 {
+			return fmt.Errorf("worker %d: sum %v, want 3", rank, got)
+		}
+		return nil
+	}
+	c.each(t, func(rank int, e *Engine) error { return step(rank) })
+	if err := c.engines[0].Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err := step(1)
+	if err == nil || !strings.Contains(err.Error(), "worker 0") || !strings.Contains(err.Error(), "left the job") {
+		t.Fatalf("push_pull after the other worker left: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("heard after %v", d)
+	}
+	t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }

@@ -36,6 +36,7 @@ const (
 	OpNodeDead                // coordinator -> node: JSON NodeEvent
 	OpLeave                   // node -> coordinator: clean departure
 	OpShutdown                // coordinator -> node: the job is over
+	OpNodeLeft                // coordinator -> node: JSON NodeEvent, a worker left before the others
 )
 
 // Data operations, between a worker and a server.
@@ -47,14 +48,17 @@ const (
 	OpPull                      // worker -> server: ask for the sum of Round
 	OpPullResp                  // server -> worker: payload is the sum
 	OpError                     // either way: payload is a UTF-8 message; ReqID names the request
+	OpJoin                      // worker -> server: Round 1: joined (out of data), 0: no longer; answered by OpJoinAck
+	OpJoinAck                   // server -> worker
+	OpBehind                    // server -> joined worker: round Round of Key began without this worker
 	maxOp
 )
 
 var opNames = map[Op]string{
 	OpRegister: "register", OpBook: "book", OpBarrier: "barrier", OpBarrierOK: "barrier-ok",
-	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown",
+	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown", OpNodeLeft: "node-left",
 	OpHello: "hello", OpDeclare: "declare", OpDeclareAck: "declare-ack", OpPush: "push",
-	OpPull: "pull", OpPullResp: "pull-resp", OpError: "error",
+	OpPull: "pull", OpPullResp: "pull-resp", OpError: "error", OpJoin: "join", OpJoinAck: "join-ack", OpBehind: "behind",
 }
 
 // Valid reports whether o is a known operation.

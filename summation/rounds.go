@@ -96,7 +96,9 @@ type op struct {
 // push into a round nobody has touched yet is swapped in as the sum buffer
 // without any copy, and the old buffer is handed back through Result.Free.
 type Rounds struct {
-	failed  error // set by Fail: every later op gets it
+	failed  error   // set by Fail: every later op gets it
+	gone    []error // by worker: why it left the job (Depart); nil while it is in
+	anyGone bool
 	decl    proto.Decl
 	workers int // worker ranks 0..workers-1; pulls per round of a broadcast key
 	pushers int // pushes and pulls per round of a sum key
@@ -116,7 +118,8 @@ func NewRounds(decl proto.Decl, workers int) *Rounds { return NewRoundsOf(decl, 
 // machine under local aggregation, whichever local rank owns the key. All
 // workers still pull a broadcast key.
 func NewRoundsOf(decl proto.Decl, workers, pushers int) *Rounds {
-	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + proto.PieceBytes - 1) / proto.PieceBytes)}
+	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + proto.PieceBytes - 1) / proto.PieceBytes),
+		gone: make([]error, workers)}
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.pushed = make([]bool, workers)
@@ -199,6 +202,9 @@ func (r *Rounds) check(w int, round uint64) error {
 		return r.failed
 	}
 	if err := r.checkWorker(w); err != nil {
+		return err
+	}
+	if err := r.lost(round); err != nil {
 		return err
 	}
 	if r.decl.Root >= 0 && w != int(r.decl.Root) {
@@ -386,6 +392,9 @@ func (r *Rounds) Pull(p Pull, round uint64) (Result, error) {
 	if err := r.checkWorker(p.Worker); err != nil {
 		return res, err
 	}
+	if err := r.lost(round); err != nil {
+		return res, err
+	}
 	switch {
 	case round < r.base:
 		return res, fmt.Errorf("key %s: pull for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
@@ -464,16 +473,136 @@ func (r *Rounds) Served(round uint64) Result {
 		panic(fmt.Sprintf("summation: served round %d outside window %d..%d", round, r.base, r.base+1))
 	}
 	r.slots[round%2].served++
+	r.advance(&res)
+	return res
+}
+
+// advance retires the base round while it is complete and every pull of it
+// has been served (or excused: its worker left), replaying the held ops the
+// window then admits.
+func (r *Rounds) advance(res *Result) {
 	for {
 		s := &r.slots[r.base%2]
 		if !s.complete || s.served < r.pullersPerRound() {
-			break
+			return
 		}
 		s.reset(r.base + 2)
+		for w, gone := range r.gone {
+			if gone != nil {
+				r.excuse(s, w)
+			}
+		}
 		r.base++
-		r.replay(&res)
+		r.replay(res)
 	}
+}
+
+// Depart records that worker w has left the job, for the reason err (a
+// clean departure before the others, or a death). A round that needs a
+// push it will never get (w's, or under local aggregation its machine's
+// once every worker of the machine has left) fails: its waiting pulls get
+// err, and so does every later push or pull of it. w's own pulls that will
+// never come are excused, so the rounds it did push still retire.
+func (r *Rounds) Depart(w int, err error) Result {
+	var res Result
+	if w < 0 || w >= r.workers || r.gone[w] != nil {
+		return res
+	}
+	r.gone[w] = err
+	r.anyGone = true
+	if r.failed != nil {
+		return res
+	}
+	for i := range r.slots {
+		s := &r.slots[i]
+		r.excuse(s, w)
+		if s.complete {
+			continue
+		}
+		if lerr := r.lost(s.round); lerr != nil {
+			for _, wt := range s.waiting {
+				res.Failed = append(res.Failed, Failure{Pull: wt.pull, Err: lerr})
+			}
+			s.waiting = s.waiting[:0]
+		}
+	}
+	keep := r.held[:0]
+	for _, h := range r.held {
+		if lerr := r.lost(h.round); lerr != nil {
+			if h.push {
+				res.Free = append(res.Free, h.data)
+			} else {
+				res.Failed = append(res.Failed, Failure{Pull: h.pull, Err: lerr})
+			}
+			continue
+		}
+		keep = append(keep, h)
+	}
+	r.held = keep
+	r.advance(&res)
 	return res
+}
+
+// excuse counts gone worker w's pull of slot s as served if w would have
+// pulled it and has not: a broadcast key's every worker pulls, a sum key's
+// pushers pull what they pushed.
+func (r *Rounds) excuse(s *slot, w int) {
+	if !s.pulled[w] && (r.decl.Root >= 0 || s.pushed[w]) {
+		s.pulled[w] = true
+		s.served++
+	}
+}
+
+// lost says why round can never complete, or nil: a push it needs will
+// never come, because its pusher has left (for a sum key under local
+// aggregation, every worker of the pusher's machine).
+func (r *Rounds) lost(round uint64) error {
+	if !r.anyGone || round < r.base {
+		return nil
+	}
+	var s *slot
+	if round <= r.base+1 {
+		if s = &r.slots[round%2]; s.complete {
+			return nil
+		}
+	}
+	pushed := func(w int) bool {
+		if s != nil {
+			return s.pushed[w]
+		}
+		for _, h := range r.held {
+			if h.push && h.worker == w && h.round == round {
+				return true
+			}
+		}
+		return false
+	}
+	if r.decl.Root >= 0 {
+		if err := r.gone[r.decl.Root]; err != nil && !pushed(int(r.decl.Root)) {
+			return err
+		}
+		return nil
+	}
+	per := 1 // workers per pusher: a machine's, under local aggregation
+	if r.pushers > 0 && r.pushers < r.workers && r.workers%r.pushers == 0 {
+		per = r.workers / r.pushers
+	}
+	for m := 0; m < r.workers; m += per {
+		var err error
+		all, any := true, false
+		for w := m; w < m+per; w++ {
+			if r.gone[w] == nil {
+				all = false
+				break
+			}
+			err = r.gone[w]
+			any = any || pushed(w)
+		}
+		if all && !any {
+			return err
+		}
+	}
+	return nil
 }
 
 // replay runs the held ops that the window now admits, in arrival order.

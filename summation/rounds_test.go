@@ -420,3 +420,118 @@ func TestRoundsPushCopy(t *testing.T) {
 		t.Fatalf("round 2 sum %v (with the held push), %v", a.Buf, err)
 	}
 }
+
+// TestRoundsDepart: a worker that leaves before the others. The rounds it
+// pushed still complete and retire (its pulls are excused); the ones it
+// did not push fail at once, for the pulls waiting and for every later
+// push or pull, with the departure's reason.
+func TestRoundsDepart(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 8}
+	r := NewRounds(d, 3)
+	must := func(res Result, err error) Result {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	gone := errEq("worker 2 left the job")
+	// Round 0: everyone pushes; worker 2 pulls and is served, then pushes
+	// round 1 and leaves without pulling it.
+	for w := range 3 {
+		must(r.Push(w, 0, i32s(int32(w), 1)))
+	}
+	for w := range 3 {
+		answerOf(t, must(r.Pull(Pull{Worker: w, ReqID: uint64(w)}, 0)), uint64(w))
+		r.Served(0)
+	}
+	must(r.Push(2, 1, i32s(2, 1)))
+	must(r.Push(0, 1, i32s(0, 1)))
+	must(r.Pull(Pull{Worker: 0, ReqID: 10}, 1))
+	res := r.Depart(2, gone)
+	if len(res.Failed) != 0 {
+		t.Fatalf("round 1 had worker 2's push, yet failed: %+v", res.Failed)
+	}
+	// Worker 1 completes round 1; both pulls are answered and round 1
+	// retires without worker 2's pull.
+	res = must(r.Push(1, 1, i32s(1, 1)))
+	if a := answerOf(t, res, 10); string(a.Buf) != string(i32s(3, 3)) {
+		t.Fatalf("round 1 sum %v", a.Buf)
+	}
+	r.Served(1)
+	answerOf(t, must(r.Pull(Pull{Worker: 1, ReqID: 11}, 1)), 11)
+	r.Served(1)
+	if r.Base() != 2 {
+		t.Fatalf("base %d: round 1 did not retire without the departed worker's pull", r.Base())
+	}
+	// Round 2 needs worker 2's push: the others' pushes and pulls of it
+	// fail at once.
+	if _, err := r.Push(0, 2, i32s(0, 1)); err != gone {
+		t.Fatalf("push to a round the departed worker never pushed: %v", err)
+	}
+	if _, err := r.Pull(Pull{Worker: 1, ReqID: 12}, 2); err != gone {
+		t.Fatalf("pull of a round the departed worker never pushed: %v", err)
+	}
+
+	// A pull already waiting when its round is lost fails then.
+	r = NewRounds(d, 2)
+	must(r.Push(0, 0, i32s(1, 1)))
+	must(r.Pull(Pull{Worker: 0, ReqID: 20}, 0))
+	res = r.Depart(1, gone)
+	if len(res.Failed) != 1 || res.Failed[0].Pull.ReqID != 20 || res.Failed[0].Err != gone {
+		t.Fatalf("waiting pull: %+v", res.Failed)
+	}
+}
+
+// TestRoundsDepartLocal: under local aggregation a machine's pushes come
+// from whichever of its workers owns the key; a round is lost only when
+// every worker of a machine has left without it.
+func TestRoundsDepartLocal(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 4}
+	r := NewRoundsOf(d, 4, 2) // machines {0,1} and {2,3}
+	if _, err := r.Push(0, 0, i32s(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Pull(Pull{Worker: 0, ReqID: 1}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if res := r.Depart(3, errEq("worker 3 left")); len(res.Failed) != 0 {
+		t.Fatalf("machine 1 still has worker 2, yet: %+v", res.Failed)
+	}
+	res := r.Depart(2, errEq("worker 2 left"))
+	if len(res.Failed) != 1 || !strings.Contains(res.Failed[0].Err.Error(), "left") {
+		t.Fatalf("machine 1 gone: %+v", res.Failed)
+	}
+}
+
+// TestRoundsDepartBroadcast: a broadcast key needs only its root's push;
+// another worker's departure excuses its pulls, so later rounds retire.
+func TestRoundsDepartBroadcast(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: 0, Bytes: 4}
+	r := NewRounds(d, 2)
+	r.Depart(1, errEq("worker 1 left"))
+	for round := range uint64(4) {
+		if _, err := r.Push(0, round, i32s(int32(round))); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		res, err := r.Pull(Pull{Worker: 0, ReqID: round}, round)
+		if err != nil {
+			t.Fatal(err)
+		}
+		answerOf(t, res, round)
+		r.Served(round)
+	}
+	if r.Base() != 4 {
+		t.Fatalf("base %d: rounds wait for the departed worker's pulls", r.Base())
+	}
+	r = NewRounds(d, 2)
+	r.Depart(0, errEq("root left"))
+	if _, err := r.Pull(Pull{Worker: 1, ReqID: 1}, 0); err == nil || err.Error() != "root left" {
+		t.Fatalf("pull of a broadcast whose root left: %v", err)
+	}
+}
+
+// errEq is an error compared by identity in these tests.
+type errEq string
+
+func (e errEq) Error() string { return string(e) }

@@ -75,6 +75,7 @@ type Server struct {
 		sync.RWMutex
 		keys     map[proto.Key]*key
 		partial  map[proto.Key]*key // keys some workers have not declared yet
+		gone     []error            // by worker: why it left the job (Depart)
 		load     []uint64           // declared bytes per engine
 		declared uint64             // declared bytes in all
 		peers    map[rdma.Conn]*peer
@@ -224,6 +225,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, stable: cfg.Transport.Caps().StableDest, done: make(chan struct{}), idle: make(chan struct{})}
 	s.mu.keys = make(map[proto.Key]*key)
 	s.mu.partial = make(map[proto.Key]*key)
+	s.mu.gone = make([]error, cfg.Workers)
 	s.mu.load = make([]uint64, cfg.Engines)
 	s.mu.peers = make(map[rdma.Conn]*peer)
 	for i := 0; i < cfg.Engines; i++ {
@@ -459,6 +461,11 @@ func (s *Server) declare(ds []proto.Decl, w int) ([]keyFailure, error) {
 		k := &key{decl: d, engine: s.engines[best], rounds: NewRoundsOf(d, s.cfg.Workers, s.cfg.Pushers),
 			first: w, declared: make([]bool, s.cfg.Workers), missing: s.cfg.Workers - 1, since: now}
 		k.declared[w] = true
+		for w, err := range s.mu.gone {
+			if err != nil {
+				k.rounds.Depart(w, err) // a fresh key: nothing to answer
+			}
+		}
 		s.mu.keys[d.Key] = k
 		if k.missing > 0 {
 			s.mu.partial[d.Key] = k
@@ -480,6 +487,36 @@ func mismatch(d proto.Decl, w int, earlier proto.Decl, first int) error {
 	return fmt.Errorf("key %s declared as %s, earlier as %s: worker %d declares it as a part of tensor %s, worker %d declared it as a part of tensor %s; "+
 		"every worker must declare the same tensors, with the same names, dtypes and shapes, in the same order",
 		d.Key, part(d), part(earlier), w, d.Tensor(), first, earlier.Tensor())
+}
+
+// Depart tells the server that worker w has left the job (what says how,
+// naming it: the coordinator's event). Every round that needs a push of w
+// that never came fails, now for the pulls waiting on it and later for
+// every push or pull of it, with an error that names w and says what to
+// do; the rounds w did push still complete without its pulls. Under local
+// aggregation a round needs the push of a machine, lost once all its
+// workers have left.
+func (s *Server) Depart(w int, what string) {
+	if w < 0 || w >= s.cfg.Workers {
+		return
+	}
+	err := fmt.Errorf("%s; its push is missing from this round, which can never complete: every worker must make the same push_pull calls "+
+		"(with uneven data, gobps.torch.join() lets a worker that has run out answer the others' rounds with zeros until all have)", what)
+	s.mu.Lock()
+	if s.mu.gone[w] != nil {
+		s.mu.Unlock()
+		return
+	}
+	s.mu.gone[w] = err
+	keys := make([]*key, 0, len(s.mu.keys))
+	for _, k := range s.mu.keys {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	s.cfg.Logf("summation: %s", what)
+	for _, k := range keys {
+		k.engine.submit(task{kind: taskDepart, key: k, worker: w, err: err})
+	}
 }
 
 // failKeys fails each key on its engine: its waiting pulls get the error,
@@ -808,18 +845,20 @@ const (
 	taskServed
 	taskPushStable // a push in its connection's stable destination: summed by copy, then released
 	taskFail       // the key's workers disagree about it: fail it (err)
+	taskDepart     // worker left the job (err says how)
 )
 
 type task struct {
-	kind  taskKind
-	key   *key
-	peer  *peer
-	hdr   proto.Header
-	data  []byte
-	round uint64
-	off   int
-	push  *pushState // chunked pushes
-	err   error      // taskFail
+	kind   taskKind
+	key    *key
+	peer   *peer
+	hdr    proto.Header
+	data   []byte
+	round  uint64
+	off    int
+	push   *pushState // chunked pushes
+	err    error      // taskFail, taskDepart
+	worker int        // taskDepart
 }
 
 // engine sums the keys assigned to it, one task at a time.
@@ -915,6 +954,8 @@ func (e *engine) step(t task) (next []task) {
 		res = k.rounds.Served(t.round)
 	case taskFail:
 		res = k.rounds.Fail(t.err)
+	case taskDepart:
+		res = k.rounds.Depart(t.worker, t.err)
 	}
 	if err != nil {
 		s.refuse(t.peer, &t.hdr, err)

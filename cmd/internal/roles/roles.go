@@ -111,6 +111,9 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	}
 	defer m.Leave()
 	srv.SetID(m.Self().ID)
+	stop := make(chan struct{})
+	defer close(stop)
+	go departures(m, srv, stop)
 	logf("%s serving %s with %d engines, %s kernels", m.Self(), srv.Addr(), cfg.EngineThreads, kernel.Impl())
 	select {
 	case <-m.ShutdownRequested():
@@ -124,6 +127,24 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return errors.New("coordinator connection ended")
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// departures tells srv of every worker that leaves the job or dies, so
+// that the rounds that need its pushes fail naming it instead of waiting
+// for ever, until stop is closed or the membership ends.
+func departures(m *cluster.Member, srv *summation.Server, stop <-chan struct{}) {
+	for {
+		select {
+		case ev := <-m.Events():
+			if ev.Node.Role == cluster.RoleWorker {
+				srv.Depart(ev.Node.Rank, ev.String())
+			}
+		case <-m.Done():
+			return
+		case <-stop:
+			return
+		}
 	}
 }
 
