@@ -128,6 +128,12 @@ func gobps_shutdown() (rc C.int) {
 	return result(lib.shutdown())
 }
 
+//export gobps_join
+func gobps_join(timeoutMS C.int64_t) (rc C.int) {
+	defer guard(&rc)
+	return result(lib.join(millis(timeoutMS)))
+}
+
 func infoExport(out *C.int, what string, f func() (int, error)) C.int {
 	if out == nil {
 		return result(fail(statusInvalidArgument, "gobps: %s: NULL result pointer", what))

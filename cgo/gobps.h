@@ -135,6 +135,18 @@ int gobps_init(int64_t timeout_ms);
  * it before gobps_init, or twice, returns GOBPS_ERR_NOT_INITIALIZED. */
 int gobps_shutdown(void);
 
+/* gobps_join says that this worker has run out of data (uneven inputs, as
+ * PyTorch DDP's Join): until every worker has called gobps_join, it
+ * answers the other workers' push_pull and broadcast rounds with zeros, so
+ * they get the sums of the workers that still have data (GOBPS_AVERAGE
+ * still divides by every worker). It returns GOBPS_OK once every worker
+ * has joined; the job can then go on, with every worker. Call it after
+ * the worker's last operation has completed. timeout_ms bounds the wait
+ * (GOBPS_ERR_TIMEOUT, the join then failed); a negative value waits as
+ * long as it takes. A worker that exits instead, without joining, makes
+ * the others' rounds that need it fail with an error naming it. */
+int gobps_join(int64_t timeout_ms);
+
 /* The calling worker's rank (0 .. size-1), the number of workers, and the
  * rank and number of workers on this machine. */
 int gobps_rank(int *rank);

@@ -205,6 +205,27 @@ func (l *library) shutdown() error {
 	return nil
 }
 
+// join runs Engine.Join, bounded by timeout (forever if negative).
+func (l *library) join(timeout time.Duration) error {
+	e, err := l.live()
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	if timeout >= 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	if err := e.Join(ctx); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fail(statusTimeout, "%w (not every worker joined within %v)", err, timeout)
+		}
+		return fail(statusFailed, "%w", err)
+	}
+	return nil
+}
+
 // info is rank, size, local rank or local size.
 func (l *library) info(f func(*core.Engine) int) (int, error) {
 	e, err := l.live()

@@ -62,6 +62,7 @@ type membership interface {
 	Done() <-chan struct{}
 	Err() error
 	Leave() error
+	Barrier(ctx context.Context, g cluster.Group) error
 }
 
 // Engine is one worker's connection to the job.
@@ -101,6 +102,7 @@ type Engine struct {
 
 	declMu  sync.Mutex
 	flushMu sync.Mutex
+	ghostMu sync.Mutex // serialises ghost rounds (join.go)
 
 	// spawned goroutines: spawn counts them under goMu while goClosed is
 	// false; after that it runs the effect on the caller's goroutine.
@@ -112,6 +114,7 @@ type Engine struct {
 		sync.Mutex
 		m        *lifecycle.Machine
 		tensors  map[string]*Tensor
+		byIndex  []*Tensor // by Tensor.index
 		ntensors uint32
 		pending  [][]proto.Decl // per server, not yet sent
 		flushing bool           // declarations sent, answers not all in
@@ -120,6 +123,8 @@ type Engine struct {
 		nextDecl uint64
 		failed   error // set once: the whole engine is unusable
 		shutdown bool
+		joined   bool      // in Join, before every worker has joined
+		ghosts   []*Handle // ghost rounds started in this Join
 		// waits are the running waits the lifecycle may cancel (local
 		// Reduce and Result by task, a stage's copy in by op).
 		waits map[any]wait
@@ -410,6 +415,7 @@ func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int
 		e.mu.pending[p.Server] = append(e.mu.pending[p.Server], proto.Decl{Key: p.Key, DType: dtype, Root: root, Bytes: uint64(p.Len), Name: name, Shape: shape})
 	}
 	e.mu.tensors[name] = t
+	e.mu.byIndex = append(e.mu.byIndex, t)
 	return t, nil
 }
 
@@ -650,8 +656,20 @@ func (e *Engine) answerDeclLocked(id uint64, ch chan error, err error) {
 	}
 }
 
-// failAll makes the engine unusable and fails everything pending.
+// failAll makes the engine unusable and fails everything pending, and
+// aborts the local group: the machine's other workers wait for this one's
+// contributions, which will never come, and fail now, with the reason.
 func (e *Engine) failAll(err error) {
+	e.stopAll(err)
+	if e.local != nil {
+		e.local.Abort(err)
+	}
+}
+
+// stopAll makes the engine unusable and fails everything pending. Shutdown
+// calls it, and leaves the local group cleanly afterwards: the other local
+// ranks may still be finishing their last rounds.
+func (e *Engine) stopAll(err error) {
 	e.mu.Lock()
 	if e.mu.failed == nil {
 		e.mu.failed = err
@@ -661,11 +679,6 @@ func (e *Engine) failAll(err error) {
 	e.answerDeclsLocked(err)
 	effs := e.takeLocked()
 	e.mu.Unlock()
-	if e.local != nil {
-		// The machine's other workers wait for this one's contributions,
-		// which will never come: they fail now, with the reason.
-		e.local.Abort(err)
-	}
 	e.run(effs)
 }
 
@@ -729,7 +742,7 @@ func (e *Engine) Shutdown() error {
 func (e *Engine) close() error {
 	var err error
 	e.closeOnce.Do(func() {
-		e.failAll(ErrNotInitialized)
+		e.stopAll(ErrNotInitialized)
 		if e.member != nil {
 			err = e.member.Leave()
 		}

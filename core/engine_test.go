@@ -815,3 +815,67 @@ func TestWorkerLeavesEarly(t *testing.T) {
 	}
 	t.Logf("after %v: %v", time.Since(start).Round(time.Millisecond), err)
 }
+
+// TestJoinUnevenInputs: workers with different numbers of batches. Each
+// one that runs out calls Join, which answers the others' rounds with
+// zeros until all have joined: every PushPull of the workers still going
+// gets the sum of those that still have data, nobody hangs, and after the
+// join the job goes on with every worker. With and without local
+// aggregation (where the zeros come through shared memory), and with a
+// tensor of several partitions on both servers.
+func TestJoinUnevenInputs(t *testing.T) {
+	for _, agg := range []string{"0", "1"} {
+		t.Run("local aggregation "+agg, func(t *testing.T) {
+			const workers = 3
+			c := startCluster(t, workers, 2, "GOBPS_LOCAL_AGGREGATION", agg)
+			steps := [workers]int{2, 5, 3}
+			sizes := []int{5, 9000} // 9000 float32: 5 partitions of 8 KiB
+			value := func(rank, step int) float32 { return float32((rank + 1) * (step + 1)) }
+			c.each(t, func(rank int, e *Engine) error {
+				ts := make([]*Tensor, len(sizes))
+				for i, n := range sizes {
+					var err error
+					if ts[i], err = e.Declare(fmt.Sprintf("t%d", i), proto.Float32, n); err != nil {
+						return err
+					}
+				}
+				run := func(step int, v float32, want float32) error {
+					for i, tn := range ts {
+						buf := f32bytes(slices.Repeat([]float32{v}, sizes[i]))
+						h, err := e.PushPull(tn, buf, Sum)
+						if err != nil {
+							return err
+						}
+						if err := h.WaitTimeout(20 * time.Second); err != nil {
+							return fmt.Errorf("worker %d step %d: %w", rank, step, err)
+						}
+						for j := 0; j < sizes[i]; j += 997 {
+							if got := math.Float32frombits(binary.LittleEndian.Uint32(buf[4*j:])); got != want {
+								return fmt.Errorf("worker %d step %d tensor %d [%d]: %v, want %v", rank, step, i, j, got, want)
+							}
+						}
+					}
+					return nil
+				}
+				for step := range steps[rank] {
+					var want float32
+					for r := range workers {
+						if step < steps[r] {
+							want += value(r, step)
+						}
+					}
+					if err := run(step, value(rank, step), want); err != nil {
+						return err
+					}
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				if err := e.Join(ctx); err != nil {
+					return fmt.Errorf("worker %d: %w", rank, err)
+				}
+				// The next epoch: everyone again.
+				return run(99, float32(rank), 0+1+2)
+			})
+		})
+	}
+}

@@ -103,6 +103,9 @@ func (m *fakeMember) Events() <-chan cluster.NodeEvent { return m.events }
 func (m *fakeMember) Done() <-chan struct{}            { return m.done }
 func (m *fakeMember) Err() error                       { return nil }
 func (m *fakeMember) Leave() error                     { return nil }
+func (m *fakeMember) Barrier(context.Context, cluster.Group) error {
+	return errors.New("the fake membership has no barriers")
+}
 
 // faultCase is one handle of a schedule, and what the test knows of it.
 type faultCase struct {

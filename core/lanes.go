@@ -140,7 +140,9 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 		// A notice about no request of ours: a tensor we declared and
 		// push waits for workers that have not declared it.
 		e.warnf("gobps: %s says: %s", l.srv, payload)
-	case h.Op == proto.OpDeclareAck || h.Op == proto.OpError:
+	case h.Op == proto.OpBehind:
+		e.behind(h.Key, h.Round)
+	case h.Op == proto.OpDeclareAck || h.Op == proto.OpJoinAck || h.Op == proto.OpError:
 		var rerr error
 		if h.Op == proto.OpError {
 			rerr = fmt.Errorf("%s: %s", l.srv, payload)

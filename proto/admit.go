@@ -67,11 +67,17 @@ func refuse(format string, args ...any) error { return refusal(fmt.Sprintf(forma
 //	server  pull         yes    0                     take
 //	server  pull         yes    > 0                   refused: pull with a payload
 //	server  error        yes    any                   take
+//	server  join         yes    0, Round 0 or 1       take
+//	server  join         yes    other                 refused
 //	server  other ops    yes    any                   refused: "unexpected <op>"
 //	worker  pull-resp    -      0                     refused: pull-resp without a payload
 //	worker  pull-resp    -      > 0                   take
 //	worker  declare-ack  -      0                     take
 //	worker  declare-ack  -      > 0                   refused: declare-ack with a payload
+//	worker  join-ack     -      0                     take
+//	worker  join-ack     -      > 0                   refused
+//	worker  behind       -      0                     take
+//	worker  behind       -      > 0                   refused
 //	worker  error        -      any                   take
 //	worker  other ops    -      any                   refused: "unexpected <op>"
 //
@@ -121,6 +127,14 @@ func admitServer(hello bool, h *Header) error {
 		return nil
 	case OpError:
 		return nil
+	case OpJoin:
+		switch {
+		case h.Length > 0:
+			return refuse("join with a %d-byte payload", h.Length)
+		case h.Round > 1:
+			return refuse("join with round %d: 1 joins, 0 ends the join", h.Round)
+		}
+		return nil
 	}
 	return refuse("unexpected %s", h.Op)
 }
@@ -132,9 +146,9 @@ func admitWorker(h *Header) error {
 			return refuse("pull-resp without a payload")
 		}
 		return nil
-	case OpDeclareAck:
+	case OpDeclareAck, OpJoinAck, OpBehind:
 		if h.Length > 0 {
-			return refuse("declare-ack with a %d-byte payload", h.Length)
+			return refuse("%s with a %d-byte payload", h.Op, h.Length)
 		}
 		return nil
 	case OpError:

@@ -49,9 +49,15 @@ func TestAdmit(t *testing.T) {
 	add(row{"pull with a payload", ServerSide, true, Header{Op: OpPull, Length: 4}, refused, "pull with a 4-byte payload"})
 	add(row{"error", ServerSide, true, Header{Op: OpError, Length: 4}, take, ""})
 	add(row{"error without a payload", ServerSide, true, Header{Op: OpError}, take, ""})
+	add(row{"join", ServerSide, true, Header{Op: OpJoin, Round: 1}, take, ""})
+	add(row{"end of join", ServerSide, true, Header{Op: OpJoin}, take, ""})
+	add(row{"join with round 2", ServerSide, true, Header{Op: OpJoin, Round: 2}, refused, "join with round 2"})
+	add(row{"join with a payload", ServerSide, true, Header{Op: OpJoin, Round: 1, Length: 1}, refused, "join with a 1-byte payload"})
+	add(row{"join before hello", ServerSide, false, Header{Op: OpJoin, Round: 1}, refused, "join before hello"})
 	for _, h := range []Header{
 		{Op: OpDeclareAck}, resp(8), resp(0), {Op: OpRegister}, {Op: OpBook, Length: 2}, {Op: OpBarrier},
 		{Op: OpBarrierOK}, {Op: OpHeartbeat}, {Op: OpNodeDead}, {Op: OpLeave}, {Op: OpShutdown},
+		{Op: OpJoinAck}, {Op: OpBehind}, {Op: OpNodeLeft},
 	} {
 		add(row{"server gets " + h.Op.String(), ServerSide, true, h, refused, "unexpected " + h.Op.String()})
 	}
@@ -62,11 +68,15 @@ func TestAdmit(t *testing.T) {
 		add(row{"pull-resp without a payload", WorkerSide, hello, resp(0), refused, "pull-resp without a payload"})
 		add(row{"declare-ack", WorkerSide, hello, Header{Op: OpDeclareAck}, take, ""})
 		add(row{"declare-ack with a payload", WorkerSide, hello, Header{Op: OpDeclareAck, Length: 2}, refused, "declare-ack with a 2-byte payload"})
+		add(row{"join-ack", WorkerSide, hello, Header{Op: OpJoinAck}, take, ""})
+		add(row{"behind", WorkerSide, hello, Header{Op: OpBehind, Key: 5, Round: 9}, take, ""})
+		add(row{"behind with a payload", WorkerSide, hello, Header{Op: OpBehind, Length: 1}, refused, "behind with a 1-byte payload"})
 		add(row{"error", WorkerSide, hello, Header{Op: OpError, Length: 4}, take, ""})
 		add(row{"error without a payload", WorkerSide, hello, Header{Op: OpError}, take, ""})
 		for _, h := range []Header{
 			{Op: OpHello}, {Op: OpDeclare, Length: DeclSize}, push(8), {Op: OpPull}, {Op: OpRegister}, {Op: OpBook},
 			{Op: OpBarrier}, {Op: OpBarrierOK}, {Op: OpHeartbeat}, {Op: OpNodeDead}, {Op: OpLeave}, {Op: OpShutdown},
+			{Op: OpJoin, Round: 1}, {Op: OpNodeLeft},
 		} {
 			add(row{"worker gets " + h.Op.String(), WorkerSide, hello, h, refused, "unexpected " + h.Op.String()})
 		}

@@ -49,7 +49,7 @@ func BenchmarkRoundsChunked(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		round := uint64(i)
 		for w := 0; w < workers; w++ {
-			if err := r.Begin(w, round); err != nil {
+			if _, err := r.Begin(w, round); err != nil {
 				b.Fatal(err)
 			}
 			for off := 0; off < size; off += proto.PieceBytes {

@@ -2,6 +2,7 @@ package summation
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
@@ -99,6 +100,9 @@ type Rounds struct {
 	failed  error   // set by Fail: every later op gets it
 	gone    []error // by worker: why it left the job (Depart); nil while it is in
 	anyGone bool
+	joined  []bool   // by worker: out of data, answers with zeros (Join)
+	nJoined int
+	told    []uint64 // by worker: rounds below this were told (Behind)
 	decl    proto.Decl
 	workers int // worker ranks 0..workers-1; pulls per round of a broadcast key
 	pushers int // pushes and pulls per round of a sum key
@@ -119,7 +123,7 @@ func NewRounds(decl proto.Decl, workers int) *Rounds { return NewRoundsOf(decl, 
 // workers still pull a broadcast key.
 func NewRoundsOf(decl proto.Decl, workers, pushers int) *Rounds {
 	r := &Rounds{decl: decl, workers: workers, pushers: pushers, chunks: int((decl.Bytes + proto.PieceBytes - 1) / proto.PieceBytes),
-		gone: make([]error, workers)}
+		gone: make([]error, workers), joined: make([]bool, workers), told: make([]uint64, workers)}
 	for i := range r.slots {
 		s := &r.slots[i]
 		s.pushed = make([]bool, workers)
@@ -157,6 +161,15 @@ type Result struct {
 	Free [][]byte
 	// Failed lists held pulls that turned out invalid when replayed.
 	Failed []Failure
+	// Behind lists joined workers to tell that a round began without them
+	// (see Join).
+	Behind []Behind
+}
+
+// Behind says: tell joined Worker that Round began without it.
+type Behind struct {
+	Worker int
+	Round  uint64
 }
 
 // Failure is a pull that cannot be answered.
@@ -255,11 +268,13 @@ func (r *Rounds) Push(w int, round uint64, data []byte) (Result, error) {
 	}
 	if round == r.base+2 {
 		r.held = append(r.held, op{push: true, worker: w, round: round, data: data, got: len(data)})
+		r.began(round, &res)
 		return res, nil
 	}
 	i := round % 2
 	s := &r.slots[i]
 	s.pushed[w] = true
+	r.began(round, &res)
 	if s.summed == 0 {
 		res.Free = append(res.Free, r.bufs[i])
 		r.bufs[i] = data
@@ -288,25 +303,29 @@ func (r *Rounds) PushCopy(w int, round uint64, data []byte) (Result, error) {
 	}
 	if round == r.base+2 {
 		r.held = append(r.held, op{push: true, worker: w, round: round, data: append([]byte(nil), data...), got: len(data)})
+		r.began(round, &res)
 		return res, nil
 	}
 	r.slots[round%2].pushed[w] = true
+	r.began(round, &res)
 	r.add(w, round, 0, data, &res)
 	return res, nil
 }
 
 // Begin starts worker w's chunked push for round. On error nothing changed
 // and the chunks that follow must be dropped by the caller.
-func (r *Rounds) Begin(w int, round uint64) error {
+func (r *Rounds) Begin(w int, round uint64) (Result, error) {
+	var res Result
 	if err := r.check(w, round); err != nil {
-		return err
+		return res, err
 	}
 	if round == r.base+2 {
 		r.held = append(r.held, op{push: true, worker: w, round: round, data: make([]byte, r.decl.Bytes)})
-		return nil
+	} else {
+		r.slots[round%2].pushed[w] = true
 	}
-	r.slots[round%2].pushed[w] = true
-	return nil
+	r.began(round, &res)
+	return res, nil
 }
 
 // Chunk sums bytes [off, off+len(b)) of worker w's push for round, begun
@@ -400,9 +419,15 @@ func (r *Rounds) Pull(p Pull, round uint64) (Result, error) {
 		return res, fmt.Errorf("key %s: pull for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
 	case round == r.base+2:
 		r.held = append(r.held, op{worker: p.Worker, round: round, pull: p})
+		if r.decl.Root >= 0 {
+			r.began(round, &res)
+		}
 		return res, nil
 	case round > r.base+2:
 		return res, fmt.Errorf("key %s: pull for round %d, more than one round ahead of round %d", r.decl.Key, round, r.base)
+	}
+	if r.decl.Root >= 0 {
+		r.began(round, &res) // a joined root is needed too
 	}
 	return res, r.pull(p, round, &res)
 }
@@ -543,6 +568,108 @@ func (r *Rounds) Depart(w int, err error) Result {
 	return res
 }
 
+// Join says that worker w has run out of data (on) and answers the
+// others' rounds with zeros until every worker has, or that it no longer
+// does (off). A joined worker does not push or pull by itself: it is told
+// (Result.Behind) of every round that begins without it, now and as
+// rounds begin, and then pushes zeros to it (and pulls) like any worker.
+// Under local aggregation a round needs a machine's push, so the joined
+// workers of a machine that has pushed are not told.
+func (r *Rounds) Join(w int, on bool) Result {
+	var res Result
+	if w < 0 || w >= r.workers || r.joined[w] == on {
+		return res
+	}
+	r.joined[w] = on
+	if !on {
+		r.nJoined--
+		return res
+	}
+	r.nJoined++
+	for round := r.base + 2; round+1 > r.base; round-- { // the latest first
+		if r.begun(round) && r.tell(w, round, &res) {
+			break
+		}
+	}
+	return res
+}
+
+// began tells the joined workers that round needs of it, once each: a
+// push for round was accepted.
+func (r *Rounds) began(round uint64, res *Result) {
+	if r.nJoined == 0 {
+		return
+	}
+	for w, j := range r.joined {
+		if j {
+			r.tell(w, round, res)
+		}
+	}
+}
+
+// tell adds joined worker w to res.Behind for round if round needs w and
+// w was not told of it (or a later round) yet, and reports whether it did.
+func (r *Rounds) tell(w int, round uint64, res *Result) bool {
+	if round < r.told[w] || !r.needs(w, round) {
+		return false
+	}
+	r.told[w] = round + 1
+	res.Behind = append(res.Behind, Behind{Worker: w, Round: round})
+	return true
+}
+
+// begun reports whether a push for round was accepted (or, for a
+// broadcast key, a pull).
+func (r *Rounds) begun(round uint64) bool {
+	bcast := r.decl.Root >= 0
+	if round <= r.base+1 {
+		s := &r.slots[round%2]
+		return slices.Contains(s.pushed, true) || bcast && slices.Contains(s.pulled, true)
+	}
+	return slices.ContainsFunc(r.held, func(h op) bool { return h.round == round && (h.push || bcast) })
+}
+
+// needs reports whether round still waits for worker w: its push (its
+// machine's, under local aggregation), or for a broadcast key its pull.
+func (r *Rounds) needs(w int, round uint64) bool {
+	var s *slot
+	if round <= r.base+1 {
+		s = &r.slots[round%2]
+	}
+	did := func(w int, push bool) bool {
+		if s != nil {
+			if push {
+				return s.pushed[w]
+			}
+			return s.pulled[w]
+		}
+		return slices.ContainsFunc(r.held, func(h op) bool { return h.push == push && h.worker == w && h.round == round })
+	}
+	if r.decl.Root >= 0 {
+		if w == int(r.decl.Root) {
+			return !did(w, true)
+		}
+		return !did(w, false)
+	}
+	per := r.perPusher()
+	m := w / per * per
+	for q := m; q < m+per; q++ {
+		if did(q, true) {
+			return false
+		}
+	}
+	return true
+}
+
+// perPusher is the number of workers per pusher: a machine's, under local
+// aggregation, else 1.
+func (r *Rounds) perPusher() int {
+	if r.pushers > 0 && r.pushers < r.workers && r.workers%r.pushers == 0 {
+		return r.workers / r.pushers
+	}
+	return 1
+}
+
 // excuse counts gone worker w's pull of slot s as served if w would have
 // pulled it and has not: a broadcast key's every worker pulls, a sum key's
 // pushers pull what they pushed.
@@ -583,10 +710,7 @@ func (r *Rounds) lost(round uint64) error {
 		}
 		return nil
 	}
-	per := 1 // workers per pusher: a machine's, under local aggregation
-	if r.pushers > 0 && r.pushers < r.workers && r.workers%r.pushers == 0 {
-		per = r.workers / r.pushers
-	}
+	per := r.perPusher()
 	for m := 0; m < r.workers; m += per {
 		var err error
 		all, any := true, false

@@ -173,7 +173,7 @@ func TestRoundsChunks(t *testing.T) {
 	rng := []int{0, 1, 0, 0, 1, 1, 0, 1} // arrival order of workers 0 and 1
 	// round 0: workers 0 and 1 chunked, interleaved; worker 2 whole
 	for _, w := range []int{0, 1} {
-		if err := r.Begin(w, 0); err != nil {
+		if _, err := r.Begin(w, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -207,7 +207,7 @@ func TestRoundsChunks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := r.Begin(0, 2); err != nil {
+	if _, err := r.Begin(0, 2); err != nil {
 		t.Fatalf("begin of round base+2: %v", err)
 	}
 	c2 := chunksOf(data(0, 2))
@@ -234,7 +234,7 @@ func TestRoundsChunks(t *testing.T) {
 	if a := answerOf(t, res, 9); string(a.Buf) != string(want([]int{0, 1, 2}, 2)) {
 		t.Fatal("round 2: sum with a held, half-replayed chunked push differs")
 	}
-	if err := r.Begin(0, 2); err == nil {
+	if _, err := r.Begin(0, 2); err == nil {
 		t.Fatal("second begin of the same round accepted")
 	}
 }
@@ -299,7 +299,7 @@ func TestRoundsStreamsPieces(t *testing.T) {
 	want := i32s(sum...)
 	chunk := func(b []byte, c int) []byte { return b[c*proto.PieceBytes : min((c+1)*proto.PieceBytes, n)] }
 	// Worker 0 pushes everything; nothing is summed for good yet.
-	if err := r.Begin(0, 0); err != nil {
+	if _, err := r.Begin(0, 0); err != nil {
 		t.Fatal(err)
 	}
 	for c := 0; c < 4; c++ {
@@ -312,7 +312,7 @@ func TestRoundsStreamsPieces(t *testing.T) {
 		t.Fatalf("pull before any chunk was complete: %v, %d answers", err, len(res.Answers))
 	}
 	// Worker 1's chunks complete the sum chunk by chunk.
-	if err := r.Begin(1, 0); err != nil {
+	if _, err := r.Begin(1, 0); err != nil {
 		t.Fatal(err)
 	}
 	check := func(as []Answer, req uint64, c int, last bool) {
@@ -535,3 +535,62 @@ func TestRoundsDepartBroadcast(t *testing.T) {
 type errEq string
 
 func (e errEq) Error() string { return string(e) }
+
+// TestRoundsJoin: a joined worker is told, once, of every round that
+// begins without it (and at Join, of the latest one begun), and is not
+// told of rounds its machine has pushed or once its join ends.
+func TestRoundsJoin(t *testing.T) {
+	d := proto.Decl{Key: 1, DType: proto.Int32, Root: proto.NoRoot, Bytes: 4}
+	behind := func(res Result) []Behind { return res.Behind }
+	must := func(res Result, err error) Result {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	r := NewRounds(d, 3)
+	if b := behind(r.Join(2, true)); len(b) != 0 {
+		t.Fatalf("nothing has begun, yet told %v", b)
+	}
+	if b := behind(must(r.Push(0, 0, i32s(1)))); len(b) != 1 || b[0] != (Behind{2, 0}) {
+		t.Fatalf("round 0 began: told %v", b)
+	}
+	if b := behind(must(r.Push(1, 0, i32s(2)))); len(b) != 0 {
+		t.Fatalf("told twice: %v", b)
+	}
+	must(r.Push(2, 0, i32s(0))) // the joined worker's zeros
+	if a := answerOf(t, must(r.Pull(Pull{Worker: 1, ReqID: 7}, 0)), 7); string(a.Buf) != string(i32s(3)) {
+		t.Fatalf("sum %v", a.Buf)
+	}
+	// Worker 0 is ahead in round 1 when worker 1 joins: told of round 1.
+	must(r.Push(0, 1, i32s(1)))
+	if b := behind(r.Join(1, true)); len(b) != 1 || b[0] != (Behind{1, 1}) {
+		t.Fatalf("joined late: told %v", b)
+	}
+	// The join ends: round 2 tells nobody.
+	r.Join(1, false)
+	r.Join(2, false)
+	r = NewRounds(d, 3)
+	must(r.Push(0, 0, i32s(1)))
+	if b := behind(must(r.Push(1, 0, i32s(1)))); len(b) != 0 {
+		t.Fatalf("nobody joined, yet told %v", b)
+	}
+
+	// Local aggregation: machines {0,1} and {2,3}; worker 3 joined.
+	r = NewRoundsOf(d, 4, 2)
+	r.Join(3, true)
+	if b := behind(must(r.Push(2, 0, i32s(1)))); len(b) != 0 {
+		t.Fatalf("worker 3's machine pushed round 0, yet told %v", b)
+	}
+	if b := behind(must(r.Push(0, 1, i32s(1)))); len(b) != 1 || b[0] != (Behind{3, 1}) {
+		t.Fatalf("round 1 began without worker 3's machine: told %v", b)
+	}
+
+	// Broadcast: the joined root is told when a worker pulls.
+	r = NewRounds(proto.Decl{Key: 2, DType: proto.Int32, Root: 0, Bytes: 4}, 2)
+	r.Join(0, true)
+	if b := behind(must(r.Pull(Pull{Worker: 1, ReqID: 1}, 0))); len(b) != 1 || b[0] != (Behind{0, 0}) {
+		t.Fatalf("broadcast pulled without its joined root: told %v", b)
+	}
+}

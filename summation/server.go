@@ -76,6 +76,7 @@ type Server struct {
 		keys     map[proto.Key]*key
 		partial  map[proto.Key]*key // keys some workers have not declared yet
 		gone     []error            // by worker: why it left the job (Depart)
+		joined   []bool             // by worker: out of data, answering with zeros (OpJoin)
 		load     []uint64           // declared bytes per engine
 		declared uint64             // declared bytes in all
 		peers    map[rdma.Conn]*peer
@@ -226,6 +227,7 @@ func New(cfg Config) (*Server, error) {
 	s.mu.keys = make(map[proto.Key]*key)
 	s.mu.partial = make(map[proto.Key]*key)
 	s.mu.gone = make([]error, cfg.Workers)
+	s.mu.joined = make([]bool, cfg.Workers)
 	s.mu.load = make([]uint64, cfg.Engines)
 	s.mu.peers = make(map[rdma.Conn]*peer)
 	for i := 0; i < cfg.Engines; i++ {
@@ -466,6 +468,11 @@ func (s *Server) declare(ds []proto.Decl, w int) ([]keyFailure, error) {
 				k.rounds.Depart(w, err) // a fresh key: nothing to answer
 			}
 		}
+		for w, j := range s.mu.joined {
+			if j {
+				k.rounds.Join(w, true) // nothing has begun: nobody to tell
+			}
+		}
 		s.mu.keys[d.Key] = k
 		if k.missing > 0 {
 			s.mu.partial[d.Key] = k
@@ -517,6 +524,36 @@ func (s *Server) Depart(w int, what string) {
 	for _, k := range keys {
 		k.engine.submit(task{kind: taskDepart, key: k, worker: w, err: err})
 	}
+}
+
+// join records that worker w has run out of data and answers the others'
+// rounds with zeros (on), or no longer does: every key is told, and tells
+// w of the rounds that began without it (OpBehind). The tasks are queued
+// before join returns, so a push that arrives after the worker's
+// OpJoinAck finds every key knowing.
+func (s *Server) join(w int, on bool) {
+	s.mu.Lock()
+	s.mu.joined[w] = on
+	keys := make([]*key, 0, len(s.mu.keys))
+	for _, k := range s.mu.keys {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	for _, k := range keys {
+		k.engine.submit(task{kind: taskJoin, key: k, worker: w, on: on})
+	}
+}
+
+// peerOf returns a connection of worker w, or nil.
+func (s *Server) peerOf(w int) *peer {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, p := range s.mu.peers {
+		if int(p.worker.Load()) == w {
+			return p
+		}
+	}
+	return nil
 }
 
 // failKeys fails each key on its engine: its waiting pulls get the error,
@@ -799,6 +836,9 @@ func (h *handler) Handle(c rdma.Conn, hd *proto.Header, payload []byte, err erro
 		default:
 			k.engine.submit(task{kind: taskPull, key: k, peer: p, hdr: *hd})
 		}
+	case proto.OpJoin:
+		s.join(int(p.worker.Load()), hd.Round == 1)
+		p.out.send(proto.Header{Op: proto.OpJoinAck, Sender: s.id.Load(), ReqID: hd.ReqID}, nil, nil)
 	case proto.OpError:
 		s.cfg.Logf("summation: %s reports: %s", c.RemoteAddr(), payload)
 	default:
@@ -846,6 +886,7 @@ const (
 	taskPushStable // a push in its connection's stable destination: summed by copy, then released
 	taskFail       // the key's workers disagree about it: fail it (err)
 	taskDepart     // worker left the job (err says how)
+	taskJoin       // worker joined (on) or ended its join
 )
 
 type task struct {
@@ -858,7 +899,8 @@ type task struct {
 	off    int
 	push   *pushState // chunked pushes
 	err    error      // taskFail, taskDepart
-	worker int        // taskDepart
+	worker int        // taskDepart, taskJoin
+	on     bool       // taskJoin
 }
 
 // engine sums the keys assigned to it, one task at a time.
@@ -933,7 +975,7 @@ func (e *engine) step(t task) (next []task) {
 		// Summed (or refused): the peer may write the next push there.
 		t.peer.conn.Release(proto.OpPush, k.decl.Key)
 	case taskBegin:
-		if err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
+		if res, err = k.rounds.Begin(int(t.peer.worker.Load()), t.hdr.Round); err != nil {
 			t.push.refused = true
 		} else {
 			// Registered now, the pull gets each chunk of the sum as it
@@ -956,6 +998,13 @@ func (e *engine) step(t task) (next []task) {
 		res = k.rounds.Fail(t.err)
 	case taskDepart:
 		res = k.rounds.Depart(t.worker, t.err)
+	case taskJoin:
+		res = k.rounds.Join(t.worker, t.on)
+	}
+	for _, b := range res.Behind {
+		if p := s.peerOf(b.Worker); p != nil {
+			p.out.send(proto.Header{Op: proto.OpBehind, Sender: s.id.Load(), Key: k.decl.Key, Round: b.Round}, nil, nil)
+		}
 	}
 	if err != nil {
 		s.refuse(t.peer, &t.hdr, err)

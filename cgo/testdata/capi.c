@@ -66,6 +66,7 @@ static int noinit(void) {
 	EXPECT(gobps_declare("a", GOBPS_FLOAT32, 4), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare_broadcast("a", GOBPS_FLOAT32, 4, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare_shape("a", GOBPS_FLOAT32, 0, NULL, -1), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_join(0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_push_pull("a", x, GOBPS_FLOAT32, 4, GOBPS_SUM, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	CHECK(h == 99, "push_pull wrote handle %lld on failure", (long long)h);
 	EXPECT(gobps_broadcast("a", x, GOBPS_FLOAT32, 4, 0, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
@@ -308,6 +309,20 @@ static int job(void) {
 	for (int i = 0; i < 4; i++) {
 		pthread_join(th[i], NULL);
 		failures += args[i].errors;
+	}
+
+	// Uneven inputs: rank 0 has one batch, rank 1 three; rank 0 joins and
+	// answers rank 1's last two rounds with zeros.
+	{
+		for (int step = 0; step < 1 + 2 * rank_; step++) {
+			float g[3] = {(float)(rank_ + 1), 10, 100};
+			gobps_handle_t hj = 0;
+			EXPECT(gobps_push_pull("uneven", g, GOBPS_FLOAT32, 3, GOBPS_SUM, &hj), GOBPS_OK, "");
+			EXPECT(gobps_wait(hj, 30000), GOBPS_OK, "");
+			float want = step == 0 ? 3 : 2; // both ranks, then rank 1 alone
+			CHECK(g[0] == want && g[1] == (step == 0 ? 20 : 10), "uneven step %d: %g %g, want %g", step, g[0], g[1], want);
+		}
+		EXPECT(gobps_join(30000), GOBPS_OK, "");
 	}
 
 	// A final barrier, so that neither rank leaves while the other still

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gobps/gobps/proto"
 )
 
 // DefaultDir is where Join puts its socket and shared memory when
@@ -54,6 +56,11 @@ type Config struct {
 	// Logf, if set, receives rare notices (stale files removed). It is
 	// never called with a lock held.
 	Logf func(format string, args ...any)
+	// Behind, if set, is told that round of key began without this rank
+	// while it has joined (SetJoined): the rank is to contribute zeros to
+	// it. It is called with the group's lock held, so it must not block
+	// or call into the group.
+	Behind func(key proto.Key, round uint64)
 }
 
 func (c *Config) validate() error {
@@ -160,6 +167,10 @@ type Group struct {
 		left []error
 		// departed is closed and replaced when a peer leaves cleanly.
 		departed chan struct{}
+		// joined holds, by rank (this one's too), the ranks that have run
+		// out of data and answer rounds with zeros (SetJoined).
+		joined  []bool
+		nJoined int
 	}
 }
 
@@ -234,6 +245,7 @@ func Join(ctx context.Context, cfg Config) (*Group, error) {
 	g.mu.early = make(map[uint64][]early)
 	g.mu.left = make([]error, cfg.Size)
 	g.mu.departed = make(chan struct{})
+	g.mu.joined = make([]bool, cfg.Size)
 	deadline := time.Now().Add(cfg.JoinTimeout)
 	var (
 		j   joined
@@ -386,7 +398,7 @@ func (g *Group) read(p *peer) {
 		case opAbort:
 			g.fail(&PeerError{Rank: p.rank, PID: p.pid, Err: fmt.Errorf("gave up: %s", f.payload)}, false)
 			return
-		case opContrib, opPublish, opDone:
+		case opContrib, opPublish, opDone, opJoin, opNeed:
 			if err := g.handle(p.rank, f); err != nil {
 				g.fail(&PeerError{Rank: p.rank, PID: p.pid, Err: err}, true)
 				return

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"unsafe"
@@ -57,6 +58,7 @@ type Segment struct {
 	// rounds finished. INVARIANT: dones[r] <= contribs[r] <= dones[r]+1.
 	contribs []uint64
 	dones    []uint64
+	told     []uint64 // by joined rank: told of the rounds below this (opNeed)
 }
 
 // Key is the segment's key.
@@ -133,6 +135,7 @@ func (g *Group) Declare(key proto.Key, nbytes int, dtype proto.DType) (*Segment,
 	if owner == self {
 		s.contribs = make([]uint64, size)
 		s.dones = make([]uint64, size)
+		s.told = make([]uint64, size)
 	}
 	mem, ino, err := mapFile(s.path, page+(size+1)*slot)
 	if err != nil {
@@ -399,6 +402,7 @@ func (s *Segment) Contribute(round uint64) error {
 	s.stage = stContributed
 	if s.owner == g.cfg.Rank {
 		s.contribs[s.owner]++
+		s.beganLocked()
 		s.notifyLocked()
 		return nil
 	}
@@ -568,6 +572,19 @@ func (g *Group) handle(from int, f frame) error {
 	if g.mu.err != nil {
 		return nil
 	}
+	switch f.op {
+	case opJoin:
+		if f.round > 1 || f.key != 0 {
+			return fmt.Errorf("sent a join frame with round %d and key %d", f.round, f.key)
+		}
+		g.joinedLocked(from, f.round == 1)
+		return nil
+	case opNeed:
+		if g.mu.joined[g.cfg.Rank] && g.cfg.Behind != nil {
+			g.cfg.Behind(proto.Key(f.key), f.round)
+		}
+		return nil
+	}
 	s := g.mu.segs[f.key]
 	if s == nil {
 		if f.op != opContrib {
@@ -603,6 +620,7 @@ func (s *Segment) contribLocked(from int, f frame) error {
 		return fmt.Errorf("contributed key %s round %d through another shared-memory file than local rank %d's (%s was removed and created again: did a local rank close before the others declared?)", s.key, f.round, s.g.cfg.Rank, s.path)
 	}
 	s.contribs[from]++
+	s.beganLocked()
 	s.notifyLocked()
 	return nil
 }
@@ -632,4 +650,75 @@ func (s *Segment) doneLocked(from int, f frame) error {
 	}
 	s.dones[from]++
 	return nil
+}
+
+// SetJoined says that this rank has run out of data and contributes zeros
+// to the other ranks' rounds (on), or no longer does (off); the other
+// ranks are told. While it is joined, the owners of keys tell it of every
+// round that begins without it, and it hears of them through
+// Config.Behind (for the keys it owns too, when another rank
+// contributes), at once for the rounds already begun. The engine then runs
+// those rounds with zeros, like any other: the group sums as usual.
+func (g *Group) SetJoined(on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mu.err != nil {
+		return
+	}
+	var r uint64
+	if on {
+		r = 1
+	}
+	for _, p := range g.peers {
+		if p != nil {
+			p.send(frame{op: opJoin, round: r})
+		}
+	}
+	g.joinedLocked(g.cfg.Rank, on)
+}
+
+// joinedLocked records rank's join (or its end) and, on a join, tells it
+// of the rounds of this rank's keys that began without it. REQUIRES: g.mu.
+func (g *Group) joinedLocked(rank int, on bool) {
+	if g.mu.joined[rank] == on {
+		return
+	}
+	g.mu.joined[rank] = on
+	if !on {
+		g.mu.nJoined--
+		return
+	}
+	g.mu.nJoined++
+	for _, s := range g.mu.order {
+		if s.owner == g.cfg.Rank {
+			s.beganLocked()
+		}
+	}
+}
+
+// beganLocked tells the joined ranks that have not contributed to the
+// latest round of s that anyone began of it, once each. Owner only.
+// REQUIRES: g.mu.
+func (s *Segment) beganLocked() {
+	g := s.g
+	if g.mu.nJoined == 0 {
+		return
+	}
+	top := slices.Max(s.contribs) // rounds 0..top-1 have begun
+	if top == 0 {
+		return
+	}
+	for q, j := range g.mu.joined {
+		if !j || s.contribs[q] >= top || s.told[q] >= top {
+			continue
+		}
+		s.told[q] = top
+		if q == g.cfg.Rank {
+			if g.cfg.Behind != nil {
+				g.cfg.Behind(s.key, top-1)
+			}
+		} else if p := g.peers[q]; p != nil {
+			p.send(frame{op: opNeed, key: uint64(s.key), round: top - 1})
+		}
+	}
 }

@@ -38,12 +38,17 @@ const (
 	opBye
 	// opAbort: the sender saw a protocol error and gives up; payload = why.
 	opAbort
+	// opJoin: the sender has run out of data and answers rounds with
+	// zeros (Round 1), or no longer does (Round 0). See Group.SetJoined.
+	opJoin
+	// opNeed: owner -> a joined rank, Round of Key began without it.
+	opNeed
 	maxOp
 )
 
 var opNames = [...]string{
 	opHello: "hello", opWelcome: "welcome", opReject: "reject", opContrib: "contrib",
-	opPublish: "publish", opDone: "done", opBye: "bye", opAbort: "abort",
+	opPublish: "publish", opDone: "done", opBye: "bye", opAbort: "abort", opJoin: "join", opNeed: "need",
 }
 
 func (o op) String() string {
