@@ -134,6 +134,18 @@ func gobps_join(timeoutMS C.int64_t) (rc C.int) {
 	return result(lib.join(millis(timeoutMS)))
 }
 
+//export gobps_suspend
+func gobps_suspend(timeoutMS C.int64_t) (rc C.int) {
+	defer guard(&rc)
+	return result(lib.suspend(millis(timeoutMS)))
+}
+
+//export gobps_resume
+func gobps_resume(workers, servers C.int, timeoutMS C.int64_t) (rc C.int) {
+	defer guard(&rc)
+	return result(lib.resume(int(workers), int(servers), millis(timeoutMS)))
+}
+
 func infoExport(out *C.int, what string, f func() (int, error)) C.int {
 	if out == nil {
 		return result(fail(statusInvalidArgument, "gobps: %s: NULL result pointer", what))

@@ -147,6 +147,18 @@ int gobps_shutdown(void);
  * the others' rounds that need it fail with an error naming it. */
 int gobps_join(int64_t timeout_ms);
 
+/* gobps_suspend pauses the job (BytePS's suspend): every worker calls it.
+ * Operations in flight complete first; later ones fail with
+ * GOBPS_ERR_FAILED ("suspended") until gobps_resume. It returns once every
+ * worker has suspended. timeout_ms as for gobps_join. */
+int gobps_suspend(int64_t timeout_ms);
+
+/* gobps_resume ends a suspension once every worker resumes. num_workers
+ * and num_servers must be the job's size: changing it (elastic training)
+ * is not implemented yet, and fails with GOBPS_ERR_INVALID_ARGUMENT. The
+ * tensors and their order stay declared. */
+int gobps_resume(int num_workers, int num_servers, int64_t timeout_ms);
+
 /* The calling worker's rank (0 .. size-1), the number of workers, and the
  * rank and number of workers on this machine. */
 int gobps_rank(int *rank);

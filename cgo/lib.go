@@ -207,6 +207,30 @@ func (l *library) shutdown() error {
 
 // join runs Engine.Join, bounded by timeout (forever if negative).
 func (l *library) join(timeout time.Duration) error {
+	return l.bounded("join", timeout, func(ctx context.Context, e *core.Engine) error { return e.Join(ctx) })
+}
+
+// suspend runs Engine.Suspend, bounded by timeout (forever if negative).
+func (l *library) suspend(timeout time.Duration) error {
+	return l.bounded("suspend", timeout, func(ctx context.Context, e *core.Engine) error { return e.Suspend(ctx) })
+}
+
+// resume runs Engine.Resume, bounded by timeout (forever if negative).
+func (l *library) resume(workers, servers int, timeout time.Duration) error {
+	e, err := l.live()
+	if err != nil {
+		return err
+	}
+	if workers != e.Size() || servers != e.NumServers() {
+		return fail(statusInvalidArgument, "gobps: resume with %d workers and %d servers: this job has %d and %d, and changing the size of a job (elastic training) is not implemented yet",
+			workers, servers, e.Size(), e.NumServers())
+	}
+	return l.bounded("resume", timeout, func(ctx context.Context, e *core.Engine) error { return e.Resume(ctx, workers, servers) })
+}
+
+// bounded runs f on the engine with a context bounded by timeout (forever
+// if negative); a timeout is statusTimeout, any other error statusFailed.
+func (l *library) bounded(what string, timeout time.Duration, f func(context.Context, *core.Engine) error) error {
 	e, err := l.live()
 	if err != nil {
 		return err
@@ -217,9 +241,9 @@ func (l *library) join(timeout time.Duration) error {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	if err := e.Join(ctx); err != nil {
+	if err := f(ctx, e); err != nil {
 		if errors.Is(err, context.DeadlineExceeded) {
-			return fail(statusTimeout, "%w (not every worker joined within %v)", err, timeout)
+			return fail(statusTimeout, "%w (%s: not every worker got there within %v)", err, what, timeout)
 		}
 		return fail(statusFailed, "%w", err)
 	}

@@ -146,6 +146,7 @@ func (e *Engine) run(effs []lifecycle.Effect) {
 			e.trace.finished(t, ef.Err)
 		case lifecycle.Complete:
 			refOf(ef.Op).h.complete(ef.Err)
+			e.opEnded()
 		}
 	}
 }

@@ -125,6 +125,11 @@ type Engine struct {
 		shutdown bool
 		joined   bool      // in Join, before every worker has joined
 		ghosts   []*Handle // ghost rounds started in this Join
+		// open counts the operations started and not complete; idle
+		// holds the waiters for it to reach 0 (Suspend).
+		open      int
+		idle      []chan struct{}
+		suspended bool
 		// waits are the running waits the lifecycle may cancel (local
 		// Reduce and Result by task, a stage's copy in by op).
 		waits map[any]wait
@@ -439,6 +444,8 @@ func (e *Engine) usableLocked() error {
 		return ErrNotInitialized
 	case e.mu.failed != nil:
 		return e.mu.failed
+	case e.mu.suspended:
+		return ErrSuspended
 	}
 	return nil
 }
@@ -602,6 +609,7 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool, st stage) 
 	}
 	spec.Round = t.round
 	t.round++
+	e.mu.open++
 	e.mu.m.Start(spec)
 	effs := e.takeLocked()
 	e.mu.Unlock()

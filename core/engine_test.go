@@ -879,3 +879,54 @@ func TestJoinUnevenInputs(t *testing.T) {
 		})
 	}
 }
+
+// TestSuspendResume: BytePS's suspend and resume, for a job of the same
+// size: operations in flight complete, new ones are refused while
+// suspended, and after resume the job goes on with correct sums.
+func TestSuspendResume(t *testing.T) {
+	c := startCluster(t, 2, 1)
+	sumOf := func(e *Engine, tn *Tensor, v float32) (float32, error) {
+		buf := f32bytes([]float32{v, v})
+		h, err := e.PushPull(tn, buf, Sum)
+		if err != nil {
+			return 0, err
+		}
+		if err := h.WaitTimeout(10 * time.Second); err != nil {
+			return 0, err
+		}
+		return math.Float32frombits(binary.LittleEndian.Uint32(buf)), nil
+	}
+	c.each(t, func(rank int, e *Engine) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		tn, err := e.Declare("w", proto.Float32, 2)
+		if err != nil {
+			return err
+		}
+		// One operation still in flight when suspend is called.
+		buf := f32bytes([]float32{1, 1})
+		h, err := e.PushPull(tn, buf, Sum)
+		if err != nil {
+			return err
+		}
+		if err := e.Suspend(ctx); err != nil {
+			return err
+		}
+		if !h.Poll() {
+			return errors.New("suspend returned before the operation in flight completed")
+		}
+		if _, err := e.PushPull(tn, buf, Sum); !errors.Is(err, ErrSuspended) {
+			return fmt.Errorf("push_pull while suspended: %v", err)
+		}
+		if err := e.Resume(ctx, 3, 1); err == nil || !strings.Contains(err.Error(), "not implemented") {
+			return fmt.Errorf("resume with another size: %v", err)
+		}
+		if err := e.Resume(ctx, 2, 1); err != nil {
+			return err
+		}
+		if got, err := sumOf(e, tn, float32(rank+1)); err != nil || got != 3 {
+			return fmt.Errorf("after resume: %v, %v", got, err)
+		}
+		return nil
+	})
+}

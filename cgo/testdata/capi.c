@@ -67,6 +67,8 @@ static int noinit(void) {
 	EXPECT(gobps_declare_broadcast("a", GOBPS_FLOAT32, 4, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare_shape("a", GOBPS_FLOAT32, 0, NULL, -1), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_join(0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_suspend(0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_resume(1, 1, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_push_pull("a", x, GOBPS_FLOAT32, 4, GOBPS_SUM, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	CHECK(h == 99, "push_pull wrote handle %lld on failure", (long long)h);
 	EXPECT(gobps_broadcast("a", x, GOBPS_FLOAT32, 4, 0, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
@@ -324,6 +326,18 @@ static int job(void) {
 		}
 		EXPECT(gobps_join(30000), GOBPS_OK, "");
 	}
+
+	// Suspend and resume, the same size.
+	EXPECT(gobps_suspend(30000), GOBPS_OK, "");
+	{
+		float z = 1;
+		gobps_handle_t hz = 0;
+		EXPECT(gobps_push_pull("uneven", &z, GOBPS_FLOAT32, 1, GOBPS_SUM, &hz), GOBPS_ERR_INVALID_ARGUMENT, "now used as 1 elements");
+		float g3[3] = {1, 1, 1};
+		EXPECT(gobps_push_pull("uneven", g3, GOBPS_FLOAT32, 3, GOBPS_SUM, &hz), GOBPS_ERR_FAILED, "suspended");
+	}
+	EXPECT(gobps_resume(4, 2, 30000), GOBPS_ERR_INVALID_ARGUMENT, "not implemented");
+	EXPECT(gobps_resume(2, 2, 30000), GOBPS_OK, "");
 
 	// A final barrier, so that neither rank leaves while the other still
 	// needs the servers, then shutdown.
