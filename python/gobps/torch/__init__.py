@@ -37,7 +37,7 @@ from gobps._lib import (ConfigError, GobpsError, InvalidArgumentError,
                         JobFailedError, LibraryNotFoundError,
                         NotInitializedError, NotSupportedError,
                         UnsupportedDTypeError)
-from gobps.torch import ops
+from gobps.torch import _grad, ops
 from gobps.torch.compression import Compression
 from gobps.torch.ops import (broadcast_, broadcast_async_inplace, declare,
                              init, local_rank, local_size, poll, push_pull,
@@ -57,70 +57,24 @@ __all__ = [
 ]
 
 
-def _wait_all(handles):
-    """Synchronizes every handle, even after one fails, so that no tensor is
-    still being written when this returns; then raises the first error."""
-    first = None
-    for h in handles:
-        try:
-            synchronize(h)
-        except BaseException as e:  # noqa: B902 (KeyboardInterrupt too)
-            if first is None:
-                first = e
-    if first is not None:
-        raise first
-
-
 class _DistributedOptimizer(torch.optim.Optimizer):
     def __init__(self, params, named_parameters, compression, backward_passes_per_step=1):
         super(self.__class__, self).__init__(params)
         self._compression = compression
         in_groups = [p for group in self.param_groups for p in group["params"]]
-        if named_parameters is not None:
-            named_parameters = list(named_parameters)
-        else:
-            named_parameters = [("push_pull.noname.%d" % i, p) for i, p in enumerate(in_groups)]
-        if any(not isinstance(p, tuple) or len(p) != 2 for p in named_parameters):
-            raise ValueError("named_parameters should be a sequence of tuples (name, parameter), "
-                             "usually produced by model.named_parameters().")
-        seen, dups = set(), set()
-        for name, _ in named_parameters:
-            if name in seen:
-                dups.add(name)
-            seen.add(name)
-        if dups:
-            raise ValueError("Parameter names in named_parameters must be unique. Found duplicates: %s"
-                             % ", ".join(sorted(dups)))
-        names = {}
-        for name, p in named_parameters:
-            names.setdefault(p, name)
-        unnamed = [p for p in in_groups if p not in names]
-        if unnamed:
-            raise ValueError("named_parameters was specified, but %d of the optimizer's parameters "
-                             "are not in it" % len(unnamed))
-        in_opt = set(in_groups)
-        # Model order: the order of named_parameters (registration order,
-        # input side first for the usual model), restricted to what this
-        # optimizer updates.
-        self._order, ordered = [], set()
-        for _, p in named_parameters:
-            if p in in_opt and p.requires_grad and id(p) not in ordered:
-                self._order.append(p)
-                ordered.add(id(p))
-        self._parameter_names = {p: names[p] for p in self._order}
-        self.backward_passes_per_step = backward_passes_per_step
-        self._push_pull_delay = {p: backward_passes_per_step for p in self._order}
-        self._handles = {}  # p -> (handle or None, ctx, tensor sent)
-        self._grad_accs = []
-        self._should_sync = True
-        self._size = size()
+        named = _grad.named_order(in_groups, named_parameters, "DistributedOptimizer")
         # Declare every gradient now, in model order: the engine gives
         # earlier declarations higher priority, so the layers nearest the
         # input, which the next forward pass needs first, go first; and
         # every worker declares the same tensors in the same order.
-        for p in self._order:
-            wire, _ = compression.compress(torch.empty(0, dtype=p.dtype))
-            declare("Gradient." + self._parameter_names[p], torch.empty(p.numel(), dtype=wire.dtype))
+        self._reducer = _grad.Reducer(named, compression)
+        self._order = self._reducer.order
+        self._parameter_names = dict(self._reducer.names)
+        self.backward_passes_per_step = backward_passes_per_step
+        self._push_pull_delay = {p: backward_passes_per_step for p in self._order}
+        self._handles = {}  # p -> Pending, or None while its passes are not all done
+        self._grad_accs = []
+        self._should_sync = True
         self._register_hooks()
 
     def _register_hooks(self):
@@ -138,24 +92,9 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         for p in self._push_pull_delay:
             self._push_pull_delay[p] = passes
 
-    def _push_pull_grad_async(self, p):
-        if p.grad is None:  # not used in this step's graph: contribute zeros
-            p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
-        # Average as byteps does: scale by 1/size before the push (in
-        # torch's vectorised kernel, before any fp16 cast, which also keeps
-        # the fp16 sum from overflowing) and let the servers sum.
-        if self._size > 1:
-            p.grad.mul_(1.0 / self._size)
-        compressed, ctx = self._compression.compress(p.grad)
-        if not compressed.is_contiguous():
-            compressed = compressed.contiguous()
-        handle = ops.push_pull_async_inplace(compressed, average=False,
-                                             name="Gradient." + self._parameter_names[p])
-        return handle, ctx, compressed
-
     def _make_hook(self, p):
         def hook(*ignore):
-            if p in self._handles and self._handles[p][0] is not None:
+            if self._handles.get(p) is not None:
                 if self._push_pull_delay[p] <= 0:
                     raise AssertionError(
                         "Gradients were computed more than backward_passes_per_step times before "
@@ -163,11 +102,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                         "locally.")
             assert not p.grad.requires_grad
             assert self._push_pull_delay[p] > 0
-            entry = (None, None, None)
+            pending = None
             self._push_pull_delay[p] -= 1
             if self._push_pull_delay[p] == 0:
-                entry = self._push_pull_grad_async(p)
-            self._handles[p] = entry
+                pending = self._reducer.start(p)
+            self._handles[p] = pending
         return hook
 
     def synchronize(self):
@@ -176,18 +115,14 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         the averaged gradients in p.grad."""
         try:
             for p in self._order:
-                if self._handles.get(p, (None,))[0] is None:
-                    self._handles[p] = self._push_pull_grad_async(p)
+                if self._handles.get(p) is None:
+                    self._handles[p] = self._reducer.start(p)
         finally:
-            pending = [(p, self._handles[p]) for p in self._order if p in self._handles]
+            pending = [(p, self._handles[p]) for p in self._order if self._handles.get(p) is not None]
             self._handles.clear()
-        _wait_all([h for _, (h, _, _) in pending if h is not None])
-        for p, (_, ctx, sent) in pending:
-            self._push_pull_delay[p] = self.backward_passes_per_step
-            g = self._compression.decompress(sent, ctx)
-            if g is not p.grad:
-                with torch.no_grad():
-                    p.grad.copy_(g)
+            for p in self._order:
+                self._push_pull_delay[p] = self.backward_passes_per_step
+        self._reducer.wait(pending)
 
     @contextmanager
     def skip_synchronize(self):
@@ -260,7 +195,7 @@ def broadcast_parameters(params, root_rank, prefix="Parameter."):
             key = prefix + (name if name is not None else "noname.%d" % i)
             started.append((broadcast_async_inplace(t, root_rank, key), p, t))
     finally:
-        _wait_all([h for h, _, _ in started])
+        _grad.wait_all([h for h, _, _ in started])
     with torch.no_grad():
         for _, p, t in started:
             if t.data_ptr() != p.data_ptr():
