@@ -206,6 +206,23 @@ func gobps_declare_broadcast(name *C.gobps_cchar, dtype C.int, count C.int64_t, 
 	return result(err)
 }
 
+//export gobps_reserve
+func gobps_reserve(name *C.gobps_cchar) (rc C.int) {
+	defer guard(&rc)
+	n, err := goName("reserve", name)
+	if err != nil {
+		return result(err)
+	}
+	e, err := lib.live()
+	if err != nil {
+		return result(err)
+	}
+	if err := e.Reserve(n); err != nil {
+		return result(fail(statusInvalidArgument, "%w", err))
+	}
+	return result(nil)
+}
+
 //export gobps_declare_shape
 func gobps_declare_shape(name *C.gobps_cchar, dtype C.int, ndim C.int, dims *C.gobps_cint64, root C.int) (rc C.int) {
 	defer guard(&rc)

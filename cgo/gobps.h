@@ -184,6 +184,14 @@ int gobps_declare(const char *name, int dtype, int64_t count);
  * root (a rank). A name is either for push_pull or for broadcast. */
 int gobps_declare_broadcast(const char *name, int dtype, int64_t count, int root);
 
+/* gobps_reserve fixes name's place in the declaration order before its
+ * dtype and shape are known, as BytePS's declare(name) does: its priority
+ * and keys are those of that place whatever is declared in between, and
+ * the workers may first use it (declare or push_pull) in any order. Every
+ * worker must reserve the same names in the same order. Reserving a
+ * declared or reserved name does nothing. */
+int gobps_reserve(const char *name);
+
 /* gobps_declare_shape declares a tensor of the given shape (ndim
  * dimensions at dims, 0 to 32 of them; ndim 0 is a scalar) for
  * gobps_push_pull (root -1) or gobps_broadcast from root. The shape is

@@ -114,7 +114,8 @@ type Engine struct {
 		sync.Mutex
 		m        *lifecycle.Machine
 		tensors  map[string]*Tensor
-		byIndex  []*Tensor // by Tensor.index
+		byIndex  []*Tensor         // by Tensor.index; nil while only reserved
+		reserved map[string]uint32 // Reserve: name -> index, until declared
 		ntensors uint32
 		pending  [][]proto.Decl // per server, not yet sent
 		flushing bool           // declarations sent, answers not all in
@@ -157,6 +158,7 @@ type Tensor struct {
 	index    uint32
 	dtype    proto.DType
 	shape    []int64
+	reserved bool // its place was reserved (Reserve): servers and owners by key
 	nbytes   int
 	root     int32
 	priority int
@@ -245,6 +247,7 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 		e.trace = newTimeline(cfg.TraceDir, self.Rank)
 	}
 	e.mu.tensors = make(map[string]*Tensor)
+	e.mu.reserved = make(map[string]uint32)
 	if cfg.MixedMode {
 		weights, note := mixedWeights(book)
 		e.mu.balancer = proto.NewWeightedBalancer(weights)
@@ -327,6 +330,48 @@ func (e *Engine) Declare(name string, dtype proto.DType, count int) (*Tensor, er
 	return e.declare(name, dtype, []int64{int64(count)}, proto.NoRoot)
 }
 
+// Reserve fixes name's place in the declaration order, as BytePS's
+// declare(name) does, before its dtype and shape are known: its priority
+// and keys are those of the place it reserved, whatever is declared (or
+// first pushed) in between, and its servers are chosen by its keys, not by
+// the order in which the workers come to declare it. Every worker must
+// reserve the same names in the same order. Reserving a declared or
+// reserved name does nothing.
+func (e *Engine) Reserve(name string) error {
+	if e == nil {
+		return ErrNotInitialized
+	}
+	if name == "" || len(name) > proto.MaxNameBytes {
+		return fmt.Errorf("gobps: reserve: a name of %d bytes; 1 to %d", len(name), proto.MaxNameBytes)
+	}
+	e.declMu.Lock()
+	defer e.declMu.Unlock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := e.usableLocked(); err != nil {
+		return err
+	}
+	if _, ok := e.mu.tensors[name]; ok {
+		return nil
+	}
+	if _, ok := e.mu.reserved[name]; ok {
+		return nil
+	}
+	e.mu.reserved[name] = e.mu.ntensors
+	e.mu.ntensors++
+	e.mu.byIndex = append(e.mu.byIndex, nil)
+	return nil
+}
+
+// mix scrambles a key into a server choice (splitmix64's finaliser).
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
 // DeclareShape is Declare for a tensor of the given shape; an empty shape
 // is a scalar (one element).
 func (e *Engine) DeclareShape(name string, dtype proto.DType, shape []int64) (*Tensor, error) {
@@ -382,7 +427,10 @@ func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int
 	e.mu.Lock()
 	err := e.usableLocked()
 	t, dup := e.mu.tensors[name]
-	index := e.mu.ntensors
+	index, reserved := e.mu.reserved[name]
+	if !reserved {
+		index = e.mu.ntensors
+	}
 	e.mu.Unlock()
 	switch {
 	case err != nil:
@@ -397,7 +445,7 @@ func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int
 	if err != nil {
 		return nil, fmt.Errorf("gobps: declare %q: %w", name, err)
 	}
-	t = &Tensor{name: name, index: index, dtype: dtype, shape: shape, nbytes: nbytes, root: root, priority: -int(index)}
+	t = &Tensor{name: name, index: index, dtype: dtype, shape: shape, nbytes: nbytes, root: root, priority: -int(index), reserved: reserved}
 	lanes := max(e.cfg.Lanes, 1)
 	for i, r := range rs {
 		k := proto.MakeKey(t.index, uint32(i))
@@ -413,14 +461,26 @@ func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int
 	if err := e.usableLocked(); err != nil {
 		return nil, err
 	}
-	e.mu.ntensors++
+	if t.reserved {
+		delete(e.mu.reserved, name)
+	} else {
+		e.mu.ntensors++
+		e.mu.byIndex = append(e.mu.byIndex, nil)
+	}
 	for i := range t.parts {
 		p := &t.parts[i]
-		p.Server = e.mu.balancer.Assign(uint64(p.Len))
+		if t.reserved {
+			// Reserved tensors get their sizes in whatever order the
+			// workers first use them: their servers must not depend on
+			// that order, as the balancer's do.
+			p.Server = int(mix(uint64(p.Key)) % uint64(len(e.servers)))
+		} else {
+			p.Server = e.mu.balancer.Assign(uint64(p.Len))
+		}
 		e.mu.pending[p.Server] = append(e.mu.pending[p.Server], proto.Decl{Key: p.Key, DType: dtype, Root: root, Bytes: uint64(p.Len), Name: name, Shape: shape})
 	}
 	e.mu.tensors[name] = t
-	e.mu.byIndex = append(e.mu.byIndex, t)
+	e.mu.byIndex[index] = t
 	return t, nil
 }
 

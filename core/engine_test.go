@@ -930,3 +930,54 @@ func TestSuspendResume(t *testing.T) {
 		return nil
 	})
 }
+
+// TestReserve: names reserved in the same order (BytePS's declare(name))
+// keep their places whatever order the workers first use them in: the
+// sums match up, over two servers, where declaring on first use in
+// different orders would pair different tensors.
+func TestReserve(t *testing.T) {
+	c := startCluster(t, 2, 2)
+	names := []string{"a", "b", "c"}
+	sizes := map[string]int{"a": 3000, "b": 7, "c": 5000}
+	c.each(t, func(rank int, e *Engine) error {
+		for _, n := range names {
+			if err := e.Reserve(n); err != nil {
+				return err
+			}
+		}
+		if err := e.Reserve("a"); err != nil {
+			return fmt.Errorf("reserving again: %v", err)
+		}
+		order := names
+		if rank == 0 {
+			order = []string{"c", "a", "b"}
+		}
+		type op struct {
+			h   *Handle
+			buf []byte
+			n   string
+		}
+		var ops []op
+		for _, n := range order {
+			tn, err := e.Declare(n, proto.Float32, sizes[n])
+			if err != nil {
+				return err
+			}
+			buf := f32bytes(slices.Repeat([]float32{float32(len(n)*10 + rank)}, sizes[n]))
+			h, err := e.PushPull(tn, buf, Sum)
+			if err != nil {
+				return err
+			}
+			ops = append(ops, op{h, buf, n})
+		}
+		for _, o := range ops {
+			if err := o.h.WaitTimeout(10 * time.Second); err != nil {
+				return fmt.Errorf("worker %d %q: %w", rank, o.n, err)
+			}
+			if got := math.Float32frombits(binary.LittleEndian.Uint32(o.buf[len(o.buf)-4:])); got != 21 {
+				return fmt.Errorf("worker %d %q: sum %v, want 21", rank, o.n, got)
+			}
+		}
+		return nil
+	})
+}

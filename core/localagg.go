@@ -68,7 +68,15 @@ func (e *Engine) declareLocal(t *Tensor) error {
 	t.local = make([]*local.Segment, len(t.parts))
 	t.owners = make([]bool, len(t.parts))
 	for i, p := range t.parts {
-		seg, err := e.local.Declare(p.Key, p.Len, t.dtype)
+		var seg *local.Segment
+		var err error
+		if t.reserved {
+			// Its ranks may declare it in different orders: an owner
+			// that does not depend on the order.
+			seg, err = e.local.DeclareOwned(p.Key, p.Len, t.dtype, int(mix(uint64(p.Key))%uint64(e.local.Size())))
+		} else {
+			seg, err = e.local.Declare(p.Key, p.Len, t.dtype)
+		}
 		if err != nil {
 			return fmt.Errorf("gobps: declare %q locally: %w", t.name, err)
 		}

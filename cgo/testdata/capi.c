@@ -67,6 +67,7 @@ static int noinit(void) {
 	EXPECT(gobps_declare_broadcast("a", GOBPS_FLOAT32, 4, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_declare_shape("a", GOBPS_FLOAT32, 0, NULL, -1), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_join(0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
+	EXPECT(gobps_reserve("a"), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_suspend(0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_resume(1, 1, 0), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
 	EXPECT(gobps_push_pull("a", x, GOBPS_FLOAT32, 4, GOBPS_SUM, &h), GOBPS_ERR_NOT_INITIALIZED, "not initialized");
@@ -163,6 +164,26 @@ static int job(void) {
 	EXPECT(gobps_declare("", GOBPS_FLOAT64, 1), GOBPS_ERR_INVALID_ARGUMENT, "empty tensor name");
 	EXPECT(gobps_declare_broadcast("b.bad", GOBPS_FLOAT64, 1, 2), GOBPS_ERR_INVALID_ARGUMENT, "root 2 is not a rank");
 	EXPECT(gobps_declare_broadcast("b.bad", GOBPS_FLOAT64, 1, -1), GOBPS_ERR_INVALID_ARGUMENT, "root -1 is not a rank");
+
+	// Reserved names keep their places: rank 1 uses them in the other
+	// order (the sums are checked below, with the other tensors').
+	EXPECT(gobps_reserve("res.a"), GOBPS_OK, "");
+	EXPECT(gobps_reserve("res.b"), GOBPS_OK, "");
+	EXPECT(gobps_reserve(""), GOBPS_ERR_INVALID_ARGUMENT, "");
+	{
+		float ra[2] = {1, 1}, rb[3] = {10, 10, 10};
+		gobps_handle_t ha = 0, hb = 0;
+		if (rank_ == 0) {
+			EXPECT(gobps_push_pull("res.a", ra, GOBPS_FLOAT32, 2, GOBPS_SUM, &ha), GOBPS_OK, "");
+			EXPECT(gobps_push_pull("res.b", rb, GOBPS_FLOAT32, 3, GOBPS_SUM, &hb), GOBPS_OK, "");
+		} else {
+			EXPECT(gobps_push_pull("res.b", rb, GOBPS_FLOAT32, 3, GOBPS_SUM, &hb), GOBPS_OK, "");
+			EXPECT(gobps_push_pull("res.a", ra, GOBPS_FLOAT32, 2, GOBPS_SUM, &ha), GOBPS_OK, "");
+		}
+		EXPECT(gobps_wait(ha, 30000), GOBPS_OK, "");
+		EXPECT(gobps_wait(hb, 30000), GOBPS_OK, "");
+		CHECK(ra[1] == 2 && rb[2] == 20, "reserved sums %g %g, want 2 20", ra[1], rb[2]);
+	}
 
 	// Shapes: checked here against later uses, and by the servers
 	// against the other rank's.

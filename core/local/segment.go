@@ -96,6 +96,20 @@ func (s *Segment) Result() []byte { return s.result }
 // difference. Declare calls are serialised; Declare does not wait for the
 // other ranks.
 func (g *Group) Declare(key proto.Key, nbytes int, dtype proto.DType) (*Segment, error) {
+	return g.declare(key, nbytes, dtype, -1)
+}
+
+// DeclareOwned is Declare with the owner given, for keys that the ranks
+// may come to declare in different orders (the engine's reserved
+// tensors): every rank must give the same owner, 0 to Size-1.
+func (g *Group) DeclareOwned(key proto.Key, nbytes int, dtype proto.DType, owner int) (*Segment, error) {
+	if owner < 0 || owner >= g.cfg.Size {
+		return nil, fmt.Errorf("local: declare key %s: owner %d is not a local rank (0..%d)", key, owner, g.cfg.Size-1)
+	}
+	return g.declare(key, nbytes, dtype, owner)
+}
+
+func (g *Group) declare(key proto.Key, nbytes int, dtype proto.DType, owner int) (*Segment, error) {
 	switch {
 	case !dtype.Valid():
 		return nil, fmt.Errorf("local: declare key %s: invalid dtype %v", key, dtype)
@@ -118,10 +132,15 @@ func (g *Group) Declare(key proto.Key, nbytes int, dtype proto.DType) (*Segment,
 	}
 
 	size, self := g.cfg.Size, g.cfg.Rank
-	owner := 0
-	for r, l := range g.load {
-		if l < g.load[owner] {
-			owner = r
+	// Keys with a given owner do not count in the balance: the ranks may
+	// declare them at different points among the others.
+	balanced := owner < 0
+	if balanced {
+		owner = 0
+		for r, l := range g.load {
+			if l < g.load[owner] {
+				owner = r
+			}
 		}
 	}
 	page := os.Getpagesize()
@@ -164,7 +183,9 @@ func (g *Group) Declare(key proto.Key, nbytes int, dtype proto.DType) (*Segment,
 		s.unmapAndRemove()
 		return nil, err
 	}
-	g.load[owner] += uint64(nbytes)
+	if balanced {
+		g.load[owner] += uint64(nbytes)
+	}
 	g.mu.segs[uint64(key)] = s
 	g.mu.order = append(g.mu.order, s)
 	var ferr error
