@@ -60,11 +60,23 @@ func pyEnv(t *testing.T, extra ...string) []string {
 // rank reports it ok.
 func torchJob(t *testing.T, np, servers int, args ...string) string {
 	t.Helper()
+	return pyJob(t, "python/tests/torch_job.py", np, servers, args...)
+}
+
+// compatJob runs a case of torch_compat_job.py (the byteps.torch API
+// beyond DistributedOptimizer) the same way.
+func compatJob(t *testing.T, np, servers int, args ...string) string {
+	t.Helper()
+	return pyJob(t, "python/tests/torch_compat_job.py", np, servers, args...)
+}
+
+func pyJob(t *testing.T, script string, np, servers int, args ...string) string {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("starts a multi-process job")
 	}
 	needPython(t, "torch")
-	cmd := append([]string{python, "python/tests/torch_job.py"}, args...)
+	cmd := append([]string{python, script}, args...)
 	out := bpsrun(t, 2*time.Minute, pyEnv(t), np, servers, cmd...)
 	wantLines(t, out, np, args[0]+" ok rank %d")
 	return out
@@ -137,6 +149,15 @@ func TestTorchBroadcast(t *testing.T) {
 // complete, before backward has computed the first layer's gradient.
 func TestTorchOverlap(t *testing.T) {
 	logLines(t, torchJob(t, 2, 2, "overlap"), "overlap step")
+}
+
+// TestTorchMetrics: push_pull of 0-dim tensors (byteps's metric_average),
+// sums, integer counts, gradients through push_pull, byteps_push_pull,
+// push_pull_group_sync_inplace's counts, and get_pushpull_speed (its
+// arithmetic on a fake clock, and a live figure bounded by the bytes over
+// the elapsed time).
+func TestTorchMetrics(t *testing.T) {
+	logLines(t, compatJob(t, 2, 2, "metrics"), "metrics:")
 }
 
 // TestTorchExamples runs examples/pytorch briefly: train_digits must learn,

@@ -40,15 +40,21 @@ from gobps._lib import (ConfigError, GobpsError, InvalidArgumentError,
 from gobps.torch import _grad, ops
 from gobps.torch.compression import Compression
 from gobps.torch.ops import (broadcast_, broadcast_async_inplace, declare,
-                             init, local_rank, local_size, poll, push_pull,
-                             push_pull_async, push_pull_async_inplace,
-                             push_pull_inplace, rank, resume, shutdown, size,
-                             suspend, synchronize)
+                             get_pushpull_speed, init, local_rank, local_size,
+                             poll, push_pull, push_pull_async,
+                             push_pull_async_inplace,
+                             push_pull_group_sync_inplace, push_pull_inplace,
+                             rank, resume, shutdown, size, suspend,
+                             synchronize)
+
+# byteps.torch's name for push_pull_async_inplace.
+byteps_push_pull = push_pull_async_inplace
 
 __all__ = [
     "init", "shutdown", "suspend", "resume", "size", "local_size", "rank",
     "local_rank", "declare", "push_pull", "push_pull_async",
-    "push_pull_async_inplace", "push_pull_inplace", "poll", "synchronize",
+    "push_pull_async_inplace", "push_pull_inplace", "byteps_push_pull",
+    "push_pull_group_sync_inplace", "get_pushpull_speed", "poll", "synchronize",
     "broadcast_", "broadcast_async_inplace", "DistributedOptimizer",
     "broadcast_parameters", "broadcast_optimizer_state", "broadcast_object",
     "Compression", "GobpsError", "NotInitializedError", "InvalidArgumentError",

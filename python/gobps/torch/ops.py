@@ -22,6 +22,7 @@ import torch
 from gobps import _lib
 from gobps._lib import (InvalidArgumentError, NotInitializedError,
                         UnsupportedDTypeError)
+from gobps.torch import _speed
 from gobps.torch.compression import Compression
 
 _DTYPES = {
@@ -41,6 +42,12 @@ _SUPPORTED = ", ".join(str(d).replace("torch.", "") for d in _DTYPES)
 _handle_map = {}
 
 _noname = itertools.count()
+_meter = _speed.Meter()
+
+# push_pull_group_sync_inplace's count (see byteps_torch_set_num_grads).
+_group_lock = threading.Lock()
+_group_num_grads = 0
+_group_count = 0
 _atexit_lock = threading.Lock()
 _atexit_registered = False
 
@@ -166,6 +173,7 @@ def _push_pull_start(tensor, output, average, name, what):
     else:
         h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, op)
     _handle_map[h] = ((tensor, output), output, None)
+    _meter.started(h, output.numel() * output.element_size())
     return h
 
 
@@ -192,7 +200,10 @@ def poll(handle):
     not block once it has."""
     if handle not in _handle_map:
         raise InvalidArgumentError("gobps: poll: unknown handle %r" % (handle,))
-    return _lib.poll(handle)
+    done = _lib.poll(handle)
+    if done:
+        _meter.completed(handle)
+    return done
 
 
 def synchronize(handle):
@@ -207,7 +218,9 @@ def synchronize(handle):
         raise  # the handle stays valid: synchronize may be called again
     except BaseException:
         _handle_map.pop(handle, None)
+        _meter.discard(handle)
         raise
+    _meter.completed(handle)
     _handle_map.pop(handle, None)
     if entry[2] is not None:
         entry[2]()
@@ -217,6 +230,46 @@ def synchronize(handle):
 def push_pull_inplace(tensor, average=True, name=None, version=0, priority=0, staleness=0):
     """push_pull_async_inplace, then synchronize."""
     return synchronize(push_pull_async_inplace(tensor, average, name, version, priority, staleness))
+
+
+def byteps_torch_set_num_grads(num_grads):
+    """Sets the number of gradients per step that
+    push_pull_group_sync_inplace counts, and restarts its count (byteps's
+    DistributedDataParallel calls it; gobps's does not need it)."""
+    global _group_num_grads, _group_count
+    if isinstance(num_grads, bool) or not isinstance(num_grads, int) or num_grads < 0:
+        raise InvalidArgumentError("gobps: byteps_torch_set_num_grads: want a count >= 0, got %r" % (num_grads,))
+    with _group_lock:
+        _group_num_grads = num_grads
+        _group_count = 0
+    return 0
+
+
+def push_pull_group_sync_inplace(tensor, average=True, name=None, version=0, priority=0):
+    """Starts push_pull_async_inplace and counts it as one gradient of a
+    group of byteps_torch_set_num_grads(n) gradients; returns (handle,
+    count), where count runs 1 .. n and starts again at 1 after n (it is
+    never reset when n is 0, byteps's initial value). As in byteps, the
+    caller synchronizes every handle of the group once count is n; the
+    count is process-wide."""
+    global _group_count
+    handle = push_pull_async_inplace(tensor, average, name, version, priority)
+    with _group_lock:
+        _group_count += 1
+        count = _group_count
+        if _group_count == _group_num_grads:
+            _group_count = 0
+    return handle, count
+
+
+def get_pushpull_speed():
+    """The recent push_pull throughput of this worker: (milliseconds since
+    the epoch of the last push_pull counted, megabytes per second), or (0,
+    -5.0) when no push_pull completed in the last 10 seconds. Measured in
+    the plugin over a 10-second sliding window of the push_pulls it saw
+    complete: their bytes over the time at least one was in flight (see
+    gobps/torch/_speed.py)."""
+    return _meter.speed()
 
 
 class _PushPull(torch.autograd.Function):
@@ -233,6 +286,10 @@ class _PushPull(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad = grad_output.contiguous()
         return synchronize(push_pull_async(grad, ctx.average, ctx.name + ".grad")), None, None
+
+
+# byteps's name for the autograd function.
+BytePSPushPull = _PushPull
 
 
 def push_pull(tensor, average=True, name=None, version=0, priority=0, compression=Compression.none):

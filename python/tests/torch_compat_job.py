@@ -1,0 +1,169 @@
+"""Checks of the byteps.torch API beyond DistributedOptimizer, one per case,
+run by cgo/torch_test.go as every worker of a bpsrun job (the way
+torch_job.py's cases run):
+
+    torch_compat_job.py CASE
+
+Each worker exits non-zero naming what differed, or prints "CASE ok rank
+R". Every reference is computed in the same process from the same seeds
+(each worker can rebuild every worker's data).
+
+    metrics       -np 2: push_pull of 0-dim tensors, byteps's other names,
+                  get_pushpull_speed
+"""
+
+import os
+import sys
+import time
+
+import torch
+
+import gobps.torch as bps
+from gobps.torch import _speed
+from torch_job import (CheckFailed, check, expect_raises, loss_fn, make_data,
+                       make_model)
+
+torch.set_num_threads(1)
+
+
+def rel_diff(a, b):
+    """max |a-b| / (1 + |b|)."""
+    return float(((a.detach().double() - b.detach().double()).abs() / (1 + b.detach().double().abs())).max())
+
+
+def compare_params(label, model, ref, tol):
+    """Every parameter of model is within tol (relative) of ref's."""
+    worst = 0.0
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        d = rel_diff(p, q)
+        worst = max(worst, d)
+        check(d <= tol, "%s: %s differs from one process by %.3g (> %g)", label, name, d, tol)
+    return worst
+
+
+def shard(t, r, n):
+    k = t.shape[0] // n
+    return t[r * k:(r + 1) * k]
+
+
+# ---------------------------------------------------------------- metrics and names
+
+
+def check_meter():
+    """The speed arithmetic, on a fake clock."""
+    now = [0.0]
+    m = _speed.Meter(window=10.0, clock=lambda: now[0], wall=lambda: 1000.0 + now[0])
+    check(m.speed() == (0, -5.0), "empty meter: %s", m.speed())
+
+    def at(t, f, *a):
+        now[0] = t
+        f(*a)
+    at(0.0, m.started, 1, 1e6)
+    at(0.5, m.started, 2, 2e6)
+    at(0.7, m.started, 9, 0)  # moves nothing: not counted
+    at(0.8, m.completed, 9)
+    at(1.0, m.completed, 1)
+    check(m.speed() == (1001000, 1.0), "one push_pull of 1 MB in 1 s: %s", m.speed())
+    at(1.5, m.completed, 2)
+    check(m.speed() == (1001500, 2.0), "3 MB over [0, 1.5]: %s", m.speed())
+    at(3.0, m.started, 4, 5e6)
+    at(3.1, m.discard, 4)  # failed: not counted
+    at(5.0, m.started, 3, 1e6)
+    at(6.0, m.completed, 3)
+    at(6.0, m.completed, 3)  # twice: once
+    want = 4e6 / 2.5 / 1e6
+    check(m.speed() == (1006000, want), "4 MB in 2.5 busy s: %s, want %s", m.speed(), want)
+    now[0] = 11.6  # push_pulls 1 and 2 ended more than 10 s ago
+    check(m.speed() == (1006000, 1.0), "window: %s", m.speed())
+    now[0] = 16.5
+    check(m.speed() == (0, -5.0), "window empty again: %s", m.speed())
+
+
+def case_metrics():
+    check_meter()
+    bps.init()
+    n, r = bps.size(), bps.rank()
+    check(bps.get_pushpull_speed() == (0, -5.0), "speed before any push_pull: %s", bps.get_pushpull_speed())
+    # byteps's metric_average: a Python float in, the mean out.
+    for name, val, want in [("avg_loss", 0.25 * (r + 1), 0.25 * (n + 1) / 2),
+                            ("avg_accuracy", float(r), (n - 1) / 2)]:
+        t = torch.tensor(val)
+        out = bps.push_pull(t, name=name)
+        check(out.dim() == 0 and out.dtype == torch.float32, "%s: shape %s dtype %s", name, tuple(out.shape), out.dtype)
+        check(abs(out.item() - want) < 1e-7, "%s: %r, want %r", name, out.item(), want)
+        check(t.item() == val, "%s: push_pull changed its input", name)
+    # A 0-dim accumulated tensor (test_accuracy in byteps's mnist example).
+    acc = torch.zeros(()) + torch.arange(4, dtype=torch.float32).sum() * (r + 1)
+    out = bps.push_pull(acc, name="acc0")
+    check(out.item() == 6.0 * (n + 1) / 2, "0-dim sum: %r", out.item())
+    # float64, sums, in place, asynchronous.
+    d = torch.tensor(1.5 * (r + 1), dtype=torch.float64)
+    check(bps.push_pull(d, average=False, name="sum64").item() == 1.5 * n * (n + 1) / 2, "float64 sum")
+    c = torch.tensor(r + 1, dtype=torch.int64)
+    check(bps.push_pull_inplace(c, average=False, name="count") is c and c.item() == n * (n + 1) // 2,
+          "int64 count: %r", c)
+    expect_raises(bps.InvalidArgumentError, "cannot average", bps.push_pull, torch.tensor(3), name="intavg")
+    h = bps.push_pull_async(torch.tensor(float(r)), name="async0")
+    check(bps.synchronize(h).item() == (n - 1) / 2, "push_pull_async of a 0-dim tensor")
+    # Differentiable: the gradient is the average of the gradients.
+    x = torch.tensor(2.0 * (r + 1), requires_grad=True)
+    (bps.push_pull(x, name="diff0") * (r + 1)).backward()
+    check(abs(x.grad.item() - (n + 1) / 2) < 1e-7, "gradient through push_pull: %r", x.grad.item())
+
+    # byteps.torch's other names.
+    t = torch.full((3,), float(r))
+    check(bps.synchronize(bps.byteps_push_pull(t, name="bpp")) is t and torch.equal(t, torch.full((3,), (n - 1) / 2)),
+          "byteps_push_pull: %s", t)
+    check(bps.ops.BytePSPushPull is bps.ops._PushPull, "BytePSPushPull")
+    bps.ops.byteps_torch_set_num_grads(3)
+    ts = [torch.full((2,), float(r + k)) for k in range(4)]
+    counts = []
+    handles = []
+    for k, t in enumerate(ts):
+        h, cnt = bps.push_pull_group_sync_inplace(t, name="group.%d" % k)
+        handles.append(h)
+        counts.append(cnt)
+    check(counts == [1, 2, 3, 1], "push_pull_group_sync_inplace counts %s, want [1, 2, 3, 1]", counts)
+    for h in handles:
+        bps.synchronize(h)
+    for k, t in enumerate(ts):
+        check(torch.equal(t, torch.full((2,), (n - 1) / 2 + k)), "group push_pull %d: %s", k, t)
+    expect_raises(bps.InvalidArgumentError, "count >= 0", bps.ops.byteps_torch_set_num_grads, -1)
+
+    # get_pushpull_speed after push_pulls of a known size (a new meter,
+    # so that the window holds these only).
+    bps.ops._meter = _speed.Meter()
+    check(bps.get_pushpull_speed() == (0, -5.0), "speed of a new meter: %s", bps.get_pushpull_speed())
+    big = torch.ones(1 << 20)  # 4 MB
+    w0, t0 = time.time(), time.perf_counter()
+    for k in range(5):
+        bps.push_pull_inplace(big, name="speed")
+    t1, w1 = time.perf_counter(), time.time()
+    ts_ms, mbps = bps.get_pushpull_speed()
+    check(int(w0 * 1000) - 1 <= ts_ms <= int(w1 * 1000) + 1, "speed timestamp %d outside [%d, %d]",
+          ts_ms, w0 * 1000, w1 * 1000)
+    floor = 5 * 4 * (1 << 20) / (t1 - t0) / 1e6
+    check(mbps >= floor, "speed %.1f MB/s is below the bytes over the elapsed time, %.1f MB/s", mbps, floor)
+    if r == 0:
+        print("metrics: push_pull speed %.1f MB/s (at least %.1f: 20 MB over %.1f ms)" % (mbps, floor, 1000 * (t1 - t0)))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    case = sys.argv[1]
+    cases = {
+        "metrics": case_metrics,
+    }
+    if case not in cases:
+        sys.exit("unknown case %r; cases: %s" % (case, ", ".join(sorted(cases))))
+    try:
+        cases[case]()
+    except CheckFailed as e:
+        print("FAIL %s: %s" % (case, e), file=sys.stderr)
+        sys.exit(1)
+    print("%s ok rank %s" % (case, os.environ.get("BYTEPS_LOCAL_RANK", "-")))
+
+
+if __name__ == "__main__":
+    main()
