@@ -140,7 +140,8 @@ func TestTorchTrain(t *testing.T) {
 
 // TestTorchBroadcast: broadcast_parameters and broadcast_optimizer_state
 // make every rank's parameters, buffers, optimizer state and options
-// identical to rank 0's.
+// identical to rank 0's (an optimizer empty on rank 0 only gets rank 0's
+// state from a zero-gradient step).
 func TestTorchBroadcast(t *testing.T) {
 	logLines(t, torchJob(t, 3, 2, "broadcast", t.TempDir()), "broadcast:")
 }
@@ -149,6 +150,14 @@ func TestTorchBroadcast(t *testing.T) {
 // complete, before backward has computed the first layer's gradient.
 func TestTorchOverlap(t *testing.T) {
 	logLines(t, torchJob(t, 2, 2, "overlap"), "overlap step")
+}
+
+// TestTorchFreshOptimizerState: broadcast_optimizer_state on a fresh Adam
+// and SGD with momentum (plain and under DistributedOptimizer) leaves
+// every rank with exactly rank 0's state after a zero-gradient step,
+// without moving the parameters; training from there matches one process.
+func TestTorchFreshOptimizerState(t *testing.T) {
+	logLines(t, compatJob(t, 3, 2, "freshstate"), "freshstate")
 }
 
 // TestTorchMetrics: push_pull of 0-dim tensors (byteps's metric_average),

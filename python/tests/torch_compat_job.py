@@ -10,6 +10,7 @@ R". Every reference is computed in the same process from the same seeds
 
     metrics       -np 2: push_pull of 0-dim tensors, byteps's other names,
                   get_pushpull_speed
+    freshstate    -np 3: broadcast_optimizer_state on fresh optimizers
 """
 
 import os
@@ -148,12 +149,86 @@ def case_metrics():
         print("metrics: push_pull speed %.1f MB/s (at least %.1f: 20 MB over %.1f ms)" % (mbps, floor, 1000 * (t1 - t0)))
 
 
+# ---------------------------------------------------------------- fresh optimizer state
+
+
+def zero_grad_step(opt, params):
+    """What broadcast_optimizer_state does to a fresh optimizer: a step on
+    zero gradients, parameters put back."""
+    saved = [(p, p.detach().clone()) for p in params]
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    with torch.no_grad():
+        for p, v in saved:
+            p.copy_(v)
+            p.grad = None
+
+
+def case_freshstate():
+    bps.init()
+    n, r = bps.size(), bps.rank()
+    kinds = [
+        ("adam", torch.optim.Adam, lambda q: dict(lr=0.01 * (q + 1), weight_decay=0.1 * (q + 1))),
+        ("sgd", torch.optim.SGD, lambda q: dict(lr=0.1 * (q + 1), momentum=0.9, weight_decay=0.05 * (q + 1))),
+    ]
+    for label, cls, opts in kinds:
+        for wrapped in (False, True):
+            name = "%s%s" % (label, " (DistributedOptimizer)" if wrapped else "")
+            # A model of its own: a DistributedOptimizer's hooks stay on
+            # the parameters it was built for.
+            model = make_model(torch.float32, r)
+            bps.broadcast_parameters(model.state_dict(), root_rank=0)
+            opt = cls(model.parameters(), **opts(r))
+            if wrapped:
+                opt = bps.DistributedOptimizer(opt, named_parameters=[("fs.%s.%s" % (label, k), v)
+                                                                      for k, v in model.named_parameters()])
+            before = [p.detach().clone() for p in model.parameters()]
+            grads = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
+            check(len(opt.state) == 0, "%s: state before the broadcast", name)
+            bps.broadcast_optimizer_state(opt, root_rank=0)
+            for (pn, p), b, g in zip(model.named_parameters(), before, grads):
+                check(torch.equal(p.detach(), b), "%s: broadcast_optimizer_state moved %s", name, pn)
+                check((g is None and p.grad is None) or (g is not None and torch.equal(p.grad, g)),
+                      "%s: broadcast_optimizer_state changed %s's gradient", name, pn)
+            # The reference: rank 0's optimizer after a zero-gradient step.
+            ref = make_model(torch.float32, 0)
+            ref_opt = cls(ref.parameters(), **opts(0))
+            zero_grad_step(ref_opt, list(ref.parameters()))
+            got, want = opt.state_dict(), ref_opt.state_dict()
+            for gi, (g, w) in enumerate(zip(got["param_groups"], want["param_groups"])):
+                check(g == w, "%s: param group %d is %s, rank 0's is %s", name, gi, g, w)
+            check(set(got["state"]) == set(want["state"]), "%s: state for %s, want %s", name,
+                  sorted(got["state"]), sorted(want["state"]))
+            for k in want["state"]:
+                for e, w in want["state"][k].items():
+                    v = got["state"][k].get(e)
+                    check(torch.is_tensor(v) and v.dtype == w.dtype and torch.equal(v, w),
+                          "%s: state[%d][%s] is %r, rank 0's is %r", name, k, e, v, w)
+            # Trained from there, it matches one process trained likewise.
+            if wrapped:
+                steps, batch = 3, 8 * n
+                for step in range(steps):
+                    x, y = make_data(torch.float32, 1000 + step, batch)
+                    opt.zero_grad()
+                    loss_fn(model, shard(x, r, n), shard(y, r, n)).backward()
+                    opt.step()
+                    ref_opt.zero_grad()
+                    loss_fn(ref, x, y).backward()
+                    ref_opt.step()
+                worst = compare_params(name, model, ref, 1e-5)
+                if r == 0:
+                    print("freshstate %s: state identical to rank 0's; %d workers vs one process after %d steps: "
+                          "max |dw|/(1+|w|) = %.3g" % (name, n, steps, worst))
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     case = sys.argv[1]
     cases = {
         "metrics": case_metrics,
+        "freshstate": case_freshstate,
     }
     if case not in cases:
         sys.exit("unknown case %r; cases: %s" % (case, ", ".join(sorted(cases))))

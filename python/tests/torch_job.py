@@ -312,7 +312,9 @@ def case_broadcast(outdir):
         opt.state[params[0]]["note"] = {"from": "rank 0", "k": [1, 2]}  # a non-tensor entry
     else:
         opt.state[params[1]]["stale"] = torch.ones(2)  # an entry rank 0 lacks
-    # A second optimizer whose state is empty on rank 0 only.
+    # A second optimizer whose state is empty on rank 0 only: rank 0 creates
+    # it with a zero-gradient step (momentum buffers of zeros), which every
+    # rank then gets.
     opt2 = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.5)
     if r != 0:
         model(torch.randn(4, 6)).sum().backward()
@@ -321,14 +323,19 @@ def case_broadcast(outdir):
 
     before = None
     if r == 0:  # the root's own state must come through unchanged
-        before = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "opt2": opt2.state_dict()})
+        before = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(),
+                                "opt2 groups": opt2.state_dict()["param_groups"]})
     bps.broadcast_parameters(model.state_dict(), root_rank=0)
     bps.broadcast_optimizer_state(opt, root_rank=0)
     bps.broadcast_optimizer_state(opt2, root_rank=0)
     if r == 0:
         compare("rank 0 after broadcast", {"model": model.state_dict(), "opt": opt.state_dict(),
-                                           "opt2": opt2.state_dict()}, before)
-    check(len(opt2.state) == 0, "opt2 kept %d state entries that rank 0 does not have", len(opt2.state))
+                                           "opt2 groups": opt2.state_dict()["param_groups"]}, before)
+    check(len(opt2.state) == len(params), "opt2 has state for %d parameters, want %d", len(opt2.state), len(params))
+    for i, p in enumerate(params):
+        st = opt2.state[p]
+        check(set(st) == {"momentum_buffer"} and torch.equal(st["momentum_buffer"], torch.zeros_like(p)),
+              "opt2's state of parameter %d is %s, want rank 0's zero momentum buffer", i, st)
     obj = bps.broadcast_object({"rank": r, "blob": bytes(range(256)) * (r + 1)}, root_rank=0)
     check(obj == {"rank": 0, "blob": bytes(range(256))}, "broadcast_object gave rank %s's object", obj.get("rank"))
     big = bps.broadcast_object(list(range(10000 * (r + 1))), root_rank=0, name="big")

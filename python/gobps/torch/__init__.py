@@ -145,6 +145,11 @@ class _DistributedOptimizer(torch.optim.Optimizer):
             self.synchronize()
         return super(self.__class__, self).step(closure)
 
+    def _plain_step(self):
+        """The wrapped optimizer's own step, without push_pulls (for
+        broadcast_optimizer_state's state-creating step)."""
+        return super(self.__class__, self).step()
+
     def zero_grad(self, *args, **kwargs):
         if self._handles:
             raise AssertionError(
@@ -233,19 +238,49 @@ def broadcast_object(obj, root_rank=0, name=None):
     return pickle.loads(buf[:n].numpy().tobytes())
 
 
+def _create_state(optimizer):
+    """Creates the state of an optimizer that has none yet, as byteps does:
+    one step of the wrapped optimizer on zero gradients, without any
+    push_pull. Unlike byteps, the parameters and gradients are put back
+    as they were (a zero-gradient step still moves parameters where weight
+    decay is set)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = []
+    with torch.no_grad():
+        for p in params:
+            saved.append((p, p.detach().clone(), p.grad))
+            p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
+    try:
+        plain = getattr(optimizer, "_plain_step", None)
+        if plain is not None:  # DistributedOptimizer: no push_pulls
+            plain()
+        else:
+            optimizer.step()
+    finally:
+        with torch.no_grad():
+            for p, value, grad in saved:
+                p.copy_(value)
+                p.grad = grad
+
+
 def broadcast_optimizer_state(optimizer, root_rank, prefix="Parameter."):
     """Makes every worker's optimizer state and hyper-parameters (the
     param_groups' options, such as lr) identical to root_rank's.
 
-    Root describes its state (which parameters have which entries, tensor
-    shapes and dtypes, non-tensor values) with broadcast_object; the others
-    shape their state to match, dropping entries root lacks, and then every
-    state tensor is broadcast in place. An optimizer whose state is still
-    empty on root leaves every worker with an empty state; no step is
-    taken to create one.
+    An optimizer without any state yet (Adam before its first step, SGD
+    with momentum) first gets one, as in byteps: a step of the wrapped
+    optimizer on zero gradients, without push_pulls; unlike byteps, the
+    parameters and gradients are then restored, so weight decay does not
+    move them. Root then describes its state (which parameters have which
+    entries, tensor shapes and dtypes, non-tensor values) with
+    broadcast_object; the others shape their state to match, dropping
+    entries root lacks, and every state tensor is broadcast in place.
+    Works on a torch optimizer or a DistributedOptimizer.
     """
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ValueError("cannot broadcast torch.optim.LBFGS state")
+    if not any(len(v) for v in optimizer.state.values()):
+        _create_state(optimizer)
     groups = optimizer.param_groups
     state = optimizer.state
     root = rank() == root_rank
@@ -259,7 +294,7 @@ def broadcast_optimizer_state(optimizer, root_rank, prefix="Parameter."):
                 es = []
                 for k, v in (state[p].items() if p in state else ()):
                     if torch.is_tensor(v):
-                        es.append((k, True, (v.dtype, tuple(v.shape))))
+                        es.append((k, True, (v.dtype, tuple(v.shape), v.device.type)))
                     else:
                         es.append((k, False, v))
                 entries.append(es)
@@ -283,11 +318,15 @@ def broadcast_optimizer_state(optimizer, root_rank, prefix="Parameter."):
                 new = collections.OrderedDict()
                 for k, is_tensor, v in es:
                     if is_tensor:
-                        dtype, shape = v
+                        dtype, shape, device = v
+                        # On root's kind of device: this parameter's
+                        # device if root's is a GPU (Adam keeps its step
+                        # count on the CPU even for CUDA parameters).
+                        device = p.device if device == "cuda" and p.device.type == "cuda" else torch.device("cpu")
                         t = old.get(k)
                         if not (torch.is_tensor(t) and t.dtype == dtype and tuple(t.shape) == shape
-                                and t.device.type == "cpu" and t.is_contiguous()):
-                            t = torch.empty(shape, dtype=dtype)
+                                and t.device == device and t.is_contiguous()):
+                            t = torch.empty(shape, dtype=dtype, device=device)
                         new[k] = t
                     else:
                         new[k] = v
