@@ -152,6 +152,16 @@ func TestTorchOverlap(t *testing.T) {
 	logLines(t, torchJob(t, 2, 2, "overlap"), "overlap step")
 }
 
+// TestTorchDDP: parallel.DistributedDataParallel starts every rank from
+// rank 0's parameters; two workers training on halves of each batch end
+// with the weights of one process trained on the whole batches (1e-5);
+// gradients are the mean when backward returns, also after no_sync
+// accumulation and for a branch only one rank uses; buffers follow rank 0
+// at every forward (or stay each rank's own without broadcast_buffers).
+func TestTorchDDP(t *testing.T) {
+	logLines(t, compatJob(t, 2, 2, "ddp"), "ddp:")
+}
+
 // TestTorchFreshOptimizerState: broadcast_optimizer_state on a fresh Adam
 // and SGD with momentum (plain and under DistributedOptimizer) leaves
 // every rank with exactly rank 0's state after a zero-gradient step,

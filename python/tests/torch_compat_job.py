@@ -11,8 +11,10 @@ R". Every reference is computed in the same process from the same seeds
     metrics       -np 2: push_pull of 0-dim tensors, byteps's other names,
                   get_pushpull_speed
     freshstate    -np 3: broadcast_optimizer_state on fresh optimizers
+    ddp           -np 2: parallel.DistributedDataParallel
 """
 
+import copy
 import os
 import sys
 import time
@@ -21,6 +23,7 @@ import torch
 
 import gobps.torch as bps
 from gobps.torch import _speed
+from gobps.torch.parallel import DistributedDataParallel as DDP
 from torch_job import (CheckFailed, check, expect_raises, loss_fn, make_data,
                        make_model)
 
@@ -222,6 +225,149 @@ def case_freshstate():
                           "max |dw|/(1+|w|) = %.3g" % (name, n, steps, worst))
 
 
+# ---------------------------------------------------------------- ddp
+
+
+class Branchy(torch.nn.Module):
+    """A model with a branch only some ranks use."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = torch.nn.Linear(6, 4)
+        self.extra = torch.nn.Linear(4, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x, use_extra):
+        h = torch.tanh(self.body(x))
+        if use_extra:
+            h = h + torch.tanh(self.extra(h))
+        return self.head(h)
+
+
+class BNNet(torch.nn.Module):
+    """A model with buffers (BatchNorm statistics), under its own names:
+    names key the broadcasts, and one name always has one size."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.bnnet = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                                         torch.nn.Linear(4, 2))
+        with torch.no_grad():  # buffers that differ between ranks
+            self.bnnet[1].running_mean.normal_()
+            self.bnnet[1].running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.bnnet(x)
+
+
+def case_ddp():
+    bps.init()
+    n, r = bps.size(), bps.rank()
+    expect_raises(ValueError, "exactly one device", DDP, make_model(torch.float32, 0), device_ids=[0, 1])
+
+    # 1. Construction broadcasts rank 0's parameters; training on shards
+    # equals one process on the concatenated batches.
+    steps, batch = 5, 32
+    model = DDP(make_model(torch.float32, r), device_ids=[bps.local_rank()])
+    for (name, p), q in zip(model.module.named_parameters(), make_model(torch.float32, 0).parameters()):
+        check(torch.equal(p.detach(), q.detach()), "after construction %s is not rank 0's", name)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ref = make_model(torch.float32, 0)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    for step in range(steps):
+        x, y = make_data(torch.float32, 300 + step, batch)
+        opt.zero_grad()
+        loss_fn(model, shard(x, r, n), shard(y, r, n)).backward()
+        # Averaged when backward returns, before the optimizer runs.
+        if step == 0:
+            g_ref = [g for g in _mean_grads(make_model(torch.float32, 0), x, y, n)]
+            for (name, p), g in zip(model.module.named_parameters(), g_ref):
+                d = rel_diff(p.grad, g)
+                check(d <= 1e-6, "step 0: %s's gradient after backward is off the mean by %.3g", name, d)
+        opt.step()
+        ref_opt.zero_grad()
+        loss_fn(ref, x, y).backward()
+        ref_opt.step()
+    worst = compare_params("ddp train", model.module, ref, 1e-5)
+
+    # 2. no_sync: the first pass accumulates locally, the second averages
+    # the sum.
+    model.zero_grad()
+    xs = [make_data(torch.float32, 400 + k, batch) for k in range(2)]
+    with model.no_sync():
+        loss_fn(model, shard(xs[0][0], r, n), shard(xs[0][1], r, n)).backward()
+    base = copy.deepcopy(model.module)
+    local = [p.grad.detach().clone() for p in model.parameters()]
+    mine = _local_grads(copy.deepcopy(base), shard(xs[0][0], r, n), shard(xs[0][1], r, n))
+    for g, h in zip(local, mine):
+        check(rel_diff(g, h) <= 1e-6, "no_sync: the gradient is not this rank's own")
+    loss_fn(model, shard(xs[1][0], r, n), shard(xs[1][1], r, n)).backward()
+    want = None
+    for q in range(n):
+        acc = [a + b for a, b in zip(_local_grads(copy.deepcopy(base), shard(xs[0][0], q, n), shard(xs[0][1], q, n)),
+                                     _local_grads(copy.deepcopy(base), shard(xs[1][0], q, n), shard(xs[1][1], q, n)))]
+        want = acc if want is None else [a + b for a, b in zip(want, acc)]
+    for (name, p), w in zip(model.module.named_parameters(), want):
+        d = rel_diff(p.grad, w / n)
+        check(d <= 1e-6, "no_sync: %s's gradient is off the mean of the accumulated ones by %.3g", name, d)
+    model.synchronize()  # nothing left to do: returns at once
+
+    # 3. A branch only rank 0 uses: its gradient is rank 0's over n on
+    # every rank, averaged when backward returns.
+    branchy = DDP(Branchy(r), broadcast_buffers=False)
+    x, _ = make_data(torch.float32, 500, 8 * n)
+    x = x.reshape(8 * n, -1)[:, :6]
+    branchy(shard(x, r, n), use_extra=(r == 0)).sum().backward()
+    ref = Branchy(0)
+    want = [torch.zeros_like(p) for p in ref.parameters()]
+    for q in range(n):
+        ref.zero_grad()
+        ref(shard(x, q, n), use_extra=(q == 0)).sum().backward()
+        want = [w + (p.grad if p.grad is not None else 0) for w, p in zip(want, ref.parameters())]
+    for (name, p), w in zip(branchy.module.named_parameters(), want):
+        check(p.grad is not None, "branch: %s has no gradient", name)
+        d = rel_diff(p.grad, w / n)
+        check(d <= 1e-6, "branch: %s's gradient is off by %.3g", name, d)
+
+    # 4. Buffers: rank 0's at construction and at every forward (then each
+    # rank's own forward updates them); without broadcast_buffers, each
+    # rank's own from construction on.
+    for bcast in (True, False):
+        net = DDP(BNNet(10 + r), broadcast_buffers=bcast)
+        data = [torch.randn(8 * n, 5, generator=torch.Generator().manual_seed(600 + k)) for k in range(3)]
+        for k in range(3):
+            net(shard(data[k], r, n))
+        ref = BNNet(10)  # rank 0's at construction
+        for k in range(3):
+            if bcast:
+                src = copy.deepcopy(ref)  # rank 0's buffers before forward k
+                src(shard(data[k], 0, n))
+                if k < 2:
+                    ref = src
+                else:
+                    ref(shard(data[k], r, n))
+            else:
+                ref(shard(data[k], r, n))
+        for (name, b), w in zip(net.module.named_buffers(), ref.buffers()):
+            check(torch.allclose(b.double(), w.double(), rtol=1e-6, atol=1e-7),
+                  "broadcast_buffers=%s: buffer %s is %s, want %s", bcast, name, b, w)
+    if r == 0:
+        print("ddp: %d workers vs one process after %d steps: max |dw|/(1+|w|) = %.3g" % (n, steps, worst))
+
+
+def _local_grads(model, x, y):
+    model.zero_grad()
+    loss_fn(model, x, y).backward()
+    return [p.grad.detach().clone() for p in model.parameters()]
+
+
+def _mean_grads(model, x, y, n):
+    gs = [_local_grads(model, shard(x, q, n), shard(y, q, n)) for q in range(n)]
+    return [sum(g) / n for g in zip(*gs)]
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -229,6 +375,7 @@ def main():
     cases = {
         "metrics": case_metrics,
         "freshstate": case_freshstate,
+        "ddp": case_ddp,
     }
     if case not in cases:
         sys.exit("unknown case %r; cases: %s" % (case, ", ".join(sorted(cases))))
