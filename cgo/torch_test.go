@@ -162,6 +162,23 @@ func TestTorchDDP(t *testing.T) {
 	logLines(t, compatJob(t, 2, 2, "ddp"), "ddp:")
 }
 
+// TestTorchCrossBarrier: CrossBarrier (per-layer updates in a background
+// thread, forward pre-hooks) trains two workers to the weights of one
+// process on the whole batches, with SGD (momentum, nesterov, weight
+// decay, two backward passes per step), Adam and RMSprop; misuse raises
+// clear errors.
+func TestTorchCrossBarrier(t *testing.T) {
+	logLines(t, compatJob(t, 2, 2, "crossbarrier"), "crossbarrier ")
+}
+
+// TestTorchCrossBarrierOverlap: with the last layer's update made 300 ms
+// slow, the next forward pass starts its first layer before that update
+// has ended and reaches the last layer only after it; the weights still
+// match one process.
+func TestTorchCrossBarrierOverlap(t *testing.T) {
+	logLines(t, compatJob(t, 2, 2, "crossoverlap"), "crossoverlap")
+}
+
 // TestTorchFreshOptimizerState: broadcast_optimizer_state on a fresh Adam
 // and SGD with momentum (plain and under DistributedOptimizer) leaves
 // every rank with exactly rank 0's state after a zero-gradient step,

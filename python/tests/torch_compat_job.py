@@ -12,6 +12,8 @@ R". Every reference is computed in the same process from the same seeds
                   get_pushpull_speed
     freshstate    -np 3: broadcast_optimizer_state on fresh optimizers
     ddp           -np 2: parallel.DistributedDataParallel
+    crossbarrier  -np 2: cross_barrier.CrossBarrier trains as one process
+    crossoverlap  -np 2: CrossBarrier's next forward overlaps the updates
 """
 
 import copy
@@ -23,6 +25,7 @@ import torch
 
 import gobps.torch as bps
 from gobps.torch import _speed
+from gobps.torch.cross_barrier import CrossBarrier
 from gobps.torch.parallel import DistributedDataParallel as DDP
 from torch_job import (CheckFailed, check, expect_raises, loss_fn, make_data,
                        make_model)
@@ -368,6 +371,160 @@ def _mean_grads(model, x, y, n):
     return [sum(g) / n for g in zip(*gs)]
 
 
+# ---------------------------------------------------------------- CrossBarrier
+
+
+def case_crossbarrier():
+    bps.init()
+    n, r = bps.size(), bps.rank()
+    steps, batch = 5, 32
+    configs = [
+        # (optimizer, options, backward passes per step, wait by num_steps,
+        # dtype, tolerance). RMSprop's first steps divide by the root of a
+        # small running average, which turns float32's rounding of the mean
+        # of shards (vs the whole batch) into 1.2e-5 after 5 steps in one
+        # process alone: it runs in float64.
+        (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), 1, True, torch.float32, 1e-5),
+        (torch.optim.SGD, dict(lr=0.05, momentum=0.5), 2, False, torch.float32, 1e-5),
+        (torch.optim.Adam, dict(lr=0.01, weight_decay=0.001), 1, False, torch.float32, 1e-5),
+        (torch.optim.RMSprop, dict(lr=0.01, momentum=0.3), 1, True, torch.float64, 1e-10),
+    ]
+    for ci, (cls, kw, passes, by_num_steps, dtype, tol) in enumerate(configs):
+        label = "%s %s %s passes=%d" % (cls.__name__, kw, str(dtype).replace("torch.", ""), passes)
+        model = make_model(dtype, r)
+        opt = CrossBarrier(model, cls(model.parameters(), **kw),
+                           named_parameters=[("cb%d.%s" % (ci, k), v) for k, v in model.named_parameters()],
+                           backward_passes_per_step=passes, num_steps=steps if by_num_steps else 10 ** 6)
+        # (names key the broadcasts: one per config, whose dtypes differ)
+        bps.broadcast_parameters(model.state_dict(), root_rank=0, prefix="cb%d." % ci)
+        bps.broadcast_optimizer_state(opt, root_rank=0, prefix="cb%d." % ci)
+        check(len(opt.state) > 0, "%s: broadcast_optimizer_state left no state", label)
+        ref = make_model(dtype, 0)
+        ref_opt = cls(ref.parameters(), **kw)
+        zero_grad_step(ref_opt, list(ref.parameters()))
+        # The learning rate halves every 2 steps: an update uses the rate of
+        # the step its gradient belongs to, however late it is applied.
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+        ref_sched = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=2, gamma=0.5)
+        for step in range(steps):
+            opt.zero_grad()
+            ref_opt.zero_grad()
+            for k in range(passes):
+                x, y = make_data(dtype, 700 + 10 * step + k, batch)
+                loss_fn(model, shard(x, r, n), shard(y, r, n)).backward()
+                loss_fn(ref, x, y).backward()
+            opt.step()
+            ref_opt.step()
+            sched.step()
+            ref_sched.step()
+        check(opt.param_groups[0]["lr"] == ref_opt.param_groups[0]["lr"] < kw["lr"], "%s: lr %s, want %s",
+              label, opt.param_groups[0]["lr"], ref_opt.param_groups[0]["lr"])
+        if not by_num_steps:
+            opt.synchronize()
+        # (with by_num_steps, the steps-th step() waited for every update)
+        worst = compare_params(label, model, ref, tol)
+        opt.close()
+        if r == 0:
+            print("crossbarrier %s: %d workers vs one process after %d steps: max |dw|/(1+|w|) = %.3g"
+                  % (label, n, steps, worst))
+
+    # Misuse gets clear errors.
+    model = make_model(torch.float32, 0)
+    expect_raises(bps.NotSupportedError, "LBFGS", CrossBarrier, model, torch.optim.LBFGS(model.parameters()))
+    other = make_model(torch.float32, 0)  # its hooks must not touch model's gradients
+    expect_raises(ValueError, "not a DistributedOptimizer", CrossBarrier, other,
+                  bps.DistributedOptimizer(torch.optim.SGD(other.parameters(), lr=0.1),
+                                           named_parameters=[("e." + k, v) for k, v in other.named_parameters()]))
+    stray = torch.nn.Parameter(torch.ones(3))
+    expect_raises(ValueError, "in no module of the model", CrossBarrier, model,
+                  torch.optim.SGD(list(model.parameters()) + [stray], lr=0.1),
+                  named_parameters=[("s." + k, v) for k, v in model.named_parameters()] + [("stray", stray)])
+    expect_raises(ValueError, "num_steps", CrossBarrier, model, torch.optim.SGD(model.parameters(), lr=0.1), num_steps=0)
+    opt = CrossBarrier(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                       named_parameters=[("m." + k, v) for k, v in model.named_parameters()])
+    x, y = make_data(torch.float32, 800, 8)
+    loss_fn(model, x, y).backward()
+    expect_raises(AssertionError, "call step() first", opt.synchronize)
+    expect_raises(AssertionError, "more than backward_passes_per_step", lambda: loss_fn(model, x, y).backward())
+    opt.step()
+    opt.synchronize()
+    expect_raises(bps.NotSupportedError, "cannot be added", opt.add_param_group, {"params": [stray]})
+    opt.close()
+
+
+class SlowSGD(torch.optim.SGD):
+    """SGD whose update of one chosen parameter takes DELAY seconds more;
+    it records when that update started and ended."""
+
+    DELAY = 0.3
+    slow = None
+    log = []
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(params) == 1 and params[0] is SlowSGD.slow:
+            t0 = time.perf_counter()
+            time.sleep(SlowSGD.DELAY)
+            out = super().step(closure)
+            SlowSGD.log.append((t0, time.perf_counter()))
+            return out
+        return super().step(closure)
+
+
+def case_crossoverlap():
+    """The last layer's update is slow (SlowSGD): the next forward pass
+    must start (first layer) before it ends, and reach the last layer only
+    after it."""
+    bps.init()
+    n, r = bps.size(), bps.rank()
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(32, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 10)]
+    model = torch.nn.Sequential(*layers)
+    ref = copy.deepcopy(model)
+    SlowSGD.slow = model[4].weight
+    opt = CrossBarrier(model, SlowSGD(model.parameters(), lr=0.1, momentum=0.9),
+                       named_parameters=model.named_parameters())
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    marks = []
+    model[0].register_forward_pre_hook(lambda m, i: marks.append(("first", time.perf_counter())))
+    model[4].register_forward_pre_hook(lambda m, i: marks.append(("last", time.perf_counter())))
+    steps, batch = 4, 16
+    step_ends = []
+    for step in range(steps):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(900 + step)
+        x, y = torch.randn(batch, 32, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(shard(x, r, n)), shard(y, r, n)).backward()
+        opt.step()
+        step_ends.append(time.perf_counter())
+        check(step_ends[-1] - t0 < 10, "step %d took %.1f s", step, step_ends[-1] - t0)
+        ref_opt.zero_grad()
+        torch.nn.functional.cross_entropy(ref(x), y).backward()
+        ref_opt.step()
+    opt.synchronize()
+    check(len(SlowSGD.log) == steps, "%d slow updates for %d steps", len(SlowSGD.log), steps)
+    firsts = [t for what, t in marks if what == "first"]
+    lasts = [t for what, t in marks if what == "last"]
+    check(len(firsts) == steps and len(lasts) == steps, "forward marks: %s", marks)
+    for i in range(1, steps):
+        _, slow_end = SlowSGD.log[i - 1]
+        check(step_ends[i - 1] < slow_end, "step %d: step() returned %.1f ms after the last layer's update ended",
+              i - 1, 1000 * (step_ends[i - 1] - slow_end))
+        check(firsts[i] < slow_end, "step %d: the first layer's forward started %.1f ms after the last layer's update "
+              "of step %d ended: no overlap", i, 1000 * (firsts[i] - slow_end), i - 1)
+        check(lasts[i] >= slow_end, "step %d: the last layer's forward started %.1f ms before its update ended",
+              i, 1000 * (slow_end - lasts[i]))
+        if r == 0:
+            print("crossoverlap step %d: first layer's forward started %.1f ms before the last layer's update of "
+                  "step %d ended; last layer's forward %.1f ms after" % (
+                      i, 1000 * (slow_end - firsts[i]), i - 1, 1000 * (lasts[i] - slow_end)))
+    worst = compare_params("crossoverlap", model, ref, 1e-5)
+    opt.close()
+    if r == 0:
+        print("crossoverlap: %d workers vs one process: max |dw|/(1+|w|) = %.3g" % (n, worst))
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -376,6 +533,8 @@ def main():
         "metrics": case_metrics,
         "freshstate": case_freshstate,
         "ddp": case_ddp,
+        "crossbarrier": case_crossbarrier,
+        "crossoverlap": case_crossoverlap,
     }
     if case not in cases:
         sys.exit("unknown case %r; cases: %s" % (case, ", ".join(sorted(cases))))

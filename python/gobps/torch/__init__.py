@@ -64,6 +64,9 @@ __all__ = [
 
 
 class _DistributedOptimizer(torch.optim.Optimizer):
+    # Marks the classes DistributedOptimizer makes (CrossBarrier refuses them).
+    _gobps_distributed = True
+
     def __init__(self, params, named_parameters, compression, backward_passes_per_step=1):
         super(self.__class__, self).__init__(params)
         self._compression = compression
@@ -252,7 +255,7 @@ def _create_state(optimizer):
             p.grad = torch.zeros_like(p, memory_format=torch.contiguous_format)
     try:
         plain = getattr(optimizer, "_plain_step", None)
-        if plain is not None:  # DistributedOptimizer: no push_pulls
+        if plain is not None:  # DistributedOptimizer, CrossBarrier: no push_pulls
             plain()
         else:
             optimizer.step()
@@ -275,10 +278,14 @@ def broadcast_optimizer_state(optimizer, root_rank, prefix="Parameter."):
     entries, tensor shapes and dtypes, non-tensor values) with
     broadcast_object; the others shape their state to match, dropping
     entries root lacks, and every state tensor is broadcast in place.
-    Works on a torch optimizer or a DistributedOptimizer.
+    Works on a torch optimizer, a DistributedOptimizer or a CrossBarrier
+    (after its synchronize).
     """
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ValueError("cannot broadcast torch.optim.LBFGS state")
+    sync = getattr(optimizer, "_gobps_quiesce", None)
+    if sync is not None:  # CrossBarrier: no update in flight
+        sync()
     if not any(len(v) for v in optimizer.state.values()):
         _create_state(optimizer)
     groups = optimizer.param_groups
