@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -194,6 +195,57 @@ func TestTorchFreshOptimizerState(t *testing.T) {
 // the elapsed time).
 func TestTorchMetrics(t *testing.T) {
 	logLines(t, compatJob(t, 2, 2, "metrics"), "metrics:")
+}
+
+// TestTorchBytepsCompat: "import byteps" fails by default; under bpsrun
+// --byteps-compat a script written as BytePS's examples are (byteps.torch,
+// its DistributedDataParallel, cross_barrier, metric averaging) runs
+// unedited and matches one process; bpsrun says where it looked when it
+// cannot find the shim; environment mode puts the shim on the path too.
+func TestTorchBytepsCompat(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts multi-process jobs")
+	}
+	needPython(t, "torch")
+	dir := binaries(t)
+	t.Run("not by default", func(t *testing.T) {
+		out, err := run(t, time.Minute, pyEnv(t), python, "-c", "import byteps")
+		if err == nil || !strings.Contains(out, "No module named 'byteps'") {
+			t.Errorf("import byteps without the shim: %v\n%s", err, out)
+		}
+	})
+	for _, mode := range []string{"optimizer", "ddp", "cross_barrier"} {
+		t.Run(mode, func(t *testing.T) {
+			out, err := run(t, 2*time.Minute, pyEnv(t), filepath.Join(dir, "bpsrun"), "--byteps-compat", "--local",
+				"-np", "2", "--servers", "2", "--", python, "python/tests/byteps_example.py", "--mode", mode)
+			if err != nil {
+				t.Fatalf("bpsrun --byteps-compat: %v\n%s", err, out)
+			}
+			wantLines(t, out, 2, "byteps_example "+mode+" ok rank %d")
+			logLines(t, out, "byteps_example "+mode+":")
+		})
+	}
+	t.Run("no shim", func(t *testing.T) {
+		// No PYTHONPATH, and a bpsrun outside the source tree.
+		out, err := run(t, time.Minute, jobEnv("GOBPS_LIB="+filepath.Join(dir, "libgobps.so")),
+			filepath.Join(dir, "bpsrun"), "--byteps-compat", "--local", "--", python, "-c", "pass")
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(out, "byteps shim") ||
+			!strings.Contains(out, filepath.Join(dir, "..", "python", "compat")) {
+			t.Errorf("bpsrun --byteps-compat without the shim: %v (want exit status 2 and where it looked)\n%s", err, out)
+		}
+	})
+	t.Run("environment mode", func(t *testing.T) {
+		env := pyEnv(t, "DMLC_ROLE=worker", "DMLC_NUM_WORKER=1", "DMLC_NUM_SERVER=1",
+			"DMLC_PS_ROOT_URI=127.0.0.1", "DMLC_PS_ROOT_PORT=9")
+		out, err := run(t, time.Minute, env, filepath.Join(dir, "bpsrun"), "--byteps-compat", python, "-c",
+			"import byteps.torch, gobps.torch, os; assert byteps.torch is gobps.torch; "+
+				"print('shim at', os.environ['PYTHONPATH'].split(os.pathsep)[0])")
+		want := "shim at " + filepath.Join(root(t), "python", "compat")
+		if err != nil || !strings.Contains(out, want) {
+			t.Errorf("DMLC_ROLE=worker bpsrun --byteps-compat: %v; want %q\n%s", err, want, out)
+		}
+	})
 }
 
 // TestTorchExamples runs examples/pytorch briefly: train_digits must learn,

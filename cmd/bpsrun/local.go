@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,12 +18,66 @@ import (
 )
 
 // execWorker replaces bpsrun with the worker command (environment mode).
-func execWorker(argv []string) error {
+func execWorker(argv, env []string) error {
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		return err
 	}
-	return syscall.Exec(path, argv, os.Environ())
+	return syscall.Exec(path, argv, env)
+}
+
+// bytepsShimMarker is a line of python/compat/byteps/__init__.py that tells
+// gobps's byteps shim from a real BytePS installation.
+const bytepsShimMarker = "# gobps-byteps-shim"
+
+// bytepsCompatDir finds the directory holding gobps's byteps shim
+// (compat/byteps/__init__.py): compat/ in each entry of pythonPath, then
+// ../python/compat from the directory of exe. The error lists where it
+// looked.
+func bytepsCompatDir(pythonPath, exe string) (string, error) {
+	var dirs []string
+	for _, e := range filepath.SplitList(pythonPath) {
+		if e != "" {
+			dirs = append(dirs, filepath.Join(e, "compat"))
+		}
+	}
+	if exe != "" {
+		dirs = append(dirs, filepath.Join(filepath.Dir(exe), "..", "python", "compat"))
+	}
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, "byteps", "__init__.py"))
+		if err != nil || !strings.Contains(string(b), bytepsShimMarker) {
+			continue
+		}
+		if abs, err := filepath.Abs(d); err == nil {
+			d = abs
+		}
+		return filepath.Clean(d), nil
+	}
+	return "", fmt.Errorf("--byteps-compat: gobps's byteps shim (compat/byteps/__init__.py) is not in %s; "+
+		"put gobps's python/ directory on PYTHONPATH (PYTHONPATH=/path/to/gobps/python), or leave out "+
+		"--byteps-compat and set PYTHONPATH=/path/to/gobps/python/compat:/path/to/gobps/python yourself",
+		strings.Join(dirs, ", "))
+}
+
+// withBytepsCompat returns env with the byteps shim's directory first on
+// PYTHONPATH.
+func withBytepsCompat(env []string) ([]string, error) {
+	pythonPath := ""
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == "PYTHONPATH" {
+			pythonPath = v
+		}
+	}
+	exe, _ := os.Executable()
+	dir, err := bytepsCompatDir(pythonPath, exe)
+	if err != nil {
+		return nil, err
+	}
+	if pythonPath != "" {
+		dir += string(filepath.ListSeparator) + pythonPath
+	}
+	return jobEnv(env, map[string]string{"PYTHONPATH": dir}), nil
 }
 
 // proc is one process of a local job.
@@ -108,6 +163,13 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
 		return 1
 	}
+	workerEnv := env
+	if f.compat {
+		if workerEnv, err = withBytepsCompat(env); err != nil {
+			fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+			return 2
+		}
+	}
 	common := map[string]string{
 		"DMLC_NUM_WORKER":   strconv.Itoa(f.np / local),
 		"BYTEPS_LOCAL_SIZE": strconv.Itoa(local),
@@ -140,7 +202,7 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	}
 	for i := 0; i < f.np; i++ {
 		p := &proc{name: fmt.Sprintf("worker %d", i), cmd: exec.Command(f.commands[0], f.commands[1:]...)}
-		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
+		p.cmd.Env = jobEnv(workerEnv, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
 	}
 

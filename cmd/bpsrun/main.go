@@ -43,10 +43,16 @@ Usage:
       names it. Ctrl-C stops everything.
 
   DMLC_ROLE=scheduler|server bpsrun
-  DMLC_ROLE=worker bpsrun CMD [ARGS...]
+  DMLC_ROLE=worker bpsrun [--byteps-compat] CMD [ARGS...]
       Environment mode, as BytePS's bpslaunch: run the role the environment
       names. The environment is checked first; a missing or malformed
       variable is an error naming it (see docs/env.md).
+
+  --byteps-compat runs an unedited BytePS script: it puts the directory of
+  gobps's byteps shim (python/compat, in which "import byteps.torch" gives
+  gobps.torch) first on the workers' PYTHONPATH. The shim is looked for as
+  compat/ next to each PYTHONPATH entry that holds it (PYTHONPATH=python
+  finds python/compat), then as ../python/compat from the bpsrun binary.
 
 Flags:
 `
@@ -63,6 +69,7 @@ type flags struct {
 	port     int
 	grace    time.Duration
 	verbose  bool
+	compat   bool
 	help     bool
 	commands []string
 }
@@ -78,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&f.port, "port", 0, "coordinator port in --local mode (0: pick a free one)")
 	fs.DurationVar(&f.grace, "grace", 3*time.Second, "after the first failure, how long the other processes get to exit on their own before they are stopped")
 	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")
+	fs.BoolVar(&f.compat, "byteps-compat", false, "put gobps's byteps shim (python/compat) first on the workers' PYTHONPATH, so that \"import byteps.torch\" gives gobps.torch")
 	fs.BoolVar(&f.help, "help", false, "print this help")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -129,7 +137,7 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
 		return 1
 	}
-	return runRole(cfg, f, stderr)
+	return runRole(cfg, f, env, stderr)
 }
 
 func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
@@ -142,7 +150,7 @@ func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
 }
 
 // runRole is environment mode.
-func runRole(cfg *config.Config, f *flags, stderr io.Writer) int {
+func runRole(cfg *config.Config, f *flags, env []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	logf := newLogger(stderr, cfg, f.verbose)
@@ -157,7 +165,13 @@ func runRole(cfg *config.Config, f *flags, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "bpsrun: DMLC_ROLE=worker needs the command to run: bpsrun CMD [ARGS...]")
 			return 2
 		}
-		err = execWorker(f.commands)
+		if f.compat {
+			if env, err = withBytepsCompat(env); err != nil {
+				fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+				return 2
+			}
+		}
+		err = execWorker(f.commands, env)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bpsrun: %s: %v\n", cfg.Role, err)
