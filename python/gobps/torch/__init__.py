@@ -18,12 +18,22 @@ start the job with bpsrun::
         loss_fn(model(data), target).backward()   # push_pulls start here
         optimizer.step()                          # waits for them
 
-Differences from byteps.torch: CPU tensors only (GPU staging is future
-work); ``declare`` needs the tensor, since gobps declares dtype and size
-up front; the ``version``, ``priority`` and ``staleness`` arguments are
+The submodules are byteps.torch's too: ``gobps.torch.parallel``
+(DistributedDataParallel) and ``gobps.torch.cross_barrier`` (CrossBarrier).
+An unedited byteps script runs under ``bpsrun --byteps-compat``, which puts
+a ``byteps`` package that aliases gobps on the workers' path.
+
+Tensors: CPU and CUDA ones. A CUDA tensor's push_pull is staged through
+pinned host memory by the library (never run on a GPU in this project's
+CI); broadcasts of CUDA tensors go through a CPU copy.
+
+Differences from byteps.torch (docs/pytorch.md lists every name):
+``declare`` needs the tensor, since gobps declares dtype and size up
+front; the ``version``, ``priority`` and ``staleness`` arguments are
 accepted and ignored (priorities come from the declaration order, which
-DistributedOptimizer makes the model's order); asynchronous training
-(BYTEPS_ENABLE_ASYNC) is not supported.
+DistributedOptimizer makes the model's order); averaging an integer tensor
+is refused rather than floor-divided; asynchronous training
+(BYTEPS_ENABLE_ASYNC), ``suspend`` and ``resume`` are not supported.
 """
 
 import collections
