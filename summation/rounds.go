@@ -100,7 +100,7 @@ type Rounds struct {
 	failed  error   // set by Fail: every later op gets it
 	gone    []error // by worker: why it left the job (Depart); nil while it is in
 	anyGone bool
-	joined  []bool   // by worker: out of data, answers with zeros (Join)
+	joined  []bool // by worker: out of data, answers with zeros (Join)
 	nJoined int
 	told    []uint64 // by worker: rounds below this were told (Behind)
 	decl    proto.Decl
