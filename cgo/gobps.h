@@ -59,7 +59,7 @@ extern "C" {
 /* GOBPS_API_VERSION changes whenever a signature or a meaning in this file
  * changes; gobps_api_version() returns the version the library was built
  * with, so a binding can check that it matches. */
-#define GOBPS_API_VERSION 2
+#define GOBPS_API_VERSION 3
 
 /* Status codes. */
 enum {

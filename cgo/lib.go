@@ -19,7 +19,7 @@ import (
 )
 
 // apiVersion is GOBPS_API_VERSION of gobps.h.
-const apiVersion = 2
+const apiVersion = 3
 
 // status is a C API status code; the values are those of gobps.h (exports.go
 // checks them against the header at compile time).

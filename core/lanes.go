@@ -136,6 +136,10 @@ func (l *lane) Handle(c rdma.Conn, h *proto.Header, payload []byte, err error) {
 		effs := e.takeLocked()
 		e.mu.Unlock()
 		e.run(effs)
+	case h.Op == proto.OpError && h.ReqID == 0 && h.Flags&proto.FlagFatal != 0:
+		// A tensor we declared failed for good (GOBPS_DECLARE_TIMEOUT):
+		// its rounds may wait where no answer reaches them.
+		e.failAll(fmt.Errorf("gobps: %s: %s", l.srv, payload))
 	case h.Op == proto.OpError && h.ReqID == 0:
 		// A notice about no request of ours: a tensor we declared and
 		// push waits for workers that have not declared it.

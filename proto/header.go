@@ -92,7 +92,13 @@ const (
 	// with the same ReqID right after it would: the server then streams
 	// the answer while this push, and the others, are still arriving.
 	FlagPull
-	knownFlags = FlagCRC | FlagPiece | FlagPull
+	// FlagFatal on an OpError that answers no request (a notice) says the
+	// job cannot go on: the worker fails as a whole, with the payload as
+	// the reason (a tensor that some workers never declared, past
+	// GOBPS_DECLARE_TIMEOUT: ops of it may wait where no answer reaches
+	// them, in another worker's shared memory).
+	FlagFatal
+	knownFlags = FlagCRC | FlagPiece | FlagPull | FlagFatal
 )
 
 const (
@@ -239,6 +245,8 @@ func (h *Header) Check() error {
 		return badFrame("piece flag on %s", h.Op)
 	case h.Flags&FlagPull != 0 && h.Op != OpPush:
 		return badFrame("pull flag on %s", h.Op)
+	case h.Flags&FlagFatal != 0 && (h.Op != OpError || h.ReqID != 0):
+		return badFrame("fatal flag on %s for request %d", h.Op, h.ReqID)
 	case h.Flags&FlagPiece == 0 && h.Piece != 0:
 		return badFrame("piece %d without the piece flag", h.Piece)
 	case h.Piece > MaxPiece:

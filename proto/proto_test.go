@@ -52,6 +52,7 @@ func TestHeaderRejects(t *testing.T) {
 		{"unknown dtype", func(b []byte) { b[8] = 99 }},
 		{"piece without flag", func(b []byte) { b[10] = 1 }},
 		{"piece flag on a push", func(b []byte) { b[6] |= byte(FlagPiece) }},
+		{"fatal flag on a push", func(b []byte) { b[6] |= byte(FlagFatal) }},
 		{"push without dtype", func(b []byte) { b[8] = 0 }},
 		{"partial element", func(b []byte) { b[40] = 7 }},
 		{"too long", func(b []byte) { b[43] = 0x80 }},

@@ -97,9 +97,32 @@ func TestPartialDeclaration(t *testing.T) {
 	for i, c := range cs[:2] {
 		c.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: only.Key, ReqID: 11}, i32s(int32(i), 1))
 	}
+	// Each hears twice, in either order: the pull fails, and a fatal
+	// notice (its rounds of the tensor may wait in shared memory, where
+	// no answer reaches them) fails the worker as a whole.
+	wants := []string{`tensor "on rank 0 and 1 only" int32[2]`, "was declared by worker(s) [0 1] but not by worker(s) [2] after",
+		fmt.Sprintf("(GOBPS_DECLARE_TIMEOUT %v)", timeout)}
 	for i, c := range cs[:2] {
-		c.expectError(11, `tensor "on rank 0 and 1 only" int32[2]`, "was declared by worker(s) [0 1] but not by worker(s) [2] after",
-			fmt.Sprintf("(GOBPS_DECLARE_TIMEOUT %v)", timeout))
+		var pulled, fatal bool
+		for range 2 {
+			f := c.next()
+			switch {
+			case f.h.Op == proto.OpError && f.h.ReqID == 11:
+				pulled = true
+			case f.h.Op == proto.OpError && f.h.ReqID == 0 && f.h.Flags&proto.FlagFatal != 0:
+				fatal = true
+			default:
+				t.Fatalf("worker %d got %v %q", i, &f.h, f.p)
+			}
+			for _, w := range wants {
+				if !strings.Contains(string(f.p), w) {
+					t.Fatalf("worker %d: %q does not say %q", i, f.p, w)
+				}
+			}
+		}
+		if !pulled || !fatal {
+			t.Fatalf("worker %d: pull failed %v, fatal notice %v", i, pulled, fatal)
+		}
 		if d := time.Since(start); d > timeout+2*time.Second {
 			t.Errorf("worker %d heard after %v", i, d)
 		}

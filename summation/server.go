@@ -583,8 +583,11 @@ func (s *Server) sweep() {
 		case now := <-t.C:
 			notes, fails := s.stale(now)
 			for _, n := range notes {
-				s.cfg.Logf("summation: %s", n.text)
-				n.p.out.send(proto.Header{Op: proto.OpError, Sender: s.id.Load()}, []byte(n.text), nil)
+				h := proto.Header{Op: proto.OpError, Sender: s.id.Load()}
+				if n.fatal {
+					h.Flags = proto.FlagFatal
+				}
+				n.p.out.send(h, []byte(n.text), nil)
 			}
 			s.failKeys(fails)
 		}
@@ -594,8 +597,9 @@ func (s *Server) sweep() {
 // note is a notice to one connection: an OpError with no request id,
 // which a worker logs as a warning.
 type note struct {
-	p    *peer
-	text string
+	p     *peer
+	text  string
+	fatal bool // FlagFatal: the worker fails as a whole
 }
 
 // stale finds the keys declared by some workers only: longer than
@@ -622,19 +626,21 @@ func (s *Server) stale(now time.Time) ([]note, []keyFailure) {
 		}
 		what := fmt.Sprintf("tensor %s (key %s) was declared by worker(s) %v but not by worker(s) %v after %v: "+
 			"every worker must declare, and push, the same tensors", k.decl.Tensor(), key, did, not, age.Round(time.Millisecond))
+		text := what + "; the workers that did wait for the others (GOBPS_DECLARE_TIMEOUT fails the tensor instead)"
 		if timeout {
 			delete(s.mu.partial, key)
 			k.failed = fmt.Errorf("%s (GOBPS_DECLARE_TIMEOUT %v)", what, s.cfg.DeclareTimeout)
 			fails = append(fails, keyFailure{k, k.failed})
-			continue
+			text = k.failed.Error()
+		} else {
+			k.warned = true
+			s.cfg.Logf("summation: %s", text)
 		}
-		k.warned = true
-		text := what + "; the workers that did wait for the others (GOBPS_DECLARE_TIMEOUT fails the tensor instead)"
 		seen := map[int]bool{}
 		for _, p := range s.mu.peers {
 			if w := int(p.worker.Load()); w >= 0 && k.declared[w] && !seen[w] {
 				seen[w] = true
-				notes = append(notes, note{p, text})
+				notes = append(notes, note{p, text, timeout})
 			}
 		}
 	}

@@ -16,7 +16,7 @@ import ctypes
 import os
 import threading
 
-API_VERSION = 2  # GOBPS_API_VERSION of gobps.h
+API_VERSION = 3  # GOBPS_API_VERSION of gobps.h
 
 # Status codes (gobps.h).
 OK = 0
@@ -133,6 +133,11 @@ def _declare(lib):
         "gobps_push_pull_cuda": ([ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int,
                                   ctypes.c_int, ctypes.c_void_p, c_handle_p], ctypes.c_int),
         "gobps_broadcast": ([ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_int, c_handle_p], ctypes.c_int),
+        "gobps_declare_shape": ([ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.POINTER(ctypes.c_int64), ctypes.c_int], ctypes.c_int),
+        "gobps_reserve": ([ctypes.c_char_p], ctypes.c_int),
+        "gobps_join": ([ctypes.c_int64], ctypes.c_int),
+        "gobps_suspend": ([ctypes.c_int64], ctypes.c_int),
+        "gobps_resume": ([ctypes.c_int, ctypes.c_int, ctypes.c_int64], ctypes.c_int),
         "gobps_poll": ([ctypes.c_int64, c_int_p], ctypes.c_int),
         "gobps_wait": ([ctypes.c_int64, ctypes.c_int64], ctypes.c_int),
     }
@@ -228,6 +233,34 @@ def local_size():
 
 def declare(name, dtype, count):
     check(lib().gobps_declare(name.encode(), dtype, count))
+
+
+def declare_shape(name, dtype, shape, root=-1):
+    """Declares name as a tensor of dtype and shape (a sequence of ints),
+    for push_pull (root -1) or broadcast from root: the servers compare
+    every worker's name, dtype and shape."""
+    dims = (ctypes.c_int64 * max(1, len(shape)))(*shape)
+    check(lib().gobps_declare_shape(name.encode(), dtype, len(shape), dims, root))
+
+
+def reserve(name):
+    check(lib().gobps_reserve(name.encode()))
+
+
+def _ms(timeout):
+    return -1 if timeout is None else max(0, int(timeout * 1000))
+
+
+def join(timeout=None):
+    check(lib().gobps_join(_ms(timeout)))
+
+
+def suspend(timeout=None):
+    check(lib().gobps_suspend(_ms(timeout)))
+
+
+def resume(num_workers, num_servers, timeout=None):
+    check(lib().gobps_resume(num_workers, num_servers, _ms(timeout)))
 
 
 def declare_broadcast(name, dtype, count, root):

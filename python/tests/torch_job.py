@@ -133,8 +133,10 @@ def case_errors():
     check(torch.equal(bps.push_pull_inplace(torch.ones(3, dtype=torch.int64), average=False, name="ints"),
                       torch.ones(3, dtype=torch.int64)), "int64 sum over one worker")
     bps.push_pull_inplace(torch.ones(5), name="five")
-    expect_raises(bps.InvalidArgumentError, "declared as 5 elements of float32",
+    expect_raises(bps.InvalidArgumentError, "declared as float32[5]",
                   bps.push_pull_async_inplace, torch.ones(6), name="five")
+    expect_raises(bps.InvalidArgumentError, "declared with shape [5]; now used with shape [5, 1]",
+                  bps.push_pull_async_inplace, torch.ones(5, 1), name="five")
     expect_raises(bps.InvalidArgumentError, "float64", bps.push_pull_async_inplace,
                   torch.ones(5, dtype=torch.float64), name="five")
     expect_raises(bps.InvalidArgumentError, "needs a name", bps.push_pull, torch.ones(2))

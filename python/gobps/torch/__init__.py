@@ -27,13 +27,19 @@ Tensors: CPU and CUDA ones. A CUDA tensor's push_pull is staged through
 pinned host memory by the library (never run on a GPU in this project's
 CI); broadcasts of CUDA tensors go through a CPU copy.
 
-Differences from byteps.torch (docs/pytorch.md lists every name):
-``declare`` needs the tensor, since gobps declares dtype and size up
-front; the ``version``, ``priority`` and ``staleness`` arguments are
-accepted and ignored (priorities come from the declaration order, which
+Every worker's declaration of a tensor (name, dtype, shape) is compared
+by the servers: tensors that do not match up across workers (other names,
+another order, another shape) are refused with an error naming both, never
+summed. A worker that leaves early is reported to the others at once;
+``join()`` lets workers with uneven data end cleanly.
+
+Differences from byteps.torch (docs/pytorch.md lists every name): the
+``version``, ``priority`` and ``staleness`` arguments are accepted and
+ignored (priorities come from the declaration order, which
 DistributedOptimizer makes the model's order); averaging an integer tensor
-is refused rather than floor-divided; asynchronous training
-(BYTEPS_ENABLE_ASYNC), ``suspend`` and ``resume`` are not supported.
+is refused rather than floor-divided; ``resume`` continues a suspended job
+of the same size (changing it, elastic training, is not supported);
+asynchronous training (BYTEPS_ENABLE_ASYNC) is not supported.
 """
 
 import collections
@@ -55,13 +61,13 @@ from gobps.torch.ops import (broadcast_, broadcast_async_inplace, declare,
                              push_pull_async_inplace,
                              push_pull_group_sync_inplace, push_pull_inplace,
                              rank, resume, shutdown, size, suspend,
-                             synchronize)
+                             synchronize, join)
 
 # byteps.torch's name for push_pull_async_inplace.
 byteps_push_pull = push_pull_async_inplace
 
 __all__ = [
-    "init", "shutdown", "suspend", "resume", "size", "local_size", "rank",
+    "init", "shutdown", "suspend", "resume", "join", "size", "local_size", "rank",
     "local_rank", "declare", "push_pull", "push_pull_async",
     "push_pull_async_inplace", "push_pull_inplace", "byteps_push_pull",
     "push_pull_group_sync_inplace", "get_pushpull_speed", "poll", "synchronize",

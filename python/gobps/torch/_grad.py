@@ -102,7 +102,7 @@ class Reducer(object):
         self.size = ops.size()
         for name, p in named:
             wire, _ = compression.compress(torch.empty(0, dtype=p.dtype))
-            ops.declare(prefix + name, torch.empty(p.numel(), dtype=wire.dtype))
+            ops.declare(prefix + name, torch.empty(p.shape, dtype=wire.dtype))
 
     def name(self, p):
         return self.prefix + self.names[p]

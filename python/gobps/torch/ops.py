@@ -67,6 +67,11 @@ def init(lazy=True, timeout=600.0):
             _atexit_registered = True
 
 
+def _forget_shapes():
+    with _shapes_lock:
+        _shapes.clear()
+
+
 def _shutdown_at_exit():
     try:
         _lib.shutdown()
@@ -77,13 +82,59 @@ def _shutdown_at_exit():
 def shutdown():
     """Leaves the job. Pending operations fail."""
     _lib.shutdown()
+    _forget_shapes()
 
 
-def suspend():
-    raise NotImplementedError("gobps: suspend/resume (elastic training) is not implemented")
+def suspend(timeout=None):
+    """Pauses the job, as byteps's suspend does: every worker calls it.
+    Operations in flight complete; later ones raise until ``resume``. It
+    returns once every worker has suspended (at most ``timeout`` seconds;
+    None: no bound)."""
+    _lib.suspend(timeout)
 
 
-resume = suspend
+def resume(num_workers, num_servers, global_rank=None, context=None, timeout=None):
+    """Ends a suspension once every worker resumes. ``num_workers`` and
+    ``num_servers`` must be the job's size: changing it (byteps's elastic
+    training) is not implemented yet and raises InvalidArgumentError.
+    ``global_rank``, if given, must be this worker's rank; ``context`` is
+    accepted for byteps compatibility and ignored. The tensors stay
+    declared, in the same order."""
+    if global_rank is not None and global_rank != _lib.rank():
+        raise InvalidArgumentError(
+            "gobps: resume: global_rank %d, but this worker is rank %d; changing ranks (elastic training) "
+            "is not implemented yet" % (global_rank, _lib.rank()))
+    _lib.resume(num_workers, num_servers, timeout)
+
+
+class join(object):
+    """A context manager for uneven inputs, as PyTorch DDP's ``Join``: a
+    worker whose loop ends (it ran out of data) goes on answering the other
+    workers' push_pulls with zeros until every worker's loop has ended, so
+    the job ends cleanly instead of waiting forever::
+
+        with bps.join():
+            for x, y in my_shard:          # shards of different lengths
+                ...                        # forward, backward, step
+
+    The averaged gradients of a step that some workers no longer take part
+    in are the sum over the workers that do, divided by ``size()`` (DDP's
+    default). On leaving the block, ``join`` returns once every worker has
+    left its block (at most ``timeout`` seconds; None: no bound); the job
+    can go on afterwards with every worker. An exception leaving the block
+    is not a join: it propagates, and the worker's exit is reported to the
+    others."""
+
+    def __init__(self, timeout=None):
+        self._timeout = timeout
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            _lib.join(self._timeout)
+        return False
 
 
 def size():
@@ -144,15 +195,51 @@ def _name(name, what):
 def declare(name, tensor=None):
     """Declares the tensor that ``name`` will push_pull, fixing its place in
     the order: every worker must declare in the same order, and the earlier
-    a tensor is declared the higher its priority. gobps needs the tensor's
-    dtype and size to declare it, so ``tensor`` (or one shaped like it) must
-    be given; without it, the name is declared on first use instead (byteps
-    accepts a bare name). DistributedOptimizer declares every gradient, in
-    model order, when it is built."""
+    a tensor is declared the higher its priority. With ``tensor`` (or one
+    shaped like it), its dtype and shape are declared too; without, as in
+    byteps, the name's place is reserved and its dtype and shape come with
+    its first use, in whatever order the workers get there. Every worker's
+    declaration of a name is compared (name, dtype, shape): tensors that do
+    not match up are refused with an error naming both, never summed.
+    DistributedOptimizer declares every gradient, in model order, when it
+    is built."""
     if tensor is None:
+        _lib.reserve(_name(name, "declare"))
         return
-    _, code, n = _check_tensor(tensor, "declare %r" % name, cuda_ok=True)
-    _lib.declare(_name(name, "declare"), code, n)
+    _, code, _ = _check_tensor(tensor, "declare %r" % name, cuda_ok=True)
+    _declare_shape(_name(name, "declare"), code, tensor.shape, -1)
+
+
+# name -> (dtype code, shape, root) of the names declared with their shape
+_shapes = {}
+_shapes_lock = threading.Lock()
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _declare_shape(name, code, shape, root):
+    """Declares name with its shape on first use, so that the servers
+    compare every worker's shape too; a later use with another shape (of
+    the same size) is refused here. Raw-byte tensors are declared by their
+    size in bytes."""
+    shape = tuple(int(d) for d in shape)
+    with _shapes_lock:
+        known = _shapes.get(name)
+        if known == (code, shape, root):
+            return
+        if known is not None:
+            if known[0] == code and known[1] != shape and _numel(known[1]) == _numel(shape):
+                raise InvalidArgumentError(
+                    "gobps: %r was declared with shape %s; now used with shape %s: a name is one tensor"
+                    % (name, list(known[1]), list(shape)))
+            return  # another size, dtype or root: the library refuses the use, in its words
+        _lib.declare_shape(name, code, shape, root)
+        _shapes[name] = (code, shape, root)
 
 
 def _cuda_stream(tensor):
@@ -167,11 +254,12 @@ def _push_pull_start(tensor, output, average, name, what):
         raise InvalidArgumentError(
             "gobps: %s: cannot average a %s tensor; use average=False" % (what, output.dtype))
     op = _lib.AVERAGE if average else _lib.SUM
+    name = _name(name, "push_pull")
+    _declare_shape(name, code, output.shape, -1)
     if output.device.type == "cuda":
-        h = _lib.push_pull_cuda(_name(name, "push_pull"), ptr, code, n, op, output.device.index,
-                                _cuda_stream(output))
+        h = _lib.push_pull_cuda(name, ptr, code, n, op, output.device.index, _cuda_stream(output))
     else:
-        h = _lib.push_pull(_name(name, "push_pull"), ptr, code, n, op)
+        h = _lib.push_pull(name, ptr, code, n, op)
     _handle_map[h] = ((tensor, output), output, None)
     _meter.started(h, output.numel() * output.element_size())
     return h
@@ -319,7 +407,11 @@ def broadcast_async_inplace(tensor, root_rank, name=None):
             with torch.no_grad():
                 tensor.copy_(host)
     ptr, code, n = _check_tensor(host, what, any_dtype=True)
-    h = _lib.broadcast(_name(name, "broadcast"), ptr, code, n, root_rank)
+    name = _name(name, "broadcast")
+    if isinstance(root_rank, int) and not isinstance(root_rank, bool) and root_rank >= 0:
+        # (A bad root is the library's to refuse, with its words.)
+        _declare_shape(name, code, host.shape if code != _lib.UINT8 or host.dtype == torch.uint8 else (n,), root_rank)
+    h = _lib.broadcast(name, ptr, code, n, root_rank)
     _handle_map[h] = ((tensor, host), tensor, finish)
     return h
 
