@@ -94,28 +94,28 @@ func (e *Engine) runLocal(ef lifecycle.Effect) {
 	switch ef.Kind {
 	case lifecycle.LocalIn:
 		copy(seg.Input(), t.Buf)
-		err := localErr(seg.Contribute(r))
+		err := e.localErr(seg.Contribute(r))
 		e.report(func(m *lifecycle.Machine) { m.LocalInDone(t, err) })
 	case lifecycle.LocalReduce:
 		sum, err := seg.Reduce(e.waitCtx(t), r)
-		err = localErr(err)
+		err = e.localErr(err)
 		e.report(func(m *lifecycle.Machine) {
 			e.doneWaitingLocked(t)
 			m.Reduced(t, sum, err)
 		})
 	case lifecycle.LocalResult:
 		res, err := seg.Wait(e.waitCtx(t), r)
-		err = localErr(err)
+		err = e.localErr(err)
 		e.report(func(m *lifecycle.Machine) {
 			e.doneWaitingLocked(t)
 			m.ResultReady(t, res, err)
 		})
 	case lifecycle.LocalPublish:
-		err := localErr(seg.Publish(r))
+		err := e.localErr(seg.Publish(r))
 		e.report(func(m *lifecycle.Machine) { m.Published(t, err) })
 	case lifecycle.LocalOut:
 		copy(t.Buf, t.Result)
-		err := localErr(seg.Done(r))
+		err := e.localErr(seg.Done(r))
 		if err == nil && t.Op.Spec.Average {
 			err = kernel.Div(t.Op.Spec.DType, t.Buf, e.Size())
 		}
@@ -123,12 +123,21 @@ func (e *Engine) runLocal(ef lifecycle.Effect) {
 	}
 }
 
-// localErr says where an error of the local group comes from. (A wait
+// localErr says where an error of the local group comes from, naming a
+// local peer by its worker rank too, as every other error does. (A wait
 // that the lifecycle cancelled fails with the cause it recorded first, so
 // its context's error is never what the handle reports.)
-func localErr(err error) error {
+func (e *Engine) localErr(err error) error {
 	if err == nil {
 		return nil
+	}
+	var pe *local.PeerError
+	if errors.As(err, &pe) {
+		for _, w := range e.book.Workers {
+			if w.PID == pe.PID && w.Host == e.self.Host {
+				return fmt.Errorf("local aggregation: %s: %w", w, err)
+			}
+		}
 	}
 	return fmt.Errorf("local aggregation: %w", err)
 }

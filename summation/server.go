@@ -491,9 +491,13 @@ func mismatch(d proto.Decl, w int, earlier proto.Decl, first int) error {
 		}
 		return s
 	}
-	return fmt.Errorf("key %s declared as %s, earlier as %s: worker %d declares it as a part of tensor %s, worker %d declared it as a part of tensor %s; "+
+	sizes := ""
+	if part(d) != part(earlier) {
+		sizes = fmt.Sprintf(" declared as %s, earlier as %s", part(d), part(earlier))
+	}
+	return fmt.Errorf("key %s%s: worker %d declares it as a part of tensor %s, worker %d declared it as a part of tensor %s; "+
 		"every worker must declare the same tensors, with the same names, dtypes and shapes, in the same order",
-		d.Key, part(d), part(earlier), w, d.Tensor(), first, earlier.Tensor())
+		d.Key, sizes, w, d.Tensor(), first, earlier.Tensor())
 }
 
 // Depart tells the server that worker w has left the job (what says how,
