@@ -86,7 +86,8 @@ func TestTorchJoin(t *testing.T) {
 
 // TestTorchSuspendResume: suspend refuses new work until resume; resume
 // with the job's size (also in byteps's elastic form) goes on with right
-// sums; another size is refused as not implemented.
+// sums, and training across a suspension matches one process; another
+// size is refused as not implemented.
 func TestTorchSuspendResume(t *testing.T) {
 	eachLayout(t, func(t *testing.T, ls int) { wantCase(t, ls, nil, "suspend") })
 }

@@ -21,7 +21,8 @@ departures and join, the uneven cases hung.
     join       -np 2: uneven batches under DistributedOptimizer in a
                ``with join()`` block match one process's arithmetic
     suspend    -np 2: suspend, calls refused, resume (also byteps's
-               elastic form resume(size, servers, rank)), training goes on
+               elastic form resume(size, servers, rank)); training across
+               a suspension matches one process
     reserve    -np 2: names declared without a tensor, then used in
                different orders by the workers
 """
@@ -239,7 +240,25 @@ def case_suspend():
             wait(bps.push_pull_async_inplace(t, name="s", average=False), "after resume %d step %d" % (round_, step))
             want = float(3 + 2 * step)
             check(torch.all(t == want), "after %s resume, step %d: %s, want %g", how, step, t.tolist(), want)
-    say("suspend: rank %d suspended and resumed twice", r)
+    # Training across a suspension matches one process on the whole batches.
+    lr, batch = 0.1, 8
+    model, ref = make_model(torch.float32, 0), make_model(torch.float32, 0)
+    opt = bps.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9),
+                                   named_parameters=model.named_parameters())
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9)
+    for step in range(6):
+        if step == 3:
+            bps.suspend(timeout=BOUND)
+            bps.resume(n, servers, r, None, timeout=BOUND)
+        x, y = make_data(torch.float32, step, n * batch)
+        opt.zero_grad()
+        loss_fn(model, x[r * batch:(r + 1) * batch], y[r * batch:(r + 1) * batch]).backward()
+        opt.step()
+        ref_opt.zero_grad()
+        loss_fn(ref, x, y).backward()
+        ref_opt.step()
+    worst = compare("suspend: after 6 steps", model, ref)
+    say("suspend: rank %d suspended and resumed three times; trained vs one process max |dw|/(1+|w|) = %.3g", r, worst)
 
 
 def case_reserve():
