@@ -11,7 +11,7 @@ LIB     := build/libgobps.so
 DEPS    := libibverbs-dev
 GUEST   := build/rdma-guest
 
-.PHONY: all deps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net clean
+.PHONY: all deps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier clean
 
 all: build
 
@@ -126,6 +126,12 @@ bench-torch: build pydeps
 # namespaces with rate-limited links (needs root; see docs/benchmarks.md).
 bench-net: build
 	scripts/bench_allreduce_vs_ps.sh --no-build
+
+# CrossBarrier against DistributedOptimizer, 4 workers and 4 server hosts on
+# 1 Gbit/s links, with each step's timeline (needs root; see
+# docs/benchmarks.md).
+bench-crossbarrier: build pydeps
+	scripts/bench_crossbarrier.sh
 
 clean:
 	rm -rf $(BIN) build

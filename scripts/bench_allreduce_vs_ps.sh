@@ -194,39 +194,8 @@ deadline() {
 	awk -v b="$1" -v g="$GOODPUT" -v it=$((ITERS + WARMUP + 2)) 'BEGIN { printf "%d", 30 + it * 4 * 2 * b * 8 / g }'
 }
 
-# start HOST LOG CMD... runs CMD on HOST in the background, recording its pid.
-start() {
-	local host=$1 log=$2
-	shift 2
-	"$NC" exec "$host" "$@" >"$log" 2>&1 &
-	PIDS+=($!)
-	LAST=$!
-}
-
-# waitall SECONDS PID... waits for the pids, at most SECONDS in all, then
-# ends the rest. It fails if any failed or had to be ended.
-waitall() {
-	local limit=$1 pid ok=0 t=0
-	shift
-	while ((t < limit * 5)); do
-		local alive=0
-		for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-		((alive)) || break
-		sleep 0.2
-		t=$((t + 1))
-	done
-	for pid in "$@"; do
-		if kill -0 "$pid" 2>/dev/null; then
-			say "pid $pid still running after ${limit}s: ending it"
-			kill -TERM "$pid" 2>/dev/null || true
-			ok=1
-		fi
-	done
-	for pid in "$@"; do
-		wait "$pid" || ok=1
-	done
-	return $ok
-}
+# start and waitall
+. "$ROOT/scripts/netjob.sh"
 
 # record METHOD N K MODE SIZE LOG...: the slowest worker's median (and its
 # min and max) from the workers' result lines.

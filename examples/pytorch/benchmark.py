@@ -20,6 +20,7 @@ momentum) and torch thread count. The last line of each run is
 """
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -49,6 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--num-iters", type=int, default=5, help="timed iterations")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
     p.add_argument("--fp16", action="store_true", help="gobps: Compression.fp16")
+    p.add_argument("--optimizer", choices=("distributed", "crossbarrier"), default="distributed",
+                   help="gobps: DistributedOptimizer, or CrossBarrier (no global barrier between steps)")
+    p.add_argument("--timeline", default=None,
+                   help="gobps: rank 0 writes each step's times (wall clock: step, forward and backward "
+                        "begin and end, each layer's forward begin) to this JSON file")
     p.add_argument("--np", type=int, default=2, help="ddp and compare: number of workers")
     p.add_argument("--servers", type=int, default=2, help="compare: number of gobps servers")
     p.add_argument("--repeats", type=int, default=1,
@@ -99,17 +105,57 @@ def fake_data(args, shape, seed):
     return data, target
 
 
-def run_benchmark(args, model, optimizer, rank, size, mode, log):
+class Timeline(object):
+    """Wall-clock times of every step (time.time(), the clock gobps's
+    BYTEPS_TRACE_ON timeline is anchored to): when the step, its forward
+    and backward and optimizer.step() began and ended, and when each
+    layer's forward began (after any wait for its parameters: these
+    pre-hooks run after CrossBarrier's)."""
+
+    def __init__(self, model, path):
+        self.path, self.steps, self.cur = path, [], None
+        self.layers = [name for name, m in model.named_modules() if list(m.parameters(recurse=False))]
+        for i, (name, m) in enumerate((n, m) for n, m in model.named_modules() if n in self.layers):
+            m.register_forward_pre_hook(self._layer_hook(i))
+
+    def _layer_hook(self, i):
+        def hook(mod, inputs):
+            if self.cur is not None:
+                self.cur["layers"][i] = time.time()
+        return hook
+
+    def begin(self):
+        self.cur = {"begin": time.time(), "layers": [None] * len(self.layers)}
+        self.steps.append(self.cur)
+
+    def mark(self, what):
+        self.cur[what] = time.time()
+
+    def write(self, extra):
+        doc = dict(extra, layers=self.layers, steps=self.steps)
+        with open(self.path, "w") as f:
+            json.dump(doc, f)
+
+
+def run_benchmark(args, model, optimizer, rank, size, mode, log, timeline=None):
     _, shape = make_model(args.model)
     data, target = fake_data(args, shape, rank)
     index = [0]
+    mark = (lambda what: None) if timeline is None else timeline.mark
 
     def step():
         x = data[index[0] % len(data)]
         index[0] += 1
+        if timeline is not None:
+            timeline.begin()
         optimizer.zero_grad()
-        F.cross_entropy(model(x), target).backward()
+        mark("forward")
+        loss = F.cross_entropy(model(x), target)
+        mark("backward")
+        loss.backward()
+        mark("step")
         optimizer.step()
+        mark("end")
 
     nparams = sum(p.numel() for p in model.parameters())
     log("Model: %s (%.2fM parameters, %.1f MB of float32 gradients)" % (args.model, nparams / 1e6, nparams * 4 / 1e6))
@@ -149,17 +195,30 @@ def gobps_main(args):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     bps.broadcast_parameters(model.state_dict(), root_rank=0)
     bps.broadcast_optimizer_state(optimizer, root_rank=0)
-    optimizer = bps.DistributedOptimizer(
-        optimizer, named_parameters=model.named_parameters(),
-        compression=bps.Compression.fp16 if args.fp16 else bps.Compression.none)
+    compression = bps.Compression.fp16 if args.fp16 else bps.Compression.none
+    if args.optimizer == "crossbarrier":
+        from gobps.torch.cross_barrier import CrossBarrier
+        optimizer = CrossBarrier(model, optimizer, named_parameters=model.named_parameters(),
+                                 compression=compression)
+    else:
+        optimizer = bps.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             compression=compression)
+    timeline = Timeline(model, args.timeline) if args.timeline and rank == 0 else None
 
     def log(s):
         if rank == 0:
             print(s, flush=True)
-    mean = run_benchmark(args, model, optimizer, rank, size, "gobps", log)
+    mean = run_benchmark(args, model, optimizer, rank, size, "gobps, %s" % args.optimizer, log, timeline)
+    if args.optimizer == "crossbarrier":
+        optimizer.synchronize()
+        optimizer.close()
+    if timeline is not None:
+        timeline.write({"optimizer": args.optimizer, "model": args.model, "batch_size": args.batch_size,
+                        "workers": size, "warmup": args.num_warmup_batches})
     # The total is the sum over the workers, as measured by each.
     total = bps.push_pull(torch.tensor([mean], dtype=torch.float64), average=False, name="benchmark.total")
-    log("RESULT mode=gobps model=%s workers=%d samples_per_sec=%.1f" % (args.model, size, float(total[0])))
+    log("RESULT mode=gobps model=%s workers=%d samples_per_sec=%.1f optimizer=%s" % (
+        args.model, size, float(total[0]), args.optimizer))
     bps.shutdown()
 
 
