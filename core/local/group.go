@@ -192,6 +192,8 @@ type peer struct {
 
 	mu      sync.Mutex
 	out     []byte        // frames waiting for the writer
+	queued  uint64        // bytes ever queued in out
+	sent    uint64        // bytes the writer has written
 	wake    chan struct{} // capacity 1: out grew or closing was set
 	closing bool          // the writer stops once out is flushed
 	dead    bool          // the peer left or the writer failed: send drops frames
@@ -203,10 +205,20 @@ func (p *peer) String() string { return fmt.Sprintf("local rank %d (pid %d)", p.
 func (p *peer) send(f frame) {
 	p.mu.Lock()
 	if !p.dead && !p.closing {
+		n := len(p.out)
 		p.out = appendFrame(p.out, f)
+		p.queued += uint64(len(p.out) - n)
 	}
 	p.mu.Unlock()
 	p.poke()
+}
+
+// flushed reports whether everything queued for p has been written (or
+// never will be).
+func (p *peer) flushed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.dead || p.sent >= p.queued
 }
 
 func (p *peer) poke() {
@@ -332,15 +344,29 @@ func (g *Group) fail(err error, tell bool) {
 				p.send(frame{op: opAbort, payload: reason})
 			}
 		}
+		// A process often exits as soon as its operation has failed:
+		// let the cause reach the kernel first, or the others hear only
+		// that this rank vanished.
+		deadline := time.Now().Add(abortFlush)
+		for _, p := range g.peers {
+			for p != nil && !p.flushed() && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+		}
 	}
 }
+
+// abortFlush bounds how long Abort waits for its frames to be written.
+const abortFlush = 500 * time.Millisecond
 
 // Abort fails the group with cause, here and in every other rank, whose
 // pending and later calls then fail with a *PeerError naming this rank and
 // cause. An owner that cannot finish a round (its push or pull failed) calls
 // it, so that the ranks waiting for its Publish learn why at once rather
-// than wait for their context. Abort does nothing if the group has failed
-// already; Close must still be called.
+// than wait for their context. It returns once the news is written to every
+// peer (at most abortFlush), so that a process that exits right after its
+// operation failed still tells the others why. Abort does nothing if the
+// group has failed already; Close must still be called.
 func (g *Group) Abort(cause error) {
 	if cause == nil {
 		cause = errors.New("aborted")
@@ -428,7 +454,11 @@ func (g *Group) write(p *peer) {
 			return
 		}
 		p.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := p.conn.Write(buf); err != nil {
+		n, err := p.conn.Write(buf)
+		p.mu.Lock()
+		p.sent += uint64(n)
+		p.mu.Unlock()
+		if err != nil {
 			p.mu.Lock()
 			p.dead = true
 			p.out = nil

@@ -800,3 +800,39 @@ func TestAbort(t *testing.T) {
 	wantErr(t, gs[0].Err(), "local rank 0 aborted the group: server 1")
 	wantErr(t, own.Publish(0), "aborted the group")
 }
+
+// TestAbortThenExit: an owner that aborts and then vanishes at once (its
+// process exits without Close, as a program does when its operation has
+// failed) still tells the waiting rank why, not merely that it died.
+func TestAbortThenExit(t *testing.T) {
+	for i := range 20 {
+		gs := joinAll(t, Config{Dir: t.TempDir(), Group: fmt.Sprintf("abortexit%d", i), Size: 2})
+		segs := declareAll(t, gs, mixedKeys[:1])
+		own, other := segs[0][0], segs[1][0]
+		for _, s := range []*Segment{own, other} {
+			if err := s.Contribute(0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waited := make(chan error, 1)
+		go func() {
+			_, err := other.Wait(context.Background(), 0)
+			waited <- err
+		}()
+		if _, err := own.Reduce(context.Background(), 0); err != nil {
+			t.Fatal(err)
+		}
+		gs[0].Abort(errors.New("server 1 (10.0.0.2:9001) failed"))
+		for _, p := range gs[0].peers {
+			if p != nil {
+				p.conn.Close() // the process is gone
+			}
+		}
+		select {
+		case err := <-waited:
+			wantErr(t, err, "aborted the group: server 1 (10.0.0.2:9001) failed")
+		case <-time.After(5 * time.Second):
+			t.Fatal("Wait did not end")
+		}
+	}
+}
