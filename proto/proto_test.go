@@ -260,6 +260,10 @@ func FuzzDecodeHeader(f *testing.F) {
 	f.Add(b[:])
 	(&Header{Op: OpPullResp, DType: Int32}).Encode(b[:])
 	f.Add(b[:])
+	(&Header{Op: OpJoin, Round: 1}).Encode(b[:])
+	f.Add(b[:])
+	(&Header{Op: OpBehind, Round: 7}).Encode(b[:])
+	f.Add(b[:])
 	f.Fuzz(func(t *testing.T, in []byte) {
 		var h Header
 		if err := h.Decode(in); err != nil {
@@ -310,9 +314,18 @@ func checkAdmitted(t *testing.T, side Side, hello bool, h *Header) {
 			ok = hello && h.Length == 0
 		case OpError:
 			ok = hello
+		case OpJoin:
+			ok = hello && h.Length == 0 && h.Round <= 1
 		}
 	case WorkerSide:
-		ok = (h.Op == OpPullResp && h.Length > 0) || (h.Op == OpDeclareAck && h.Length == 0) || h.Op == OpError
+		switch h.Op {
+		case OpPullResp:
+			ok = h.Length > 0
+		case OpDeclareAck, OpJoinAck, OpBehind:
+			ok = h.Length == 0
+		case OpError:
+			ok = true
+		}
 	}
 	if !ok {
 		t.Fatalf("Admit(%s, hello %v) took %v", side, hello, h)
