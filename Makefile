@@ -97,6 +97,7 @@ race: deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 300000x ./proto
 	$(GO) test -run '^$$' -fuzz FuzzKernels -fuzztime 100000x ./summation/kernel
+	$(GO) test -run '^$$' -fuzz FuzzAccept -fuzztime 100000x ./internal/auth
 
 # The verbs transport over real RC queue pairs, and a job of 2 servers and
 # 2 workers with exact sums, inside a QEMU guest with Soft-RoCE (rdma_rxe on

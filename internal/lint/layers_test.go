@@ -36,7 +36,7 @@ var allowedFolders = map[string][]string{
 	"core":      {"core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
 	"summation": {"summation", "rdma", "proto", "internal"},
 	"cluster":   {"cluster", "proto", "internal"},
-	"config":    {"config", "proto"},
+	"config":    {"config", "proto", "internal"},
 	"rdma":      {"rdma", "proto", "internal"},
 	"scheduler": {"scheduler", "proto"},
 	"gpu":       {"gpu", "proto"},

@@ -104,10 +104,10 @@ var rules = []rule{
 		},
 	},
 	{
-		desc:    "core/local imports from gobps only proto and summation/kernel",
+		desc:    "core/local imports from gobps only proto, summation/kernel and internal/auth",
 		applies: func(pkg string) bool { return under(pkg, "core/local") },
 		forbids: func(pkg, imp string, inModule bool) bool {
-			return inModule && imp != "proto" && imp != "summation/kernel" && !under(imp, "core/local")
+			return inModule && imp != "proto" && imp != "summation/kernel" && imp != "internal/auth" && !under(imp, "core/local")
 		},
 	},
 	{
@@ -116,20 +116,27 @@ var rules = []rule{
 		forbids: onlyProtoAndOwn("gpu"),
 	},
 	{
-		desc:    "config imports from gobps only proto (and its own subpackages)",
+		desc:    "config imports from gobps only proto and internal/auth (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "config") },
-		forbids: onlyProtoAndOwn("config"),
+		forbids: func(pkg, imp string, inModule bool) bool {
+			return onlyProtoAndOwn("config")(pkg, imp, inModule) && imp != "internal/auth"
+		},
 	},
 	{
-		desc:    "cluster imports from gobps only proto and internal/accept (and its own subpackages)",
+		desc:    "cluster imports from gobps only proto, internal/accept and internal/auth (and its own subpackages)",
 		applies: func(pkg string) bool { return under(pkg, "cluster") },
 		forbids: func(pkg, imp string, inModule bool) bool {
-			return onlyProtoAndOwn("cluster")(pkg, imp, inModule) && imp != "internal/accept"
+			return onlyProtoAndOwn("cluster")(pkg, imp, inModule) && imp != "internal/accept" && imp != "internal/auth"
 		},
 	},
 	{
 		desc:    "internal/accept imports nothing of gobps",
 		applies: is("internal/accept"),
+		forbids: func(pkg, imp string, inModule bool) bool { return inModule },
+	},
+	{
+		desc:    "internal/auth imports nothing of gobps",
+		applies: is("internal/auth"),
 		forbids: func(pkg, imp string, inModule bool) bool { return inModule },
 	},
 	{
