@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -75,6 +76,12 @@ type Config struct {
 	RDMASendDepth    int    // GOBPS_RDMA_SEND_DEPTH: frames in flight per verbs connection
 	RDMARecvDepth    int    // GOBPS_RDMA_RECV_DEPTH: receive buffers per verbs connection
 	RDMAMRCacheBytes int    // GOBPS_RDMA_MR_CACHE_BYTES: bound of the verbs MR cache
+
+	Secret     string // GOBPS_SECRET: the job's shared secret; "" for none (see Auth)
+	SecretFile string // GOBPS_SECRET_FILE: a file holding it, readable by its owner only
+	TLSCert    string // GOBPS_TLS_CERT: this process's PEM certificate, for mutual TLS
+	TLSKey     string // GOBPS_TLS_KEY: its PEM private key
+	TLSCA      string // GOBPS_TLS_CA: the job's PEM CA bundle
 }
 
 // Variable describes one environment variable of the contract.
@@ -126,7 +133,16 @@ const (
 	envRDMASend      = "GOBPS_RDMA_SEND_DEPTH"
 	envRDMARecv      = "GOBPS_RDMA_RECV_DEPTH"
 	envRDMAMRCache   = "GOBPS_RDMA_MR_CACHE_BYTES"
+	envSecret        = "GOBPS_SECRET"
+	envSecretFile    = "GOBPS_SECRET_FILE"
+	envTLSCert       = "GOBPS_TLS_CERT"
+	envTLSKey        = "GOBPS_TLS_KEY"
+	envTLSCA         = "GOBPS_TLS_CA"
 )
+
+// MinSecretLen is the shortest secret accepted: a guessable secret
+// protects nothing.
+const MinSecretLen = 16
 
 // Limits that Validate enforces.
 const (
@@ -367,6 +383,31 @@ var table = []spec{
 		field: func(c *Config) any { return &c.GPUTimeout },
 	},
 	{
+		Variable: Variable{Name: envSecret, Roles: allRoles,
+			Doc: "The job's shared secret, at least 16 characters (bpsrun --local makes a fresh one), which every connection between the job's processes then proves both ends hold, by a mutual challenge-response, before anything else; unset, and without GOBPS_SECRET_FILE, the job is unauthenticated and says so at start."},
+		field: func(c *Config) any { return &c.Secret },
+	},
+	{
+		Variable: Variable{Name: envSecretFile, Roles: allRoles,
+			Doc: "A file holding the job's secret (instead of GOBPS_SECRET), which must be readable by its owner only (mode 0600 or 0400)."},
+		field: func(c *Config) any { return &c.SecretFile },
+	},
+	{
+		Variable: Variable{Name: envTLSCert, Roles: allRoles,
+			Doc: "PEM certificate of this process: with GOBPS_TLS_KEY and GOBPS_TLS_CA, every TCP connection of the job is mutual TLS 1.3, accepting only certificates the CA signed."},
+		field: func(c *Config) any { return &c.TLSCert },
+	},
+	{
+		Variable: Variable{Name: envTLSKey, Roles: allRoles,
+			Doc: "PEM private key of GOBPS_TLS_CERT."},
+		field: func(c *Config) any { return &c.TLSKey },
+	},
+	{
+		Variable: Variable{Name: envTLSCA, Roles: allRoles,
+			Doc: "PEM bundle of the CA whose certificates the job's processes accept (give each job its own: host names are not checked)."},
+		field: func(c *Config) any { return &c.TLSCA },
+	},
+	{
 		Variable: Variable{Name: envRDMADevice, Roles: serverWorker,
 			Doc: "RDMA device to use, such as mlx5_0 or rxe0; unset takes the first with an active port."},
 		field: func(c *Config) any { return &c.RDMADevice },
@@ -497,6 +538,9 @@ func (c *Config) Validate() error {
 // validate adds to bad every variable it finds wrong.
 func (c *Config) validate(p *problems, raw map[string]string, bad map[string]bool) {
 	value := func(name string) string {
+		if name == envSecret {
+			return "(not shown)" // never in an error message or a log
+		}
 		if v, ok := raw[name]; ok {
 			return v
 		}
@@ -615,6 +659,79 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	if c.GPUTimeout <= 0 {
 		fail(envGPUTimeout, "must be positive")
 	}
+	c.validateAuth(fail)
+}
+
+// validateAuth checks the secret and TLS variables (the files' contents
+// are read by Auth).
+func (c *Config) validateAuth(fail func(name, format string, args ...any)) {
+	switch {
+	case c.Secret != "" && c.SecretFile != "":
+		fail(envSecretFile, "is set together with %s: set one of them", envSecret)
+	case c.Secret != "" && len(c.Secret) < MinSecretLen:
+		fail(envSecret, "is %d characters long; use at least %d (bpsrun --local makes a random one)", len(c.Secret), MinSecretLen)
+	case c.SecretFile != "":
+		if _, err := readSecretFile(c.SecretFile); err != nil {
+			fail(envSecretFile, "%v", err)
+		}
+	}
+	set := 0
+	for _, v := range []string{c.TLSCert, c.TLSKey, c.TLSCA} {
+		if v != "" {
+			set++
+		}
+	}
+	if set != 0 && set != 3 {
+		fail(envTLSCert, "%s, %s and %s go together: set all three or none", envTLSCert, envTLSKey, envTLSCA)
+	}
+}
+
+// readSecretFile reads a secret from a file that only its owner may read.
+func readSecretFile(path string) (string, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	if !st.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s has mode %v: others may read it; chmod 600 it", path, st.Mode().Perm())
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	if len(secret) < MinSecretLen {
+		return "", fmt.Errorf("%s holds a secret of %d characters; use at least %d", path, len(secret), MinSecretLen)
+	}
+	return secret, nil
+}
+
+// Auth returns how this process's connections authenticate: nil when the
+// job has neither a secret nor TLS. It reads the secret file and the TLS
+// files.
+func (c *Config) Auth() (*auth.Config, error) {
+	secret := c.Secret
+	if c.SecretFile != "" {
+		var err error
+		if secret, err = readSecretFile(c.SecretFile); err != nil {
+			return nil, fmt.Errorf("config: %s: %w", envSecretFile, err)
+		}
+	}
+	a := &auth.Config{Secret: []byte(secret)}
+	if c.TLSCert != "" || c.TLSKey != "" || c.TLSCA != "" {
+		t, err := auth.LoadTLS(c.TLSCert, c.TLSKey, c.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("config: %s/%s/%s: %w", envTLSCert, envTLSKey, envTLSCA, err)
+		}
+		a.TLS = t
+	}
+	if !a.Enabled() {
+		return nil, nil
+	}
+	return a, nil
 }
 
 // validateRDMA checks the RDMA variables; fail and inRange are validate's.

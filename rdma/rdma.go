@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -175,7 +176,13 @@ func NoHello(remote string, waited time.Duration) error {
 type Admission struct {
 	side  proto.Side
 	hello bool
+	bound bool   // the connection's handshake proved node peer
+	peer  uint32 // (Bind)
 }
+
+// Bind records that the connection's handshake proved that the peer is
+// node id: its hello must say so.
+func (a *Admission) Bind(id uint32) { a.bound, a.peer = true, id }
 
 // NewAdmission returns the admission of a connection read on side.
 func NewAdmission(side proto.Side) Admission { return Admission{side: side} }
@@ -187,6 +194,10 @@ func NewAdmission(side proto.Side) Admission { return Admission{side: side} }
 func (a *Admission) Admit(h *proto.Header) error {
 	err := proto.Admit(a.side, a.hello, h)
 	if err == nil && h.Op == proto.OpHello {
+		if a.bound && h.Sender != a.peer {
+			return fmt.Errorf("%w: hello from node %#x, but the connection's handshake proved node %#x",
+				proto.ErrBadFrame, h.Sender, a.peer)
+		}
 		a.hello = true
 	}
 	return err
@@ -261,6 +272,11 @@ type Options struct {
 	// hello (on verbs the bootstrap included); 0 means
 	// DefaultHelloTimeout.
 	HelloTimeout time.Duration
+	// Auth, if set, authenticates every connection before its first
+	// frame (internal/auth: the job's secret, mutual TLS): an accepted
+	// connection that fails is closed and logged, and its hello must then
+	// name the node its handshake proved; Dial fails with the refusal.
+	Auth *auth.Config
 	// Logf, if set, receives one line per notable transport event (an MR
 	// cache that overflows its bound, an accept loop backing off, say).
 	// The transport never logs otherwise.

@@ -5,7 +5,10 @@
 // The handshake (with a secret) is a mutual challenge-response over fresh
 // nonces from both sides, three messages long:
 //
-//	dialer   -> acceptor  hello:  "GBA1", the dialer's claimed id (4 bytes), nonce D (32)
+//	dialer   -> acceptor  hello:  "GBA1", the dialer's claimed id (4 bytes), nonce D (32),
+//	                              8 zero bytes (a gobps frame header's length, so that a
+//	                              process without a secret reads a whole header, finds
+//	                              the magic wrong and hangs up at once)
 //	acceptor -> dialer    answer: "GBA1", the acceptor's id (4), nonce A (32),
 //	                              MAC("acceptor", D, A, dialer id, acceptor id) (32)
 //	dialer   -> acceptor  proof:  MAC("dialer", D, A, dialer id, acceptor id) (32)
@@ -51,7 +54,7 @@ const Magic = "GBA1"
 const (
 	NonceSize  = 32
 	MACSize    = sha256.Size
-	HelloSize  = len(Magic) + 4 + NonceSize
+	HelloSize  = len(Magic) + 4 + NonceSize + 8
 	AnswerSize = len(Magic) + 4 + NonceSize + MACSize
 	ProofSize  = MACSize
 )
@@ -270,7 +273,7 @@ func EncodeHello(id uint32, nonce []byte) []byte {
 	b := make([]byte, HelloSize)
 	copy(b, Magic)
 	binary.BigEndian.PutUint32(b[len(Magic):], id)
-	copy(b[len(Magic)+4:], nonce)
+	copy(b[len(Magic)+4:], nonce[:NonceSize])
 	return b
 }
 
@@ -279,7 +282,12 @@ func DecodeHello(b []byte) (id uint32, nonce []byte, err error) {
 	if len(b) != HelloSize || string(b[:len(Magic)]) != Magic {
 		return 0, nil, refused("malformed hello")
 	}
-	return binary.BigEndian.Uint32(b[len(Magic):]), b[len(Magic)+4:], nil
+	for _, x := range b[len(Magic)+4+NonceSize:] {
+		if x != 0 {
+			return 0, nil, refused("malformed hello (reserved bytes set)")
+		}
+	}
+	return binary.BigEndian.Uint32(b[len(Magic):]), b[len(Magic)+4 : len(Magic)+4+NonceSize], nil
 }
 
 // DecodeAnswer parses the acceptor's answer.

@@ -60,9 +60,10 @@ type Transport struct {
 
 	mu struct {
 		sync.Mutex
-		closed bool
-		conns  map[*conn]struct{}
-		lns    map[*listener]struct{}
+		closed  bool
+		conns   map[*conn]struct{}
+		lns     map[*listener]struct{}
+		shaking map[net.Conn]struct{} // accepted, in the auth handshake
 	}
 	wg sync.WaitGroup
 }
@@ -77,6 +78,7 @@ func NewOn(n Net, opt rdma.Options) *Transport {
 	t := &Transport{opt: opt, net: n}
 	t.mu.conns = map[*conn]struct{}{}
 	t.mu.lns = map[*listener]struct{}{}
+	t.mu.shaking = map[net.Conn]struct{}{}
 	return t
 }
 
@@ -108,9 +110,13 @@ func (t *Transport) Close() error {
 	t.mu.closed = true
 	lns := slices.Collect(maps.Keys(t.mu.lns))
 	conns := slices.Collect(maps.Keys(t.mu.conns))
+	shaking := slices.Collect(maps.Keys(t.mu.shaking))
 	t.mu.Unlock()
 	for _, l := range lns {
 		l.Close()
+	}
+	for _, nc := range shaking {
+		nc.Close()
 	}
 	for _, c := range conns {
 		c.Close()
@@ -188,6 +194,18 @@ func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, 
 	if err != nil {
 		return nil, fmt.Errorf("rdma: tcp dial %s: %w", addr, err)
 	}
+	noDelay(nc)
+	if t.opt.Auth.Enabled() {
+		var self uint32
+		if hello != nil {
+			self = hello.Sender
+		}
+		raw := nc
+		if nc, _, err = t.opt.Auth.Dial(raw, self); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("rdma: tcp dial %s: %w", addr, err)
+		}
+	}
 	c := t.newConn(nc, proto.WorkerSide)
 	if hello != nil {
 		if err := c.Send(*hello, nil); err != nil {
@@ -204,16 +222,63 @@ func (t *Transport) dial(ctx context.Context, addr string, hello *proto.Header, 
 // accepted serves a connection Listen accepted, which must say hello
 // within the hello timeout: until it does, reads have that deadline.
 func (t *Transport) accepted(nc net.Conn, h rdma.Handler) {
+	noDelay(nc)
+	if t.opt.Auth.Enabled() {
+		t.authenticate(nc, h)
+		return
+	}
 	c := t.newConn(nc, proto.ServerSide)
 	c.helloWait = t.opt.HelloWait()
 	_ = nc.SetReadDeadline(time.Now().Add(c.helloWait))
 	t.run(c, h)
 }
 
-func (t *Transport) newConn(nc net.Conn, side proto.Side) *conn {
+// authenticate runs the job's handshake on an accepted connection, on a
+// goroutine of its own (a silent peer must not hold up the accept loop),
+// and serves the connection if it passes; its hello must then name the
+// node the handshake proved. A peer that fails is closed and logged once.
+// Close closes connections still in their handshake.
+func (t *Transport) authenticate(nc net.Conn, h rdma.Handler) {
+	t.mu.Lock()
+	if t.mu.closed {
+		t.mu.Unlock()
+		nc.Close()
+		return
+	}
+	t.mu.shaking[nc] = struct{}{}
+	t.wg.Add(1)
+	t.mu.Unlock()
+	go func() {
+		defer t.wg.Done()
+		remote := nc.RemoteAddr().String()
+		ac, peer, err := t.opt.Auth.Accept(nc, 0)
+		t.mu.Lock()
+		delete(t.mu.shaking, nc)
+		closed := t.mu.closed
+		t.mu.Unlock()
+		if err != nil || closed {
+			nc.Close()
+			if err != nil && !closed {
+				t.logf("rdma: tcp: refused %s: %v", remote, err)
+			}
+			return
+		}
+		c := t.newConn(ac, proto.ServerSide)
+		c.remote = remote
+		c.adm.Bind(peer)
+		c.helloWait = t.opt.HelloWait()
+		_ = ac.SetReadDeadline(time.Now().Add(c.helloWait))
+		t.run(c, h)
+	}()
+}
+
+func noDelay(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
+}
+
+func (t *Transport) newConn(nc net.Conn, side proto.Side) *conn {
 	return &conn{t: t, nc: nc, checksum: t.opt.Checksum, remote: nc.RemoteAddr().String(), adm: rdma.NewAdmission(side)}
 }
 

@@ -364,6 +364,29 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 			err = fmt.Errorf("rdma: verbs connection with %s: %w", remote, err)
 		}
 	}()
+	if t.opt.Auth.Enabled() {
+		// The job's handshake (and TLS) on the bootstrap socket first:
+		// nothing of the peer's is read before it has passed.
+		var ac net.Conn
+		var peer uint32
+		if side == proto.ServerSide {
+			ac, peer, err = t.opt.Auth.Accept(nc, 0)
+			c.adm.Bind(peer)
+		} else {
+			var self uint32
+			if hello != nil {
+				self = hello.Sender
+			}
+			ac, _, err = t.opt.Auth.Dial(nc, self)
+		}
+		if err != nil {
+			if side == proto.ServerSide {
+				t.logf("rdma: verbs: refused %s: %v", remote, err)
+			}
+			return nil, err
+		}
+		nc, c.nc = ac, ac
+	}
 	_ = nc.SetDeadline(deadline)
 	stop := afterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
