@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/internal/accept"
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -36,6 +39,13 @@ type CoordinatorConfig struct {
 	// instead of listening on Addr (tests: an in-memory network that
 	// injects faults). The coordinator closes it.
 	Listener net.Listener
+	// Auth, if enabled (see auth.Config.Enabled), is the job's
+	// authentication: every accepted connection must pass Auth.Accept
+	// (run on the connection's own goroutine, bounded by Auth's timeout)
+	// before anything is read from it as a frame. A connection that fails
+	// is closed and logged; nothing it sent is used. nil: no
+	// authentication.
+	Auth *auth.Config
 }
 
 func (cfg *CoordinatorConfig) validate() error {
@@ -116,6 +126,11 @@ type peer struct {
 	readDone chan struct{} // closed when the reader returns
 	lastSeen atomic.Int64  // unix nanoseconds of the last frame read
 
+	// claimed is the node id the peer claimed in the authentication
+	// handshake (0: none, or no authentication); set before the peer
+	// reaches the loop, read-only afterwards.
+	claimed uint32
+
 	// Owned by the loop.
 	phase  phase
 	closed bool // out is closed: nothing more is sent, the writer closes conn
@@ -140,6 +155,7 @@ type event struct {
 	kind    eventKind
 	p       *peer
 	conn    net.Conn
+	claimed uint32 // evConn: the id the handshake claimed
 	h       proto.Header
 	payload []byte
 	err     error
@@ -264,10 +280,109 @@ func (c *Coordinator) accept() {
 	// A transient Accept error (running out of file descriptors, say) is
 	// retried with a backoff that ends when the loop stops.
 	accept.Loop(c.ln, c.loopDone, logf, func(conn net.Conn) {
+		if c.cfg.Auth.Enabled() {
+			// Never on this goroutine: a slow or silent peer must not
+			// hold up the others.
+			c.wg.Add(1)
+			go c.handshake(conn)
+			return
+		}
 		if !c.post(event{kind: evConn, conn: conn}) {
 			_ = conn.Close()
 		}
 	})
+}
+
+// handshake authenticates conn (Auth.Accept, bounded by its timeout) and
+// hands it to the loop; a connection that fails is logged once and closed.
+// A peer that spoke a plain control frame instead of the handshake (a
+// member without the job's secret) is told why in an OpError, so that its
+// Join fails with a clear reason rather than a lost connection; nothing it
+// sent is read.
+func (c *Coordinator) handshake(raw net.Conn) {
+	defer c.wg.Done()
+	stop := make(chan struct{})
+	c.wg.Add(1)
+	go func() { // Run's end interrupts the handshake
+		defer c.wg.Done()
+		select {
+		case <-c.loopDone:
+			_ = raw.Close()
+		case <-stop:
+		}
+	}()
+	rec := &firstBytes{Conn: raw}
+	conn, claimed, err := c.cfg.Auth.Accept(rec, SchedulerID)
+	close(stop)
+	if err != nil {
+		select {
+		case <-c.loopDone: // interrupted: not the peer's fault
+		default:
+			c.logf("cluster: coordinator: refused connection from %s: authentication failed: %v", raw.RemoteAddr(), err)
+			if rec.plainFrame() {
+				c.tellUnauthenticated(raw)
+			}
+		}
+		_ = raw.Close()
+		return
+	}
+	if conn == net.Conn(rec) {
+		conn = raw // no TLS: the recorder has done its job
+	}
+	if !c.post(event{kind: evConn, conn: conn, claimed: claimed}) {
+		_ = conn.Close()
+	}
+}
+
+// unauthenticatedMsg is what a peer that spoke a plain control frame to a
+// coordinator that requires the handshake is told.
+const unauthenticatedMsg = "this process did not authenticate: the job requires its handshake " +
+	"(GOBPS_SECRET, and GOBPS_TLS_* if set, must be the same in every process of the job)"
+
+// tellUnauthenticated sends unauthenticatedMsg in an OpError on raw and
+// closes its sending side in order, waiting briefly (until the peer
+// closes, at most the linger) so that its unread input does not turn the
+// close into a reset that destroys the message.
+func (c *Coordinator) tellUnauthenticated(raw net.Conn) {
+	_ = raw.SetDeadline(time.Now().Add(c.linger))
+	if proto.WriteFrame(raw, proto.Header{Op: proto.OpError, Sender: SchedulerID}, []byte(unauthenticatedMsg)) != nil {
+		return
+	}
+	if cw, ok := raw.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
+		drained := make(chan struct{})
+		go func() {
+			_, _ = io.Copy(io.Discard, raw)
+			close(drained)
+		}()
+		select {
+		case <-drained:
+		case <-c.loopDone:
+			_ = raw.Close()
+			<-drained
+		}
+	}
+}
+
+// firstBytes records the first bytes read from a connection, so that a
+// refused handshake can tell a plain control frame (a member without the
+// secret) from anything else.
+type firstBytes struct {
+	net.Conn
+	n int
+	b [4]byte
+}
+
+func (f *firstBytes) Read(p []byte) (int, error) {
+	n, err := f.Conn.Read(p)
+	if f.n < len(f.b) {
+		f.n += copy(f.b[f.n:], p[:n])
+	}
+	return n, err
+}
+
+// plainFrame reports whether the first bytes read were a frame's magic.
+func (f *firstBytes) plainFrame() bool {
+	return f.n == len(f.b) && binary.LittleEndian.Uint32(f.b[:]) == proto.Magic
 }
 
 // read forwards p's frames to the loop. Heartbeats only refresh lastSeen.
@@ -276,7 +391,14 @@ func (c *Coordinator) read(p *peer) {
 	defer close(p.readDone)
 	first := true
 	for {
-		h, payload, err := proto.ReadFrame(p.conn, proto.MaxControlPayload)
+		var h proto.Header
+		var payload []byte
+		var err error
+		if first {
+			h, payload, err = c.readFirst(p.conn)
+		} else {
+			h, payload, err = proto.ReadFrame(p.conn, proto.MaxControlPayload)
+		}
 		if err == nil && first && h.Op != proto.OpRegister {
 			err = protocolError(fmt.Sprintf("first frame must be %s, got %s", proto.OpRegister, h.Op))
 		}
@@ -293,6 +415,22 @@ func (c *Coordinator) read(p *peer) {
 			return
 		}
 	}
+}
+
+// readFirst reads a connection's first frame. A peer that opens with the
+// authentication handshake's hello (it has a secret, this coordinator has
+// none) is refused at once: its hello is shorter than a frame header, so
+// both sides would otherwise wait for a timeout.
+func (c *Coordinator) readFirst(conn net.Conn) (proto.Header, []byte, error) {
+	var m [len(auth.Magic)]byte
+	if _, err := io.ReadFull(conn, m[:]); err != nil {
+		return proto.Header{}, nil, err
+	}
+	if string(m[:]) == auth.Magic && (c.cfg.Auth == nil || len(c.cfg.Auth.Secret) == 0) {
+		return proto.Header{}, nil, protocolError("the process started the job's authentication handshake, but this coordinator has no secret " +
+			"(GOBPS_SECRET must be the same in every process of the job)")
+	}
+	return proto.ReadFrame(io.MultiReader(bytes.NewReader(m[:]), conn), proto.MaxControlPayload)
 }
 
 // write sends what the loop queues for p. When the loop closes p.out, write
@@ -371,6 +509,7 @@ func (c *Coordinator) onEvent(ev event) error {
 			conn:     ev.conn,
 			out:      make(chan outFrame, 256),
 			readDone: make(chan struct{}),
+			claimed:  ev.claimed,
 		}
 		p.lastSeen.Store(time.Now().UnixNano())
 		c.peers[p] = struct{}{}
@@ -538,6 +677,8 @@ func (c *Coordinator) register(p *peer, payload []byte) error {
 	slots := c.slots(reg.Role)
 	rank := -1
 	switch {
+	case len(slots) == 0:
+		return refuse("this job has no %ss", reg.Role)
 	case reg.Role == RoleWorker && reg.WorkerID >= 0:
 		n := c.cfg.NumWorkers
 		if reg.WorkerID >= n || reg.LocalSize > n {
@@ -548,19 +689,27 @@ func (c *Coordinator) register(p *peer, payload []byte) error {
 			return refuse("worker rank %d (worker id %d * local size %d + local rank %d) is outside 0..%d",
 				rank, reg.WorkerID, reg.LocalSize, reg.LocalRank, n-1)
 		}
+		if err := c.checkClaim(p, reg.Role, rank); err != nil {
+			return refuse("%v", err)
+		}
 		if q := slots[rank]; q != nil {
 			return refuse("worker rank %d (worker id %d, local rank %d) is already taken by %s",
-				rank, reg.WorkerID, reg.LocalRank, q.node)
+				rank, reg.WorkerID, reg.LocalRank, publicName(q.node))
 		}
 	case reg.Role == RoleServer && reg.WorkerID >= 0:
 		if reg.WorkerID >= len(slots) {
 			return refuse("server rank %d is outside 0..%d", reg.WorkerID, len(slots)-1)
 		}
 		rank = reg.WorkerID
+		if err := c.checkClaim(p, reg.Role, rank); err != nil {
+			return refuse("%v", err)
+		}
 		if q := slots[rank]; q != nil {
-			return refuse("server rank %d is already taken by %s", rank, q.node)
+			return refuse("server rank %d is already taken by %s", rank, publicName(q.node))
 		}
 	default:
+		// The lowest free rank: a rank held by a registered node is never
+		// free, so a newcomer never takes over a live node's rank.
 		for i, q := range slots {
 			if q == nil {
 				rank = i
@@ -570,7 +719,13 @@ func (c *Coordinator) register(p *peer, payload []byte) error {
 		if rank < 0 {
 			return refuse("all %d %s ranks are taken", len(slots), reg.Role)
 		}
+		if err := c.checkClaim(p, reg.Role, rank); err != nil {
+			return refuse("%v", err)
+		}
 	}
+	// INVARIANT: slots[rank] is free here; a registration never displaces
+	// the node that holds a rank (that one keeps it until it leaves or
+	// dies, and after the book no rank is ever given again).
 
 	host := ""
 	if h, _, err := net.SplitHostPort(p.conn.RemoteAddr().String()); err == nil {
@@ -600,6 +755,29 @@ func (c *Coordinator) register(p *peer, payload []byte) error {
 		}
 	}
 	return c.sendBook()
+}
+
+// checkClaim refuses a registration as role and rank from a peer whose
+// authentication handshake claimed another node id. A peer that claimed
+// none (0: no authentication, or a member that asks for any rank) may
+// register as anything.
+func (c *Coordinator) checkClaim(p *peer, role Role, rank int) error {
+	if p.claimed == 0 || p.claimed == NodeID(role, rank) {
+		return nil
+	}
+	claimed := fmt.Sprintf("%#x", p.claimed)
+	if r, k, ok := SplitNodeID(p.claimed); ok {
+		claimed = fmt.Sprintf("%s %d (%s)", r, k, claimed)
+	}
+	return fmt.Errorf("the registration as %s %d does not match the id the authentication handshake claimed: %s", role, rank, claimed)
+}
+
+// publicName names n for a refusal sent to a peer that has not (yet)
+// registered: role, rank and pid, without the addresses the job's nodes
+// listen on.
+func publicName(n Node) string {
+	n.Addr = ""
+	return n.String()
 }
 
 // sendBook publishes the address book to every node once all have registered.

@@ -25,10 +25,47 @@
 // Members watch Events for the deaths of other nodes and Done for the loss
 // of their own connection.
 //
+// # Authentication
+//
+// With CoordinatorConfig.Auth and Options.Auth (an *auth.Config: the job's
+// secret and, optionally, mutual TLS 1.3), every connection to the
+// coordinator starts with internal/auth's handshake, before any frame:
+// the member runs Auth.Dial as soon as it is connected, claiming the node
+// id of the rank it asks for (NodeID of its role and explicit rank; 0 when
+// it lets the coordinator pick), and the coordinator runs Auth.Accept on
+// the connection's own goroutine (never the accept loop's, so a slow or
+// silent peer holds up nobody), bounded by Auth's timeout. A peer that
+// fails is closed and logged once with its address and the reason; nothing
+// it sent is used. A peer that sent a plain control frame instead (a
+// member without the secret) is told so in an OpError, so that its Join
+// fails with that reason; anyone else hears nothing. A member whose
+// handshake is refused fails Join at once (connecting is retried, a
+// refused handshake never is). A coordinator without a secret refuses a
+// connection that opens with the handshake's hello at once, so that a
+// member with a secret fails fast too. Both ends must hold the same
+// configuration (GOBPS_SECRET and GOBPS_TLS_*, mapped by the caller).
+// Without Auth (nil or empty) connections are not authenticated.
+//
+// # Identity
+//
+// A rank belongs to the node that registered it until that node leaves or
+// dies (or, before the book, goes away, which gives the rank back): a
+// second registration of a rank held by a registered node is refused with
+// OpError and logged, and the holder is unaffected; ranks assigned by
+// arrival are free ones only, so no registration ever displaces a node. A
+// registration for a role whose ranks are all taken (or that the job has
+// none of), and any registration after the book, is refused too. When the
+// handshake claimed a node id (non-zero), the registration must be for
+// exactly that role and rank, or it is refused. Refusals sent to a peer
+// that has not registered name what it asked for and who holds the rank
+// (role, rank, pid), never the addresses nodes listen on; the coordinator's
+// log has the full story.
+//
 // # Protocol
 //
-// Each node keeps one TCP connection to the coordinator. Frames are
-// proto frames (proto.WriteFrame / proto.ReadFrame) whose payloads are JSON
+// Each node keeps one TCP connection to the coordinator (with TLS, the
+// frames travel inside it, after the handshake). Frames are proto frames
+// (proto.WriteFrame / proto.ReadFrame) whose payloads are JSON
 // and at most proto.MaxControlPayload bytes; the Sender field carries the
 // node id (NodeID; 0 until the node has its book; SchedulerID from the
 // coordinator).

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -38,6 +39,12 @@ type Options struct {
 	// (default: TCP with a 5 s timeout). Tests wrap the connection to
 	// watch or stall what the member sends.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Auth, if enabled (see auth.Config.Enabled), is the job's
+	// authentication: Join runs Auth.Dial on its connection to the
+	// coordinator before it sends anything, claiming the node id of the
+	// rank it asks for (0 when it asks for any). A handshake that fails
+	// fails Join at once (it is not retried). nil: no authentication.
+	Auth *auth.Config
 }
 
 // Member is a server's or worker's membership in the job: its control
@@ -84,7 +91,10 @@ type Member struct {
 // address book is complete. It dials until it gets through, backing off, so
 // the coordinator may start after the node; ctx bounds the whole wait. A
 // registration the coordinator refuses (duplicate rank, rank out of range,
-// too many nodes, malformed) fails with the coordinator's reason. If ctx ends
+// too many nodes, malformed) fails with the coordinator's reason. With
+// Options.Auth, Join authenticates each connection before it registers; a
+// failed handshake (the processes disagree on the job's secret or
+// certificates) fails Join at once, naming the cause. If ctx ends
 // while Join waits for the book, Join deregisters (waiting up to half a
 // second for the coordinator) so that a retry finds the rank free again.
 func Join(ctx context.Context, coordAddr string, reg Registration, opt Options) (*Member, error) {
@@ -106,6 +116,9 @@ func Join(ctx context.Context, coordAddr string, reg Registration, opt Options) 
 	}
 	conn, err := dial(ctx, coordAddr, opt.Dial)
 	if err != nil {
+		return nil, err
+	}
+	if conn, err = authenticate(ctx, conn, coordAddr, reg, opt.Auth); err != nil {
 		return nil, err
 	}
 	m := &Member{
@@ -173,6 +186,54 @@ func dial(ctx context.Context, addr string, attempt func(context.Context, string
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// authenticate runs the job's handshake (a no-op without authentication) on
+// a fresh connection to the coordinator, and returns the connection to use.
+// On error it has closed conn. A handshake is never retried: a refusal
+// means the processes of the job disagree on the secret (or certificates),
+// which another try cannot mend.
+func authenticate(ctx context.Context, conn net.Conn, coordAddr string, reg Registration, cfg *auth.Config) (net.Conn, error) {
+	if !cfg.Enabled() {
+		return conn, nil
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.Close() })
+	ac, _, err := cfg.Dial(conn, reg.claimedID())
+	interrupted := !stop()
+	if err == nil && !interrupted {
+		return ac, nil
+	}
+	_ = conn.Close()
+	switch {
+	case interrupted:
+		return nil, fmt.Errorf("cluster: join: authenticating with the coordinator at %s: %w", coordAddr, ctx.Err())
+	case errors.Is(err, auth.ErrRefused):
+		return nil, fmt.Errorf("cluster: join: the coordinator at %s refused this process's handshake: %w "+
+			"(GOBPS_SECRET, and GOBPS_TLS_* if set, must be the same in every process of the job)", coordAddr, err)
+	default:
+		return nil, fmt.Errorf("cluster: join: authenticating with the coordinator at %s: %w", coordAddr, err)
+	}
+}
+
+// claimedID is the node id r asks for, which the member claims in the
+// authentication handshake: that of its rank when it names one, 0 when it
+// lets the coordinator pick (or names a rank no node id can hold; the
+// coordinator refuses that registration anyway).
+func (r Registration) claimedID() uint32 {
+	rank := -1
+	switch {
+	case r.WorkerID < 0:
+	case r.Role == RoleWorker:
+		if r.WorkerID <= proto.MaxRank && r.LocalSize <= proto.MaxRank+1 {
+			rank = r.WorkerID*r.LocalSize + r.LocalRank
+		}
+	case r.Role == RoleServer:
+		rank = r.WorkerID
+	}
+	if rank < 0 || rank > proto.MaxRank {
+		return 0
+	}
+	return NodeID(r.Role, rank)
 }
 
 // Self is this node's entry in the address book.
