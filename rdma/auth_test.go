@@ -2,10 +2,8 @@ package rdma_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -50,30 +48,6 @@ func TestTransportBehavioursWithSecret(t *testing.T) {
 	}
 }
 
-// logs collects a transport's log lines.
-type logs struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (l *logs) logf(format string, args ...any) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.lines = append(l.lines, strings.TrimSpace(fmt.Sprintf(format, args...)))
-}
-
-func (l *logs) count(substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, s := range l.lines {
-		if strings.Contains(s, substr) {
-			n++
-		}
-	}
-	return n
-}
-
 func TestTransportAuthRefusals(t *testing.T) {
 	for _, k := range []rdmatest.Kind{tcpKind, emuKind(ibv.EmuOptions{})} {
 		t.Run(k.Name, func(t *testing.T) { testAuthRefusals(t, k) })
@@ -92,8 +66,7 @@ func testAuthRefusals(t *testing.T, k rdmatest.Kind) {
 		{"server without secret", nil, jobSecret, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var lg logs
-			srv, _ := k.Make(t, rdma.Options{Auth: c.srv, Logf: lg.logf, HelloTimeout: 5 * time.Second})
+			srv, _ := k.Make(t, rdma.Options{Auth: c.srv, HelloTimeout: 5 * time.Second})
 			_, cli := k.Make(t, rdma.Options{Auth: c.cli})
 			sh := rdmatest.NewRec()
 			ln, err := srv.Listen("127.0.0.1:0", sh)
@@ -123,12 +96,14 @@ func testAuthRefusals(t *testing.T, k rdmatest.Kind) {
 				t.Errorf("refused after %v, want within 1 s", took)
 			}
 			if c.srv != nil {
-				deadline := time.Now().Add(time.Second)
-				for lg.count("refused") == 0 && time.Now().Before(deadline) {
-					time.Sleep(5 * time.Millisecond)
+				// The handler hears of it once, with the reason.
+				if err := sh.WaitClosed(t, time.Second); err == nil || !strings.Contains(err.Error(), "refused") {
+					t.Errorf("the handler's Closed got %v; want the refusal", err)
 				}
-				if n := lg.count("refused"); n != 1 {
-					t.Errorf("%d log lines say refused, want 1: %q", n, lg.lines)
+				select {
+				case err := <-sh.Closes:
+					t.Errorf("Closed again: %v", err)
+				case <-time.After(50 * time.Millisecond):
 				}
 			}
 			select {

@@ -225,13 +225,13 @@ func (r *Rounds) check(w int, round uint64) error {
 	}
 	switch {
 	case round < r.base:
-		return fmt.Errorf("key %s: push for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
+		return fmt.Errorf("key %s: push for round %d, which is already over", r.decl.Key, round)
 	case round == r.base+2:
 		if r.heldPush(w, round) != nil {
 			return fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
 		}
 	case round > r.base+2:
-		return fmt.Errorf("key %s: push for round %d, more than one round ahead of round %d", r.decl.Key, round, r.base)
+		return fmt.Errorf("key %s: push for round %d, more than one round ahead of the current one", r.decl.Key, round)
 	case r.slots[round%2].pushed[w]:
 		return fmt.Errorf("key %s: worker %d pushed round %d twice", r.decl.Key, w, round)
 	}
@@ -416,7 +416,7 @@ func (r *Rounds) Pull(p Pull, round uint64) (Result, error) {
 	}
 	switch {
 	case round < r.base:
-		return res, fmt.Errorf("key %s: pull for round %d, which is already over (current round %d)", r.decl.Key, round, r.base)
+		return res, fmt.Errorf("key %s: pull for round %d, which is already over", r.decl.Key, round)
 	case round == r.base+2:
 		r.held = append(r.held, op{worker: p.Worker, round: round, pull: p})
 		if r.decl.Root >= 0 {
@@ -424,7 +424,7 @@ func (r *Rounds) Pull(p Pull, round uint64) (Result, error) {
 		}
 		return res, nil
 	case round > r.base+2:
-		return res, fmt.Errorf("key %s: pull for round %d, more than one round ahead of round %d", r.decl.Key, round, r.base)
+		return res, fmt.Errorf("key %s: pull for round %d, more than one round ahead of the current one", r.decl.Key, round)
 	}
 	if r.decl.Root >= 0 {
 		r.began(round, &res) // a joined root is needed too

@@ -59,6 +59,11 @@ const (
 	ProofSize  = MACSize
 )
 
+// Unauthenticated is what every process of a job without a secret says
+// once at start.
+const Unauthenticated = "this job is unauthenticated: any process that can reach its ports can take part in it " +
+	"(set GOBPS_SECRET or GOBPS_SECRET_FILE in every process; bpsrun --local makes one; see docs/security.md)"
+
 // DefaultTimeout bounds a handshake when Config.Timeout is zero.
 const DefaultTimeout = 5 * time.Second
 
@@ -260,7 +265,7 @@ func (c *Config) dial(conn net.Conn, self uint32) (uint32, error) {
 func readErr(what string, err error) error {
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
-		return refused("no %s within the handshake's time", what)
+		return fmt.Errorf("%w: no %s within the handshake's time (%w)", ErrRefused, what, err)
 	}
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return refused("the peer hung up before its %s", what)

@@ -236,9 +236,13 @@ func (t *Transport) accepted(nc net.Conn, h rdma.Handler) {
 // authenticate runs the job's handshake on an accepted connection, on a
 // goroutine of its own (a silent peer must not hold up the accept loop),
 // and serves the connection if it passes; its hello must then name the
-// node the handshake proved. A peer that fails is closed and logged once.
-// Close closes connections still in their handshake.
+// node the handshake proved. The hello timeout counts from the accept and
+// bounds the handshake too. A peer that fails is closed and reported to
+// the handler (Closed, with a connection that was never served), as a
+// peer without a hello is; nothing it sent reaches the handler. Close
+// closes connections still in their handshake.
 func (t *Transport) authenticate(nc net.Conn, h rdma.Handler) {
+	accepted := time.Now()
 	t.mu.Lock()
 	if t.mu.closed {
 		t.mu.Unlock()
@@ -251,7 +255,10 @@ func (t *Transport) authenticate(nc net.Conn, h rdma.Handler) {
 	go func() {
 		defer t.wg.Done()
 		remote := nc.RemoteAddr().String()
-		ac, peer, err := t.opt.Auth.Accept(nc, 0)
+		wait := t.opt.HelloWait()
+		au := *t.opt.Auth
+		au.Timeout = wait
+		ac, peer, err := au.Accept(nc, 0)
 		t.mu.Lock()
 		delete(t.mu.shaking, nc)
 		closed := t.mu.closed
@@ -259,18 +266,34 @@ func (t *Transport) authenticate(nc net.Conn, h rdma.Handler) {
 		if err != nil || closed {
 			nc.Close()
 			if err != nil && !closed {
-				t.logf("rdma: tcp: refused %s: %v", remote, err)
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					err = rdma.NoHello(remote, wait)
+				} else {
+					err = fmt.Errorf("rdma: tcp: refused %s: %w", remote, err)
+				}
+				h.Closed(&refusedConn{remote: remote}, err)
 			}
 			return
 		}
 		c := t.newConn(ac, proto.ServerSide)
 		c.remote = remote
 		c.adm.Bind(peer)
-		c.helloWait = t.opt.HelloWait()
-		_ = ac.SetReadDeadline(time.Now().Add(c.helloWait))
+		c.helloWait = wait
+		_ = ac.SetReadDeadline(accepted.Add(wait))
 		t.run(c, h)
 	}()
 }
+
+// refusedConn stands for a connection that failed the handshake: the
+// handler's Closed gets it, and nothing can be sent on it.
+type refusedConn struct{ remote string }
+
+func (r *refusedConn) Send(h proto.Header, _ []byte) error {
+	return fmt.Errorf("rdma: send %s to %s: %w", h.Op, r.remote, net.ErrClosed)
+}
+func (r *refusedConn) Release(proto.Op, proto.Key) {}
+func (r *refusedConn) Close() error                { return nil }
+func (r *refusedConn) RemoteAddr() string          { return r.remote }
 
 func noDelay(nc net.Conn) {
 	if tc, ok := nc.(*net.TCPConn); ok {

@@ -370,7 +370,9 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 		var ac net.Conn
 		var peer uint32
 		if side == proto.ServerSide {
-			ac, peer, err = t.opt.Auth.Accept(nc, 0)
+			au := *t.opt.Auth
+			au.Timeout = time.Until(deadline)
+			ac, peer, err = au.Accept(nc, 0)
 			c.adm.Bind(peer)
 		} else {
 			var self uint32
@@ -380,10 +382,7 @@ func (t *Transport) handshake(ctx context.Context, nc net.Conn, h rdma.Handler, 
 			ac, _, err = t.opt.Auth.Dial(nc, self)
 		}
 		if err != nil {
-			if side == proto.ServerSide {
-				t.logf("rdma: verbs: refused %s: %v", remote, err)
-			}
-			return nil, err
+			return nil, err // the listener tells the handler
 		}
 		nc, c.nc = ac, ac
 	}
