@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -53,14 +54,27 @@ type Config struct {
 	// JoinTimeout bounds how long Join waits for every local rank to arrive.
 	// Zero means DefaultJoinTimeout.
 	JoinTimeout time.Duration
-	// Logf, if set, receives rare notices (stale files removed). It is
-	// never called with a lock held.
+	// Auth, if it holds a secret, makes every connection to rank 0's socket
+	// prove the job's secret before anything else is read from it (see
+	// auth.Config.Accept and Dial), as the local rank it claims in its
+	// hello: every rank of the group must pass the same secret. The
+	// handshake's ids are uint32(local rank)+1. Only the secret's
+	// challenge-response is used (TLS, if set, is ignored: the socket
+	// never leaves the host, and descriptors cannot pass through TLS).
+	// Nil or without a secret: no handshake.
+	Auth *auth.Config
+	// Logf, if set, receives rare notices (stale files removed, refused
+	// connections). It is never called with a lock held.
 	Logf func(format string, args ...any)
 	// Behind, if set, is told that round of key began without this rank
 	// while it has joined (SetJoined): the rank is to contribute zeros to
 	// it. It is called with the group's lock held, so it must not block
 	// or call into the group.
 	Behind func(key proto.Key, round uint64)
+
+	// admitted, if set (by tests), is called by rank 0 as it admits each
+	// other rank during the join.
+	admitted func(rank int)
 }
 
 func (c *Config) validate() error {
@@ -80,6 +94,7 @@ func (c *Config) validate() error {
 	if c.JoinTimeout == 0 {
 		c.JoinTimeout = DefaultJoinTimeout
 	}
+	c.Auth = c.Auth.WithoutTLS() // nil without a secret
 	st, err := os.Stat(c.Dir)
 	if err != nil {
 		return fmt.Errorf("local: shared-memory directory: %w", err)
@@ -243,7 +258,8 @@ func (e *PeerError) Unwrap() error { return e.Err }
 
 // Join rendezvouses with the other Size-1 ranks of cfg.Group and returns
 // this rank's membership. Rank 0 listens on a unix socket in cfg.Dir; the
-// others dial it, retrying until it appears. When the group is not complete
+// others dial it, retrying until it appears, and with cfg.Auth prove the
+// job's secret before anything else (a refusal fails Join at once). When the group is not complete
 // within cfg.JoinTimeout, rank 0 gives up and tells the ranks that came
 // which ranks did not, and they all fail with that (a rank that reached
 // rank 0 waits up to 2 s longer for this verdict). Join fails at once when

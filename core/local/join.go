@@ -1,6 +1,7 @@
 package local
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -13,10 +14,13 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gobps/gobps/internal/auth"
 )
 
 // joined is what a rendezvous yields: the job nonce, every rank's pid, and a
@@ -66,8 +70,47 @@ func (g *Group) ctxErr(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// maxPending bounds the connections to rank 0's socket whose handshake or
+// hello is still being read; more are closed at once.
+const maxPending = 2 * MaxSize
+
+// maxRefusals bounds the refusals that rank 0 names in its timeout error.
+const maxRefusals = 8
+
+// rankID is local rank r's id in the job's handshake (0 means none).
+func rankID(r int) uint32 { return uint32(r) + 1 }
+
+// describeID names what a handshake id claims.
+func describeID(id uint32) string {
+	if id == 0 {
+		return "no local rank"
+	}
+	return fmt.Sprintf("local rank %d", id-1)
+}
+
+// arrival is what rank 0 learned from one connection to its socket: the
+// hello of a rank, or why the connection is refused.
+type arrival struct {
+	c    *net.UnixConn
+	rank int
+	pid  int
+	err  error
+	// intruder: the connection failed the job's handshake, or claimed a
+	// rank other than the one it proved or one that has joined; rank 0
+	// logs it.
+	intruder bool
+	// unproven: it failed the handshake, and is told no more than that.
+	unproven bool
+}
+
+// refusedHandshake is what rank 0 tells a connection that failed the job's
+// handshake (nothing it could learn from).
+const refusedHandshake = "the connection did not pass the job's handshake (every worker must have the job's GOBPS_SECRET)"
+
 // host is rank 0's side of the rendezvous: listen, collect a hello from
 // every other rank, then send each a welcome with sockets to all the others.
+// Every accepted connection is admitted (handshake, hello) by a goroutine
+// of its own, so that a silent or slow one delays nobody else.
 func (g *Group) host(ctx context.Context) (joined, error) {
 	g.sweep()
 	path, err := socketPath(g.cfg.Dir, g.base)
@@ -78,15 +121,63 @@ func (g *Group) host(ctx context.Context) (joined, error) {
 	if err != nil {
 		return joined{}, err
 	}
-	defer ln.Close() // removes the socket file
-	stop := untilDone(ctx, ln)
-	defer stop()
+
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		pending  = make(map[*net.UnixConn]bool) // being admitted; guarded by mu
+		quit     bool                           // guarded by mu
+		overflow int                            // connections closed unread; guarded by mu
+	)
+	arrivals := make(chan arrival)
+	gone := make(chan struct{}) // closed when host returns
+	acceptErr := make(chan error, 1)
+	wg.Go(func() {
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			mu.Lock()
+			switch {
+			case quit:
+				c.Close()
+			case len(pending) >= maxPending:
+				overflow++
+				c.Close()
+			default:
+				pending[c] = true
+				wg.Go(func() {
+					a := g.admit(c)
+					select {
+					case arrivals <- a:
+					case <-gone: // closed below, with the rest of pending
+					}
+				})
+			}
+			mu.Unlock()
+		}
+	})
+	defer func() {
+		mu.Lock()
+		quit = true
+		for c := range pending {
+			c.Close()
+		}
+		mu.Unlock()
+		close(gone)
+		ln.Close()
+		os.Remove(path) // a listener made from a descriptor does not remove it
+		wg.Wait()
+	}()
 
 	size := g.cfg.Size
 	pids := make([]int, size)
 	pids[0] = os.Getpid()
 	conns := make([]*net.UnixConn, size)
 	var rejected []string
+	nrejected := 0
 	abandon := func(why string) {
 		for _, c := range conns {
 			if c != nil {
@@ -97,12 +188,13 @@ func (g *Group) host(ctx context.Context) (joined, error) {
 		}
 	}
 	for n := 1; n < size; {
-		c, err := ln.AcceptUnix()
-		if err != nil {
-			if ctx.Err() == nil {
-				abandon("local rank 0 failed: " + err.Error())
-				return joined{}, fmt.Errorf("accept at %s: %w", path, err)
-			}
+		var a arrival
+		select {
+		case a = <-arrivals:
+		case err := <-acceptErr:
+			abandon("local rank 0 failed: " + err.Error())
+			return joined{}, fmt.Errorf("accept at %s: %w", path, err)
+		case <-ctx.Done():
 			var missing, here []string
 			for r := range size {
 				if r == 0 || conns[r] != nil {
@@ -115,24 +207,49 @@ func (g *Group) host(ctx context.Context) (joined, error) {
 				g.ctxErr(ctx), path, strings.Join(missing, " "), strings.Join(here, " "))
 			if len(rejected) > 0 {
 				why += "; refused: " + strings.Join(rejected, "; ")
+				if nrejected > len(rejected) {
+					why += fmt.Sprintf(" (and %d more)", nrejected-len(rejected))
+				}
 			}
+			mu.Lock()
+			if overflow > 0 {
+				why += fmt.Sprintf("; %d connections closed unread (more than %d at once)", overflow, maxPending)
+			}
+			mu.Unlock()
 			abandon("local rank 0 gave up: " + why)
 			return joined{}, errors.New(why)
 		}
-		r, pid, err := readHello(c, size)
-		if err == nil && conns[r] != nil {
-			err = fmt.Errorf("local rank %d (pid %d) has joined already", r, pids[r])
+		mu.Lock()
+		delete(pending, a.c)
+		mu.Unlock()
+		if a.err == nil && conns[a.rank] != nil {
+			a.err = fmt.Errorf("pid %d says it is local rank %d, but local rank %d (pid %d) has joined already", a.pid, a.rank, a.rank, pids[a.rank])
+			a.intruder = true
 		}
-		if err != nil {
-			rejected = append(rejected, err.Error())
+		if a.err != nil {
+			nrejected++
+			if len(rejected) < maxRefusals {
+				rejected = append(rejected, a.err.Error())
+			}
+			if a.intruder {
+				g.logf("local: group %q: refused a connection to %s: %v", g.cfg.Group, path, a.err)
+			}
+			c := a.c
 			c.SetWriteDeadline(time.Now().Add(helloTimeout))
-			c.Write(appendFrame(nil, frame{op: opReject, payload: []byte(err.Error())}))
+			if a.unproven {
+				c.Write(appendFrame(nil, frame{op: opReject, payload: []byte(refusedHandshake)}))
+			} else {
+				c.Write(appendFrame(nil, frame{op: opReject, payload: []byte(a.err.Error())}))
+			}
 			c.Close()
 			continue
 		}
-		c.SetDeadline(time.Time{})
-		conns[r], pids[r] = c, pid
+		a.c.SetDeadline(time.Time{})
+		conns[a.rank], pids[a.rank] = a.c, a.pid
 		n++
+		if g.cfg.admitted != nil {
+			g.cfg.admitted(a.rank)
+		}
 	}
 	nonce, err := newNonce()
 	if err == nil {
@@ -151,11 +268,77 @@ func (g *Group) host(ctx context.Context) (joined, error) {
 	return joined{nonce: nonce, pids: pids, conns: out}, nil
 }
 
+// admit runs, on a connection rank 0 accepted, the job's handshake (with
+// Config.Auth) and reads its hello. It never logs: host does, while it
+// still runs.
+func (g *Group) admit(c *net.UnixConn) arrival {
+	a := arrival{c: c}
+	var proved uint32
+	if g.cfg.Auth != nil {
+		rc := &recorder{Conn: c}
+		var err error
+		if _, proved, err = g.cfg.Auth.Accept(rc, rankID(0)); err != nil {
+			a.err = fmt.Errorf("%s%s failed the job's handshake: %w", peerCred(c), rc.claim(), err)
+			a.intruder, a.unproven = true, true
+			return a
+		}
+	}
+	a.rank, a.pid, a.err = readHello(c, g.cfg.Size)
+	if a.err == nil && g.cfg.Auth != nil && proved != rankID(a.rank) {
+		a.err = fmt.Errorf("%w: %s proved %s in the job's handshake but says it is local rank %d (pid %d)",
+			auth.ErrRefused, peerCred(c), describeID(proved), a.rank, a.pid)
+		a.intruder = true
+	}
+	return a
+}
+
+// recorder is a connection that keeps the first auth.HelloSize bytes read
+// from it, so that a refused handshake can say what the peer claimed.
+type recorder struct {
+	net.Conn
+	head []byte
+}
+
+func (r *recorder) Read(b []byte) (int, error) {
+	n, err := r.Conn.Read(b)
+	if k := min(n, auth.HelloSize-len(r.head)); k > 0 {
+		r.head = append(r.head, b[:k]...)
+	}
+	return n, err
+}
+
+// claim says what the recorded hello claimed, if there was one.
+func (r *recorder) claim() string {
+	if len(r.head) < auth.HelloSize {
+		return ""
+	}
+	id, _, err := auth.DecodeHello(r.head)
+	if err != nil {
+		return ""
+	}
+	return " claiming " + describeID(id)
+}
+
+// peerCred names the process at the other end of c (SO_PEERCRED).
+func peerCred(c *net.UnixConn) string {
+	var cred *unix.Ucred
+	var err error
+	rc, serr := c.SyscallConn()
+	if serr == nil {
+		serr = rc.Control(func(fd uintptr) {
+			cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		})
+	}
+	if serr != nil || err != nil || cred == nil {
+		return "a connection"
+	}
+	return fmt.Sprintf("a connection from pid %d (uid %d)", cred.Pid, cred.Uid)
+}
+
 // listen listens on path, replacing a stale socket left by a process that
 // died, and refusing to replace one that a live process still answers.
 func (g *Group) listen(path string) (*net.UnixListener, error) {
-	addr := &net.UnixAddr{Name: path, Net: "unix"}
-	ln, err := net.ListenUnix("unix", addr)
+	ln, err := listenPrivate(path)
 	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
 		return ln, err
 	}
@@ -167,13 +350,61 @@ func (g *Group) listen(path string) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("remove stale socket: %w", err)
 	}
 	g.logf("local: removed stale socket %s", path)
-	return net.ListenUnix("unix", addr)
+	return listenPrivate(path)
 }
 
-// readHello reads and checks the hello frame of a connection rank 0 accepted.
+// listenPrivate listens on a unix socket at path that only this user may
+// connect to: Linux creates the socket's file with the socket's own mode
+// (less the umask), so the mode is set to 0600 before bind, and the file
+// never exists with a wider one. The caller removes path after closing the
+// listener.
+func listenPrivate(path string) (*net.UnixListener, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, os.NewSyscallError("socket", err))
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	if err := unix.Fchmod(fd, 0o600); err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, os.NewSyscallError("fchmod", err))
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, os.NewSyscallError("bind", err))
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			os.Remove(path)
+		}
+	}()
+	// Nobody can connect before listen: should a kernel have ignored the
+	// socket's mode, the file gets it now, before anyone could.
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, unix.SOMAXCONN); err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, os.NewSyscallError("listen", err))
+	}
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("listen at %s: %w", path, err)
+	}
+	ok = true
+	return l.(*net.UnixListener), nil
+}
+
+// readHello reads and checks the hello frame of a connection rank 0 accepted
+// (after the job's handshake, with Config.Auth).
 func readHello(c *net.UnixConn, size int) (rank, pid int, err error) {
 	c.SetReadDeadline(time.Now().Add(helloTimeout))
-	f, err := readFrame(c)
+	var h [frameSize]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		return 0, 0, fmt.Errorf("a connection sent no hello: %w", err)
+	}
+	if string(h[:len(auth.Magic)]) == auth.Magic {
+		return 0, 0, fmt.Errorf("%s started the job's handshake, but local rank 0 has no secret (every worker must have the job's GOBPS_SECRET)", peerCred(c))
+	}
+	f, err := readFrame(io.MultiReader(bytes.NewReader(h[:]), c))
 	switch {
 	case err != nil:
 		return 0, 0, fmt.Errorf("a connection sent no hello: %w", err)
@@ -289,6 +520,9 @@ func (g *Group) dial(parent context.Context, deadline time.Time) (joined, error)
 	defer cancel()
 	stop := untilDone(ctx, c)
 	defer stop()
+	if err := g.prove(ctx, c, path); err != nil {
+		return joined{}, err
+	}
 	pid := binary.LittleEndian.AppendUint64(nil, uint64(os.Getpid()))
 	if _, err := c.Write(appendFrame(nil, frame{op: opHello, key: helloMagic, round: uint64(g.cfg.Rank), bytes: uint64(g.cfg.Size), payload: pid})); err != nil {
 		return joined{}, g.waitErr(ctx, path, fmt.Errorf("send hello: %w", err))
@@ -362,6 +596,41 @@ func (g *Group) dial(parent context.Context, deadline time.Time) (joined, error)
 	}
 	ok = true
 	return j, nil
+}
+
+// prove runs the dialing side of the job's handshake (with Config.Auth) on
+// c, this rank's fresh connection to rank 0's socket at path, as this
+// local rank, and checks that the acceptor proved to be local rank 0.
+func (g *Group) prove(ctx context.Context, c *net.UnixConn, path string) error {
+	if g.cfg.Auth == nil {
+		return nil
+	}
+	var (
+		peer uint32
+		err  error
+	)
+	// The handshake sets c's deadline (its own timeout) and clears it when
+	// done, which can undo the one untilDone set when ctx ended: check ctx
+	// before and after.
+	if ctx.Err() == nil {
+		_, peer, err = g.cfg.Auth.Dial(c, rankID(g.cfg.Rank))
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%v: connected to local rank 0 at %s, but the job's handshake did not finish", g.ctxErr(ctx), path)
+	}
+	switch {
+	case errors.Is(err, auth.ErrRefused):
+		return fmt.Errorf("the local group's rank 0 refused this process's handshake: %w (every worker must have the job's GOBPS_SECRET)", err)
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		// What a rank 0 without a secret does: it rejects the handshake's
+		// hello as a malformed frame and hangs up.
+		return fmt.Errorf("the local group's rank 0 refused this process's handshake: it hung up (%w), so it has no secret or another one, or it exited (every worker must have the job's GOBPS_SECRET)", err)
+	case err != nil:
+		return g.waitErr(ctx, path, fmt.Errorf("the job's handshake: %w", err))
+	case peer != rankID(0):
+		return fmt.Errorf("the process at %s holds the job's secret but says it is %s, not local rank 0", path, describeID(peer))
+	}
+	return nil
 }
 
 // waitErr explains a failure while waiting for rank 0's welcome.
