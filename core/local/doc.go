@@ -36,12 +36,29 @@
 // Join: rank 0 listens on the unix socket <Dir>/<base>.sock, where base is
 // "gobps." + the group name sanitised and cut to 32 bytes + "-" + a hash of
 // the whole name (a stale socket nobody answers is replaced, a live one is
-// not). The other ranks dial it, retrying until it exists, and say hello
-// (rank, group size, pid). When all have come, rank 0 draws a random job
-// nonce, creates a socket pair for every two other ranks and sends each rank
-// a welcome with the nonce, every rank's pid and its ends of those pairs
-// (SCM_RIGHTS), then removes the socket. Every two ranks are now connected
-// directly; no file is left in Dir. A rank that does not come within
+// not; the socket is created with mode 0600, whatever the umask, so only
+// the job's user can connect). The other ranks dial it, retrying until it
+// exists. With Config.Auth (the job's secret), each dialer first runs the
+// job's handshake (internal/auth: a mutual HMAC challenge-response over
+// fresh nonces of both sides, no TLS) as id uint32(local rank)+1, and rank
+// 0, as id 1, runs it on every accepted connection before reading anything
+// else from it, each connection in a goroutine of its own and within the
+// handshake's timeout, so that a silent or slow one delays nobody. Then
+// each rank says hello (rank, group size, pid); rank 0 checks that the rank
+// in the hello is the one proved in the handshake. A connection that fails
+// the handshake, claims a rank it did not prove, or claims a rank that has
+// joined already is refused (with a reject frame), closed and logged once
+// (Config.Logf) with its pid, uid and claim; it never becomes a member and
+// the members are not disturbed. A rank whose handshake rank 0 refuses, or
+// whose rank 0 fails its own, gets an error from Join saying that every
+// worker must have the job's GOBPS_SECRET.
+//
+// When all have come, rank 0 draws a random job nonce, creates a socket
+// pair for every two other ranks and sends each rank a welcome with the
+// nonce, every rank's pid and its ends of those pairs (SCM_RIGHTS), then
+// removes the socket. Every two ranks are now connected
+// directly (those pairs never appear in the filesystem, so they need no
+// handshake); no file is left in Dir. A rank that does not come within
 // JoinTimeout is named in every rank's error.
 //
 // Rounds: each connection carries fixed 32-byte frames (op, dtype, key,
@@ -73,7 +90,7 @@
 // # Shared memory
 //
 // One file per key in Dir, named <base>.<pid of rank 0>-<nonce>.<key>,
-// created by whichever rank declares the key first, grown (never shrunk)
+// created (mode 0600) by whichever rank declares the key first, grown (never shrunk)
 // with fallocate so that a full tmpfs is an error at Declare rather than a
 // SIGBUS later, and mapped MAP_SHARED by every rank:
 //
