@@ -14,6 +14,7 @@ import (
 	"github.com/gobps/gobps/core/lifecycle"
 	"github.com/gobps/gobps/core/local"
 	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	// rdma.Open chooses among the transports registered by these two.
@@ -87,6 +88,7 @@ type Engine struct {
 	ownTr   bool // opened by Init: closed by Shutdown
 	self    cluster.Node
 	book    cluster.Book
+	auth    *auth.Config // the job's authentication (nil: none), for the local group
 	servers []*server
 	local   *local.Group // nil without local aggregation
 	gpu     gpuState
@@ -197,11 +199,22 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
+	au, err := cfg.Auth()
+	if err != nil {
+		return nil, fmt.Errorf("gobps: %w", err)
+	}
+	if au == nil {
+		warnf := opt.Warnf
+		if warnf == nil {
+			warnf = logf
+		}
+		warnf("gobps: %s", auth.Unauthenticated)
+	}
 	tr, own := opt.Transport, false
 	if tr == nil {
 		var why string
 		var err error
-		tr, why, err = rdma.Open(transportOptions(cfg))
+		tr, why, err = rdma.Open(transportOptions(cfg, au))
 		if err != nil {
 			return nil, fmt.Errorf("gobps: %w", err)
 		}
@@ -211,7 +224,7 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 	m, err := cluster.Join(ctx, cfg.RootAddr(), cluster.Registration{
 		Role: cluster.RoleWorker, WorkerID: cfg.WorkerID, LocalRank: cfg.LocalRank,
 		LocalSize: cfg.LocalSize, PID: os.Getpid(),
-	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Logf: logf})
+	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Auth: au, Logf: logf})
 	if err != nil {
 		if own {
 			tr.Close()
@@ -237,9 +250,17 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	if warnf == nil {
 		warnf = logf
 	}
+	au, err := cfg.Auth()
+	if err != nil {
+		if own {
+			tr.Close()
+		}
+		m.Leave()
+		return nil, fmt.Errorf("gobps: %w", err)
+	}
 	e := &Engine{
 		cfg: cfg, logf: logf, warnf: warnf, member: m, tr: tr, ownTr: own, self: self, book: book,
-		stop: make(chan struct{}), broken: make(chan struct{}),
+		auth: au, stop: make(chan struct{}), broken: make(chan struct{}),
 	}
 	e.gpu.open = opt.OpenDevice
 	e.ctx, e.cancel = context.WithCancel(context.Background())
@@ -274,10 +295,10 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 }
 
 // transportOptions maps the configuration onto the transport's options.
-func transportOptions(cfg *config.Config) rdma.Options {
+func transportOptions(cfg *config.Config, au *auth.Config) rdma.Options {
 	return rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice,
 		GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth,
-		MRCacheBytes: cfg.RDMAMRCacheBytes}
+		MRCacheBytes: cfg.RDMAMRCacheBytes, Auth: au}
 }
 
 func (e *Engine) connect(ctx context.Context) error {

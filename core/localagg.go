@@ -50,7 +50,7 @@ func (e *Engine) joinLocal(ctx context.Context) error {
 	name := strings.NewReplacer(":", "_", "/", "_", "[", "", "]", "").Replace(fmt.Sprintf("%s-m%d", cfg.RootAddr(), cfg.WorkerID))
 	g, err := local.Join(ctx, local.Config{
 		Dir: shmDir(), Group: name, Size: cfg.LocalSize, Rank: cfg.LocalRank,
-		JoinTimeout: localJoinTimeout, Logf: e.logf, Behind: e.behind,
+		JoinTimeout: localJoinTimeout, Logf: e.logf, Behind: e.behind, Auth: e.auth,
 	})
 	if err != nil {
 		return fmt.Errorf("gobps: local aggregation: %w", err)

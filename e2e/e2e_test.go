@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 )
@@ -32,6 +33,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	bin = dir
+	if err := setupAuth(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
 	build := exec.Command("go", "build", "-tags="+buildTags, "-o", dir+"/", "../cmd/bpsrun", "./testjob")
 	build.Stdout, build.Stderr = os.Stdout, os.Stderr
 	if err := build.Run(); err != nil {
@@ -42,6 +48,62 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// e2eSecret is the secret every job of these tests has (GOBPS_E2E_AUTH
+// unset or "secret"; "tls" adds mutual TLS; "none" gives the jobs none, as
+// a BytePS launch script would).
+const e2eSecret = "the e2e tests' job secret"
+
+// probeAuth is how the tests' own raw connections authenticate, as the
+// jobs' processes do.
+var probeAuth *auth.Config
+
+// setupAuth puts the secret (and TLS files, in dir) in this process's
+// environment, which every job inherits.
+func setupAuth(dir string) error {
+	mode := os.Getenv("GOBPS_E2E_AUTH")
+	for _, v := range []string{"GOBPS_SECRET", "GOBPS_SECRET_FILE", "GOBPS_TLS_CERT", "GOBPS_TLS_KEY", "GOBPS_TLS_CA"} {
+		os.Unsetenv(v)
+	}
+	switch mode {
+	case "none":
+		return nil
+	case "", "secret", "tls":
+	default:
+		return fmt.Errorf("GOBPS_E2E_AUTH=%s: want secret (the default), tls or none", mode)
+	}
+	os.Setenv("GOBPS_SECRET", e2eSecret)
+	probeAuth = &auth.Config{Secret: []byte(e2eSecret)}
+	if mode == "tls" {
+		cert, key, ca, err := auth.WritePKI(dir, time.Hour)
+		if err != nil {
+			return err
+		}
+		os.Setenv("GOBPS_TLS_CERT", cert)
+		os.Setenv("GOBPS_TLS_KEY", key)
+		os.Setenv("GOBPS_TLS_CA", ca)
+		if probeAuth.TLS, err = auth.LoadTLS(cert, key, ca); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// dialJob connects to a job's address as node self, through the job's
+// handshake when it has one.
+func dialJob(t *testing.T, addr string, timeout time.Duration, self uint32) net.Conn {
+	t.Helper()
+	nc, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ac, _, err := probeAuth.Dial(nc, self)
+	if err != nil {
+		nc.Close()
+		t.Fatalf("handshake with %s: %v", addr, err)
+	}
+	return ac
 }
 
 // job is a running bpsrun whose output lines are collected with the time
@@ -579,10 +641,7 @@ type raw struct {
 
 func (p *probed) dialRaw() *raw {
 	p.t.Helper()
-	nc, err := net.DialTimeout("tcp", p.addr, 5*time.Second)
-	if err != nil {
-		p.t.Fatal(err)
-	}
+	nc := dialJob(p.t, p.addr, 5*time.Second, proto.NodeID(proto.RoleWorker, 0))
 	p.t.Cleanup(func() { nc.Close() })
 	return &raw{t: p.t, nc: nc}
 }

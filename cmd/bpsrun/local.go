@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -94,6 +96,26 @@ type exit struct {
 
 // jobEnv builds a child's environment: bpsrun's own, minus the variables
 // bpsrun sets, plus those.
+// jobSecret is the secret bpsrun --local gives its job: a fresh random one,
+// unless the environment names the job's own (GOBPS_SECRET or
+// GOBPS_SECRET_FILE, passed on as they are) or --insecure asks for none.
+func jobSecret(f *flags, env []string) (string, error) {
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if (k == "GOBPS_SECRET" || k == "GOBPS_SECRET_FILE") && v != "" {
+			return "", nil
+		}
+	}
+	if f.insecure {
+		return "", nil
+	}
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("make the job's secret: %w", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
 func jobEnv(base []string, set map[string]string) []string {
 	out := make([]string, 0, len(base)+len(set))
 	for _, kv := range base {
@@ -177,6 +199,12 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		"DMLC_PS_ROOT_URI":  "127.0.0.1",
 		"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
 		"DMLC_NODE_HOST":    "127.0.0.1",
+	}
+	if secret, err := jobSecret(f, env); err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+		return 1
+	} else if secret != "" {
+		common["GOBPS_SECRET"] = secret
 	}
 	with := func(kv ...string) map[string]string {
 		m := make(map[string]string, len(common)+len(kv)/2)

@@ -40,7 +40,9 @@ Usage:
       stopped; bpsrun exits with the status of the failure that ended the
       job (the first process killed by a signal bpsrun did not send, such
       as a crash or an outside kill, else the first non-zero exit) and
-      names it. Ctrl-C stops everything.
+      names it. Ctrl-C stops everything. The job gets a fresh random secret
+      (GOBPS_SECRET, given to its processes only) unless GOBPS_SECRET or
+      GOBPS_SECRET_FILE is set, or --insecure.
 
   DMLC_ROLE=scheduler|server bpsrun
   DMLC_ROLE=worker bpsrun [--byteps-compat] CMD [ARGS...]
@@ -70,6 +72,7 @@ type flags struct {
 	grace    time.Duration
 	verbose  bool
 	compat   bool
+	insecure bool
 	help     bool
 	commands []string
 }
@@ -86,6 +89,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.grace, "grace", 3*time.Second, "after the first failure, how long the other processes get to exit on their own before they are stopped")
 	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")
 	fs.BoolVar(&f.compat, "byteps-compat", false, "put gobps's byteps shim (python/compat) first on the workers' PYTHONPATH, so that \"import byteps.torch\" gives gobps.torch")
+	fs.BoolVar(&f.insecure, "insecure", false, "--local: no secret; any process that can reach the job's ports can take part (see docs/security.md)")
 	fs.BoolVar(&f.help, "help", false, "print this help")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)

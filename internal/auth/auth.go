@@ -148,7 +148,7 @@ func (c *Config) Accept(conn net.Conn, self uint32) (net.Conn, uint32, error) {
 	if c.TLS != nil {
 		tc := tls.Server(conn, c.TLS.server)
 		if err := tc.Handshake(); err != nil {
-			return nil, 0, fmt.Errorf("%w: TLS: %v", ErrRefused, err)
+			return nil, 0, fmt.Errorf("%w: TLS: %w", ErrRefused, err)
 		}
 		conn = tc
 	}
@@ -216,7 +216,7 @@ func (c *Config) Dial(conn net.Conn, self uint32) (net.Conn, uint32, error) {
 	if c.TLS != nil {
 		tc := tls.Client(conn, c.TLS.client)
 		if err := tc.Handshake(); err != nil {
-			return nil, 0, fmt.Errorf("%w: TLS: %v", ErrRefused, err)
+			return nil, 0, fmt.Errorf("%w: TLS: %w", ErrRefused, err)
 		}
 		conn = tc
 	}

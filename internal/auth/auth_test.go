@@ -338,3 +338,23 @@ func (s *script) Write(b []byte) (int, error) { return len(b), nil }
 func (s *script) SetDeadline(time.Time) error { return nil }
 func (s *script) RemoteAddr() net.Addr        { return &net.TCPAddr{} }
 func (s *script) Close() error                { return nil }
+
+// TestWritePKI: the files WritePKI makes load and let two processes meet.
+func TestWritePKI(t *testing.T) {
+	cert, key, ca, err := WritePKI(t.TempDir(), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := LoadTLS(cert, key, ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Config{Secret: []byte("s"), TLS: tl}
+	d, a := handshake(t, c, c, 1, 2)
+	if d.err != nil || a.err != nil {
+		t.Fatalf("dial %v, accept %v", d.err, a.err)
+	}
+	if _, err := LoadTLS(cert, key, ""); err == nil {
+		t.Error("LoadTLS without a CA succeeded")
+	}
+}

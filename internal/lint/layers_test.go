@@ -30,7 +30,7 @@ import (
 var allowedFolders = map[string][]string{
 	"cmd":       {"cmd", "core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
 	"cgo":       {"core", "config", "rdma", "gpu", "proto"},
-	"e2e":       {"e2e", "core", "config", "summation", "gpu", "proto"},
+	"e2e":       {"e2e", "core", "config", "summation", "gpu", "proto", "internal"},
 	"examples":  {"examples", "core", "config", "gpu", "proto"},
 	"scripts":   {},
 	"core":      {"core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},

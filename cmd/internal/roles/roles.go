@@ -16,6 +16,7 @@ import (
 
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/rdma"
 	// rdma.Open chooses among the transports registered by these two.
 	_ "github.com/gobps/gobps/rdma/tcp"
@@ -30,8 +31,17 @@ type Logf func(format string, args ...any)
 // RunScheduler runs the coordinator until every node has left (nil), a node
 // died (an error naming it), or ctx ends.
 func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
+	au, err := jobAuth(cfg, logf)
+	if err != nil {
+		return err
+	}
+	addr, err := listenAddr(cfg.RootURI, cfg.RootPort)
+	if err != nil {
+		return err
+	}
 	c, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
-		Addr:             listenAddr(cfg.RootURI, cfg.RootPort),
+		Addr:             addr,
+		Auth:             au,
 		NumWorkers:       cfg.NumWorkerProcs(),
 		NumServers:       cfg.NumServer,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
@@ -45,13 +55,45 @@ func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
 	return c.Run(ctx)
 }
 
-// listenAddr is where the coordinator listens: its advertised address, or
-// every interface when the advertised name is not a local address.
-func listenAddr(host string, port int) string {
+// listenAddr is where the coordinator listens: the address DMLC_PS_ROOT_URI
+// names or resolves to, never every interface (a name that resolves to no
+// address of this machine cannot be listened on, and says so).
+func listenAddr(host string, port int) (string, error) {
 	if ip := net.ParseIP(host); ip != nil {
-		return net.JoinHostPort(host, strconv.Itoa(port))
+		return net.JoinHostPort(host, strconv.Itoa(port)), nil
 	}
-	return net.JoinHostPort("", strconv.Itoa(port))
+	ips, err := net.LookupIP(host)
+	if err != nil {
+		return "", fmt.Errorf("resolve DMLC_PS_ROOT_URI %q: %w", host, err)
+	}
+	local := map[string]bool{}
+	if addrs, err := net.InterfaceAddrs(); err == nil {
+		for _, a := range addrs {
+			if n, ok := a.(*net.IPNet); ok {
+				local[n.IP.String()] = true
+			}
+		}
+	}
+	for _, ip := range ips {
+		if local[ip.String()] {
+			return net.JoinHostPort(ip.String(), strconv.Itoa(port)), nil
+		}
+	}
+	return "", fmt.Errorf("DMLC_PS_ROOT_URI %q resolves to %v, none of them an address of this machine: "+
+		"start the scheduler where it points, or set it to this machine's address", host, ips)
+}
+
+// jobAuth is the job's authentication from cfg; without one, it says once
+// that the job is unauthenticated.
+func jobAuth(cfg *config.Config, logf Logf) (*auth.Config, error) {
+	au, err := cfg.Auth()
+	if err != nil {
+		return nil, err
+	}
+	if au == nil {
+		logf("WARNING: %s", auth.Unauthenticated)
+	}
+	return au, nil
 }
 
 // AdvertiseHost picks the address this node gives to its peers:
@@ -77,8 +119,12 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return err
 	}
 	logf("memory budget: %d bytes of declared keys (%s)", budget, why)
+	au, err := jobAuth(cfg, logf)
+	if err != nil {
+		return err
+	}
 	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes,
-		HelloTimeout: cfg.HelloTimeout, Logf: logf})
+		HelloTimeout: cfg.HelloTimeout, Auth: au, Logf: logf})
 	if err != nil {
 		return err
 	}
@@ -105,7 +151,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	defer srv.Close()
 	m, err := cluster.Join(ctx, cfg.RootAddr(), cluster.Registration{
 		Role: cluster.RoleServer, WorkerID: cfg.ServerID, LocalSize: 1, Addr: srv.Addr(), PID: os.Getpid(),
-	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Logf: logf})
+	}, cluster.Options{HeartbeatInterval: cfg.HeartbeatInterval, Auth: au, Logf: logf})
 	if err != nil {
 		return fmt.Errorf("join %s: %w", cfg.RootAddr(), err)
 	}
