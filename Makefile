@@ -61,10 +61,13 @@ demo: build pydeps
 	fi
 
 # Everything CI runs: vet, the race detector on the concurrent packages,
-# then the whole suite (with the multi-process end-to-end tests), and a
-# short fuzz of the wire decoder.
+# then the whole suite (with the multi-process end-to-end tests, whose jobs
+# have a secret; then again with mutual TLS, and with no authentication),
+# and a short fuzz of the wire decoder and the handshake.
 test: deps vet race fuzz test-noasm pydeps test-rdma
 	$(GO) test -count=1 -timeout 15m ./...
+	GOBPS_E2E_AUTH=tls $(GO) test -count=1 -timeout 5m ./e2e
+	GOBPS_E2E_AUTH=none $(GO) test -count=1 -timeout 5m ./e2e
 
 # The pure-Go build (no assembly anywhere): the whole suite in its short
 # form, the end-to-end exact-sum run included, with the generic kernels.

@@ -757,3 +757,50 @@ func TestRDMAContradiction(t *testing.T) {
 		t.Fatal("Validate accepted the contradiction")
 	}
 }
+
+// TestSecret: the secret's rules, and that no error ever shows it.
+func TestSecret(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/secret"
+	os.WriteFile(good, []byte("a secret of the job, long enough\n"), 0o600)
+	open := dir + "/open"
+	os.WriteFile(open, []byte("a secret of the job, long enough\n"), 0o644)
+	short := dir + "/short"
+	os.WriteFile(short, []byte("tiny\n"), 0o600)
+	for _, c := range []struct {
+		env  []string
+		want string // "" : valid
+	}{
+		{[]string{"GOBPS_SECRET=s3cr3t-short"}, "at least 16"},
+		{[]string{"GOBPS_SECRET=a secret of the job, long enough"}, ""},
+		{[]string{"GOBPS_SECRET_FILE=" + good}, ""},
+		{[]string{"GOBPS_SECRET_FILE=" + open}, "chmod 600"},
+		{[]string{"GOBPS_SECRET_FILE=" + short}, "at least 16"},
+		{[]string{"GOBPS_SECRET_FILE=" + dir + "/missing"}, "no such file"},
+		{[]string{"GOBPS_SECRET=a secret of the job, long enough", "GOBPS_SECRET_FILE=" + good}, "set one of them"},
+		{[]string{"GOBPS_TLS_CERT=/x.pem"}, "all three or none"},
+	} {
+		cfg, err := parse(with(c.env...))
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.env, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: %v; want an error mentioning %q", c.env, err, c.want)
+		case err != nil && (strings.Contains(err.Error(), "s3cr3t") || strings.Contains(err.Error(), "long enough")):
+			t.Errorf("%v: the error shows the secret: %v", c.env, err)
+		}
+		if c.want == "" {
+			a, err := cfg.Auth()
+			if err != nil || a == nil || string(a.Secret) != "a secret of the job, long enough" {
+				t.Errorf("%v: Auth() = %v, %v", c.env, a, err)
+			}
+		}
+	}
+	cfg, err := parse(base())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, err := cfg.Auth(); a != nil || err != nil {
+		t.Errorf("no secret: Auth() = %v, %v; want nil, nil", a, err)
+	}
+}

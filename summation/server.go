@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 )
@@ -882,6 +883,10 @@ func (h *handler) Closed(c rdma.Conn, err error) {
 	case errors.Is(err, rdma.ErrNoHello):
 		s.cfg.Logf("summation: closed %s: %v", c.RemoteAddr(), err)
 		s.noHello.Add(1)
+	case errors.Is(err, auth.ErrRefused):
+		// Failed the job's handshake: nothing it sent was read.
+		s.cfg.Logf("summation: refused %s: %v", c.RemoteAddr(), err)
+		s.badConns.Add(1)
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/gobps/gobps/cmd/internal/roles"
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
+	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -61,9 +62,15 @@ func pushPull(args []string) error {
 	localAgg := fs.Bool("localagg", false, "the workers are one machine and sum in shared memory first, so one push per key reaches the servers (GOBPS_LOCAL_AGGREGATION=1); off, every worker pushes")
 	dur := fs.Duration("time", 2*time.Second, "measuring time per configuration")
 	lanes := fs.Int("lanes", 2, "GOBPS_TCP_LANES")
+	authF := fs.String("auth", "none", "none, secret (GOBPS_SECRET: the handshake) or tls (the secret and mutual TLS 1.3)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	authEnv, cleanup, err := benchAuth(*authF)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
 	sizes, err := parseSizes(*sizesF)
 	if err != nil {
 		return err
@@ -85,7 +92,7 @@ func pushPull(args []string) error {
 		return fmt.Errorf("raw tcp baseline: %w", err)
 	}
 	host, _ := os.Hostname()
-	fmt.Printf("machine: %s, %d CPUs; raw TCP loopback stream (one connection, 4 MiB writes): %.2f GB/s\n", host, numCPU(), raw/1e9)
+	fmt.Printf("machine: %s, %d CPUs; raw TCP loopback stream (one connection, 4 MiB writes): %.2f GB/s; auth %s\n", host, numCPU(), raw/1e9, *authF)
 	fmt.Println("tensor = tensor bytes push_pulled per second by each worker (each byte goes out and comes back)")
 	fmt.Println("wire   = push + pull bytes through loopback per second, all workers (with -localagg, one per key): what the raw stream measures")
 	fmt.Println("ratio  = wire / raw stream;  tensor/raw = tensor / raw stream")
@@ -93,7 +100,7 @@ func pushPull(args []string) error {
 	for _, s := range sizes {
 		for _, w := range ws {
 			for _, k := range ss {
-				r, err := measure(s, w, k, pb[0], *lanes, *localAgg, *dur)
+				r, err := measure(s, w, k, pb[0], *lanes, *localAgg, *dur, authEnv)
 				if err != nil {
 					return fmt.Errorf("size %d workers %d servers %d: %w", s, w, k, err)
 				}
@@ -113,6 +120,34 @@ func human(n int) string {
 		return fmt.Sprintf("%dKiB", n>>10)
 	}
 	return strconv.Itoa(n)
+}
+
+// benchAuth is the environment of -auth: a secret, and for tls a job CA
+// and certificate in a temporary directory (removed by cleanup).
+func benchAuth(mode string) (env map[string]string, cleanup func(), err error) {
+	cleanup = func() {}
+	switch mode {
+	case "none":
+		return nil, cleanup, nil
+	case "secret", "tls":
+	default:
+		return nil, cleanup, fmt.Errorf("-auth %s: want none, secret or tls", mode)
+	}
+	env = map[string]string{"GOBPS_SECRET": "bpsbench's secret, 32 characters"}
+	if mode == "tls" {
+		dir, err := os.MkdirTemp("", "bpsbench-tls")
+		if err != nil {
+			return nil, cleanup, err
+		}
+		cleanup = func() { os.RemoveAll(dir) }
+		cert, key, ca, err := auth.WritePKI(dir, time.Hour)
+		if err != nil {
+			cleanup()
+			return nil, func() {}, err
+		}
+		env["GOBPS_TLS_CERT"], env["GOBPS_TLS_KEY"], env["GOBPS_TLS_CA"] = cert, key, ca
+	}
+	return env, cleanup, nil
 }
 
 // rawTCP measures one loopback TCP stream: 4 MiB writes, reads into a 4 MiB
@@ -173,7 +208,7 @@ type result struct {
 
 // measure runs a coordinator, k servers and w workers in this process, over
 // loopback TCP, and times PushPull of one tensor of size bytes.
-func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration) (result, error) {
+func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, authEnv map[string]string) (result, error) {
 	port, err := roles.FreePort()
 	if err != nil {
 		return result{}, err
@@ -186,6 +221,9 @@ func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration) (
 	}
 	if localAgg {
 		env["GOBPS_LOCAL_AGGREGATION"] = "1"
+	}
+	for k, v := range authEnv {
+		env[k] = v
 	}
 	cfgFor := func(kv ...string) (*config.Config, error) {
 		m := map[string]string{}

@@ -48,7 +48,9 @@ func main() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	opt := core.Options{Config: cfg}
+	opt := core.Options{Config: cfg, Warnf: func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "WARN "+format+"\n", args...)
+	}}
 	if *device {
 		// The fake device is injected by this test program, never read
 		// from the environment by production code.

@@ -269,7 +269,7 @@ func (t *Transport) authenticate(nc net.Conn, h rdma.Handler) {
 				if errors.Is(err, os.ErrDeadlineExceeded) {
 					err = rdma.NoHello(remote, wait)
 				} else {
-					err = fmt.Errorf("rdma: tcp: refused %s: %w", remote, err)
+					err = fmt.Errorf("rdma: tcp handshake: %w", err)
 				}
 				h.Closed(&refusedConn{remote: remote}, err)
 			}
