@@ -779,8 +779,11 @@ func (e *Engine) watch() {
 		case ev := <-e.member.Events():
 			if ev.Left {
 				// A worker that shut down before this one: the servers
-				// fail the rounds that need its pushes, naming it.
-				e.warnf("gobps: %s; a push_pull that needs it will fail", ev)
+				// fail the rounds that need its pushes, naming it. At the
+				// end of every job the workers leave one after another,
+				// so this is news, not a warning: a push_pull it breaks
+				// says so itself.
+				e.logf("gobps: %s; a push_pull that needs it will fail", ev)
 				continue
 			}
 			if ev.Node.Role == cluster.RoleServer && ev.Node.Rank < len(e.servers) {
