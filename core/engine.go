@@ -721,6 +721,13 @@ func (e *Engine) failServer(s *server, cause error) {
 		l.conn.Close()
 	}
 	e.run(effs)
+	if e.local != nil && !quiet {
+		// Every rank of this machine needs that server (a job does not
+		// survive a server yet): tell them why now, before this process
+		// fails its handles and perhaps exits, or they hear only that it
+		// vanished.
+		e.local.Abort(s.failed)
+	}
 }
 
 // answerDeclsLocked fails every declaration waiting for its answer: a
