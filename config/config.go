@@ -64,6 +64,8 @@ type Config struct {
 	HelloTimeout      time.Duration // GOBPS_HELLO_TIMEOUT: how long an accepted data connection has to say hello
 	DeclareWarn       time.Duration // GOBPS_DECLARE_WARN: how long a tensor declared by some workers only waits before they are told whom they wait for; 0 = never
 	DeclareTimeout    time.Duration // GOBPS_DECLARE_TIMEOUT: how long before such a tensor fails; 0 = never
+	StallWarning      time.Duration // GOBPS_STALL_WARNING: a round waiting this long without a push is reported; 0 = never
+	StallShutdown     time.Duration // GOBPS_STALL_SHUTDOWN: a round stalled this long ends the job; 0 = never
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
 	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
 	GPU               string        // GOBPS_GPU: auto or off (lower-case)
@@ -122,6 +124,8 @@ const (
 	envHelloTimeout  = "GOBPS_HELLO_TIMEOUT"
 	envDeclareWarn   = "GOBPS_DECLARE_WARN"
 	envDeclareTO     = "GOBPS_DECLARE_TIMEOUT"
+	envStallWarn     = "GOBPS_STALL_WARNING"
+	envStallShut     = "GOBPS_STALL_SHUTDOWN"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
@@ -188,6 +192,7 @@ var (
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
 		HelloTimeout:      10 * time.Second,
+		StallWarning:      60 * time.Second,
 		DeclareWarn:       10 * time.Second,
 		LocalAggregation:  true,
 		GPU:               "auto",
@@ -361,6 +366,16 @@ var table = []spec{
 		Variable: Variable{Name: envDeclareTO, Default: "0s", Roles: serverOnly,
 			Doc: "How long such a tensor may wait before it fails for the workers that declared it, with the same words; 0 waits for ever (a rank that is only slow to get there, loading data for minutes, would fail too)."},
 		field: func(c *Config) any { return &c.DeclareTimeout },
+	},
+	{
+		Variable: Variable{Name: envStallWarn, Default: defaultConfig.StallWarning.String(), Roles: serverOnly,
+			Doc: "How long a round that has begun may wait without a new push on its key before the server reports it, logging and telling the workers waiting which workers have not pushed which tensors (by name); 0 never reports."},
+		field: func(c *Config) any { return &c.StallWarning },
+	},
+	{
+		Variable: Variable{Name: envStallShut, Default: "0s", Roles: serverOnly,
+			Doc: "How long a round may stall before the server ends the job with that report, sent to every worker as a fatal error, instead of waiting for ever; 0 never ends it."},
+		field: func(c *Config) any { return &c.StallShutdown },
 	},
 	{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
@@ -655,6 +670,12 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	if c.DeclareTimeout < 0 {
 		fail(envDeclareTO, "must not be negative (0 turns the timeout off)")
+	}
+	if c.StallWarning < 0 {
+		fail(envStallWarn, "must not be negative (0 turns the report off)")
+	}
+	if c.StallShutdown < 0 {
+		fail(envStallShut, "must not be negative (0 never ends the job)")
 	}
 	if c.GPUTimeout <= 0 {
 		fail(envGPUTimeout, "must be positive")

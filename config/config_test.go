@@ -67,6 +67,7 @@ func wantDefaults() Config {
 		Lanes:             2,
 		HelloTimeout:      10 * time.Second,
 		DeclareWarn:       10 * time.Second,
+		StallWarning:      60 * time.Second,
 		LocalAggregation:  true,
 		GPU:               "auto",
 		GPUTimeout:        time.Minute,

@@ -729,6 +729,39 @@ func (r *Rounds) lost(round uint64) error {
 	return nil
 }
 
+// Waiting describes the oldest round in the window that has begun and is
+// not complete: its number, and whom it still waits for. For a sum key
+// that is the workers whose push is missing (under local aggregation,
+// every worker of each machine whose push is missing); for a broadcast key
+// the root, while its push is missing. ok is false when no begun round is
+// waiting for a push (a complete round waiting for its pulls is not).
+func (r *Rounds) Waiting() (round uint64, missing []int, ok bool) {
+	for round = r.base; round <= r.base+1; round++ {
+		s := &r.slots[round%2]
+		if s.complete || !r.begun(round) {
+			continue
+		}
+		if r.decl.Root >= 0 {
+			if root := int(r.decl.Root); !s.pushed[root] {
+				return round, []int{root}, true
+			}
+			continue
+		}
+		per := r.perPusher()
+		for m := 0; m < r.workers; m += per {
+			if r.needs(m, round) {
+				for w := m; w < m+per; w++ {
+					missing = append(missing, w)
+				}
+			}
+		}
+		if len(missing) > 0 {
+			return round, missing, true
+		}
+	}
+	return 0, nil, false
+}
+
 // replay runs the held ops that the window now admits, in arrival order.
 func (r *Rounds) replay(res *Result) {
 	keep := r.held[:0]

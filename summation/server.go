@@ -39,6 +39,16 @@ type Config struct {
 	// (one rank loading data for minutes) would fail too, so it is off by
 	// default.
 	DeclareTimeout time.Duration
+	// StallWarning: a round that has begun and waited this long without a
+	// new push on its key is reported (GOBPS_STALL_WARNING): the server
+	// logs, and tells the workers waiting, which workers have not pushed
+	// which tensors. 0: never.
+	StallWarning time.Duration
+	// StallShutdown: a round stalled this long ends the job
+	// (GOBPS_STALL_SHUTDOWN): every connected worker gets the report as a
+	// fatal notice and fails with it, instead of waiting for ever. 0:
+	// never.
+	StallShutdown time.Duration
 	// MemoryBudget bounds the bytes of keys the server accepts, summed
 	// over every declaration (GOBPS_SERVER_MEMORY_BYTES): a declaration
 	// frame that would take the declared bytes beyond it is refused
@@ -85,7 +95,9 @@ type Server struct {
 	}
 	engines []*engine
 	done    chan struct{}
-	closing sync.Once
+	// stallFatal: the stall watch has ended the job (GOBPS_STALL_SHUTDOWN)
+	stallFatal atomic.Bool
+	closing    sync.Once
 	// What Close waits for. Add to them only under mu with mu.closed
 	// false (or in New), so that none grows once Close waits.
 	wg    sync.WaitGroup // the goroutines the server started: engines and outboxes
@@ -126,6 +138,11 @@ type key struct {
 	}
 	// rounds is owned by engine's goroutine.
 	rounds *Rounds
+	// progress counts the pushes accepted on the key (the stall watch
+	// reads it); stallTold is the round last reported stalled, plus one
+	// (owned by the engine).
+	progress  atomic.Uint64
+	stallTold uint64
 }
 
 func (k *key) scratch() []byte {
@@ -240,6 +257,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.DeclareWarn > 0 || cfg.DeclareTimeout > 0 {
 		s.wg.Add(1)
 		go s.sweep()
+	}
+	if cfg.StallWarning > 0 || cfg.StallShutdown > 0 {
+		s.wg.Add(1)
+		go s.watchStalls()
 	}
 	ln, err := cfg.Transport.Listen(cfg.Addr, (*handler)(s))
 	if err != nil {
@@ -902,6 +923,7 @@ const (
 	taskFail       // the key's workers disagree about it: fail it (err)
 	taskDepart     // worker left the job (err says how)
 	taskJoin       // worker joined (on) or ended its join
+	taskStall      // the stall watch asks whether a round waits for pushes (reply)
 )
 
 type task struct {
@@ -912,10 +934,11 @@ type task struct {
 	data   []byte
 	round  uint64
 	off    int
-	push   *pushState // chunked pushes
-	err    error      // taskFail, taskDepart
-	worker int        // taskDepart, taskJoin
-	on     bool       // taskJoin
+	push   *pushState   // chunked pushes
+	err    error        // taskFail, taskDepart
+	worker int          // taskDepart, taskJoin
+	on     bool         // taskJoin
+	reply  chan<- stall // taskStall
 }
 
 // engine sums the keys assigned to it, one task at a time.
@@ -1015,6 +1038,18 @@ func (e *engine) step(t task) (next []task) {
 		res = k.rounds.Depart(t.worker, t.err)
 	case taskJoin:
 		res = k.rounds.Join(t.worker, t.on)
+	case taskStall:
+		st := stall{key: k}
+		st.round, st.missing, st.waiting = k.rounds.Waiting()
+		st.new = st.waiting && k.stallTold != st.round+1
+		if st.waiting {
+			k.stallTold = st.round + 1
+		}
+		t.reply <- st
+		return nil
+	}
+	if err == nil && (t.kind == taskPush || t.kind == taskPushStable || t.kind == taskBegin) {
+		k.progress.Add(1)
 	}
 	for _, b := range res.Behind {
 		if p := s.peerOf(b.Worker); p != nil {

@@ -143,6 +143,8 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		MemoryBudget:   budget,
 		DeclareWarn:    cfg.DeclareWarn,
 		DeclareTimeout: cfg.DeclareTimeout,
+		StallWarning:   cfg.StallWarning,
+		StallShutdown:  cfg.StallShutdown,
 		Logf:           logf,
 	})
 	if err != nil {
