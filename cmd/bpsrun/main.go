@@ -50,6 +50,20 @@ Usage:
       names. The environment is checked first; a missing or malformed
       variable is an error naming it (see docs/env.md).
 
+  srun [SRUN FLAGS] bpsrun [--servers-per-node K] [flags] -- CMD [ARGS...]
+      Slurm mode (DMLC_ROLE unset, SLURM_PROCID set): one srun line starts
+      the whole job. Every node needs the same number of tasks T. On each
+      node the tasks with local id (SLURM_LOCALID) below K are servers and
+      the other T-K are workers (DMLC_WORKER_ID = node index, BYTEPS_LOCAL_RANK
+      = local id - K). K defaults to 1 on several nodes and 0 on one; with 0,
+      the job's only server runs inside the first task. The first node's task
+      with local id 0 also runs the coordinator at the first host of
+      SLURM_NODELIST (DMLC_PS_ROOT_URI overrides), port --port, else
+      DMLC_PS_ROOT_PORT, else 20000 + SLURM_JOB_ID mod 10000. Each task then
+      runs its role as environment mode does. GOBPS_SECRET_FILE (a file on a
+      shared filesystem) passes through srun; without it the job is
+      unauthenticated and says so. See docs/launch.md.
+
   --byteps-compat runs an unedited BytePS script: it puts the directory of
   gobps's byteps shim (python/compat, in which "import byteps.torch" gives
   gobps.torch) first on the workers' PYTHONPATH. The shim is looked for as
@@ -74,7 +88,9 @@ type flags struct {
 	compat   bool
 	insecure bool
 	help     bool
-	commands []string
+	// serversPerNode is --servers-per-node (Slurm mode); -1 when not given.
+	serversPerNode int
+	commands       []string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -85,7 +101,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.IntVar(&f.np, "np", 1, "number of worker processes (copies of CMD) in --local mode")
 	fs.IntVar(&f.servers, "servers", 1, "number of summation servers in --local mode")
 	fs.IntVar(&f.localSz, "local-size", 0, "workers per emulated machine in --local mode; must divide -np (0: all -np workers on one machine)")
-	fs.IntVar(&f.port, "port", 0, "coordinator port in --local mode (0: pick a free one)")
+	fs.IntVar(&f.port, "port", 0, "coordinator port (--local: 0 picks a free one; Slurm mode: 0 takes DMLC_PS_ROOT_PORT, else 20000 + SLURM_JOB_ID mod 10000)")
+	fs.IntVar(&f.serversPerNode, "servers-per-node", -1, "Slurm mode: tasks of each node that are servers, those with the lowest local ids (-1: 1 on several nodes, 0 on one)")
 	fs.DurationVar(&f.grace, "grace", 3*time.Second, "after the first failure, how long the other processes get to exit on their own before they are stopped")
 	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")
 	fs.BoolVar(&f.compat, "byteps-compat", false, "put gobps's byteps shim (python/compat) first on the workers' PYTHONPATH, so that \"import byteps.torch\" gives gobps.torch")
@@ -125,6 +142,15 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 		}
 		return "", false
 	}
+	_, hasRole := lookup("DMLC_ROLE")
+	slurm := !f.local && !hasRole && inSlurmTask(lookup)
+	if f.serversPerNode != -1 && !slurm {
+		fmt.Fprintln(stderr, "bpsrun: --servers-per-node is for Slurm mode (srun bpsrun --servers-per-node K -- CMD, without DMLC_ROLE)")
+		return 2
+	}
+	if slurm {
+		return runSlurm(f, env, stdout, stderr)
+	}
 	if f.local {
 		if _, ok := lookup("DMLC_ROLE"); ok {
 			fmt.Fprintln(stderr, "bpsrun: --local starts every role itself; unset DMLC_ROLE")
@@ -133,7 +159,7 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 		return runLocal(f, env, stdout, stderr)
 	}
 	if _, ok := lookup("DMLC_ROLE"); !ok {
-		fmt.Fprintln(stderr, "bpsrun: give --local, or set DMLC_ROLE (and the rest of the environment) for environment mode; see bpsrun --help")
+		fmt.Fprintln(stderr, "bpsrun: give --local, or set DMLC_ROLE (and the rest of the environment) for environment mode, or start it with srun inside a Slurm allocation; see bpsrun --help")
 		return 2
 	}
 	cfg, err := config.Parse(lookup)
