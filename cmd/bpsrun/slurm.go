@@ -451,7 +451,7 @@ func (p *slurmPlan) checkDerived(lookup func(string) (string, bool)) error {
 func (p *slurmPlan) summary() string {
 	a := p.alloc
 	var b strings.Builder
-	fmt.Fprintf(&b, "%d node(s) × %d tasks: coordinator at %s (task %d on %s, which also runs ", a.Nodes, a.TasksPerNode, p.RootAddr, a.ProcID, p.Host)
+	fmt.Fprintf(&b, "%s × %s: coordinator at %s (task %d on %s, which also runs ", plural(a.Nodes, "node"), plural(a.TasksPerNode, "task"), p.RootAddr, a.ProcID, p.Host)
 	if p.K == 0 {
 		b.WriteString("the job's only server, and worker DMLC_WORKER_ID=0 BYTEPS_LOCAL_RANK=0 as its child); ")
 	} else {
@@ -459,11 +459,18 @@ func (p *slurmPlan) summary() string {
 	}
 	workers := a.TasksPerNode - p.K
 	if p.K > 0 {
-		fmt.Fprintf(&b, "%d servers (local ids %s on each node), ", a.Nodes*p.K, idRange(0, p.K-1))
+		fmt.Fprintf(&b, "%s (local %s on each node), ", plural(a.Nodes*p.K, "server"), plural(p.K, "id")+" "+idRange(0, p.K-1))
 	}
-	fmt.Fprintf(&b, "%d workers (local ids %s on each node: DMLC_NUM_WORKER=%d, BYTEPS_LOCAL_SIZE=%d)",
-		a.Nodes*workers, idRange(p.K, a.TasksPerNode-1), a.Nodes, workers)
+	fmt.Fprintf(&b, "%s (local ids %s on each node: DMLC_NUM_WORKER=%d, BYTEPS_LOCAL_SIZE=%d)",
+		plural(a.Nodes*workers, "worker"), idRange(p.K, a.TasksPerNode-1), a.Nodes, workers)
 	return b.String()
+}
+
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }
 
 func idRange(lo, hi int) string {

@@ -560,7 +560,7 @@ func TestSlurmJob(t *testing.T) {
 				t.Errorf("task %d does not say %q:\n%s", id, want, outs[id])
 			}
 		}
-		if !strings.Contains(outs[0], "2 node(s) × 2 tasks: coordinator at localhost:") {
+		if !strings.Contains(outs[0], "2 nodes × 2 tasks: coordinator at localhost:") {
 			t.Errorf("task 0 does not describe the job:\n%s", outs[0])
 		}
 	})
@@ -593,4 +593,64 @@ func TestSlurmJob(t *testing.T) {
 			t.Errorf("the warning does not say how to set a secret file:\n%s", outs[0])
 		}
 	})
+}
+
+const sbatchExample = "../../scripts/slurm/job.sbatch"
+
+// TestSbatchExample checks scripts/slurm/job.sbatch: valid bash, the
+// documented shape (2 nodes × 8 tasks, one server per node), and a secret
+// that goes by file, never on a command line.
+func TestSbatchExample(t *testing.T) {
+	const script = sbatchExample
+	b, err := os.ReadFile(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("bash", "-n", script).CombinedOutput(); err != nil {
+		t.Fatalf("bash -n %s: %v\n%s", script, err, out)
+	}
+	text := string(b)
+	for _, want := range []string{"#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=8\n", "--servers-per-node 1 -- \"$@\"",
+		"export GOBPS_SECRET_FILE=", "umask 077", "--kill-on-bad-exit=1", "srun "} {
+		if !strings.Contains(text, want) {
+			t.Errorf("%s does not contain %q", script, want)
+		}
+	}
+	if strings.Contains(text, "GOBPS_SECRET=") {
+		t.Errorf("%s sets GOBPS_SECRET: the secret goes in a file", script)
+	}
+}
+
+// TestSbatchExampleRealSlurm submits scripts/slurm/job.sbatch to a real
+// Slurm cluster, on one node of 4 tasks (1 server, 3 workers), and checks
+// the sums; only with GOBPS_TEST_SLURM=1 and a cluster up
+// (scripts/slurm/onenode.sh brings up one on this machine), never in CI.
+func TestSbatchExampleRealSlurm(t *testing.T) {
+	const script = sbatchExample
+	if os.Getenv("GOBPS_TEST_SLURM") != "1" {
+		t.Skip("set GOBPS_TEST_SLURM=1 (after scripts/slurm/onenode.sh) to submit it to a real Slurm cluster")
+	}
+	if out, err := exec.Command("sinfo", "-h", "-o", "%T").CombinedOutput(); err != nil {
+		t.Fatalf("GOBPS_TEST_SLURM=1 but sinfo fails: %v\n%s", err, out)
+	}
+	bin := slurmBin(t)
+	dir := t.TempDir()
+	outFile := filepath.Join(dir, "job.out")
+	cmd := exec.Command("sbatch", "--wait", "-N1", "--ntasks-per-node=4", "--overcommit", "--cpus-per-task=1", "--time=2",
+		"-o", outFile, script, filepath.Join(bin, "testjob"), "-tensors", "20", "-rounds", "3", "-max", "262144", "-timeout", "60s")
+	cmd.Env = append(cleanEnv(), "BPSRUN="+filepath.Join(bin, "bpsrun"), "GOBPS_SECRET_DIR="+filepath.Join(dir, "secrets"))
+	out, err := cmd.CombinedOutput()
+	job, _ := os.ReadFile(outFile)
+	if err != nil {
+		t.Fatalf("sbatch: %v\n%s\n%s", err, out, job)
+	}
+	if n := len(regexp.MustCompile(`(?m)^[1-3]: rank \d: all 3 rounds exact`).FindAll(job, -1)); n != 3 {
+		t.Errorf("%d workers (tasks 1-3) report exact sums, want 3:\n%s", n, job)
+	}
+	if strings.Contains(string(job), "unauthenticated") {
+		t.Errorf("the job was unauthenticated:\n%s", job)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "secrets", "*")); len(left) > 0 {
+		t.Errorf("the job's secret file was left behind: %v", left)
+	}
 }
