@@ -459,9 +459,9 @@ func (p *slurmPlan) summary() string {
 	}
 	workers := a.TasksPerNode - p.K
 	if p.K > 0 {
-		fmt.Fprintf(&b, "%s (local %s on each node), ", plural(a.Nodes*p.K, "server"), plural(p.K, "id")+" "+idRange(0, p.K-1))
+		fmt.Fprintf(&b, "%s (local %s on each node), ", plural(a.Nodes*p.K, "server"), idRange(0, p.K-1))
 	}
-	fmt.Fprintf(&b, "%s (local ids %s on each node: DMLC_NUM_WORKER=%d, BYTEPS_LOCAL_SIZE=%d)",
+	fmt.Fprintf(&b, "%s (local %s on each node: DMLC_NUM_WORKER=%d, BYTEPS_LOCAL_SIZE=%d)",
 		plural(a.Nodes*workers, "worker"), idRange(p.K, a.TasksPerNode-1), a.Nodes, workers)
 	return b.String()
 }
@@ -473,11 +473,12 @@ func plural(n int, noun string) string {
 	return strconv.Itoa(n) + " " + noun + "s"
 }
 
+// idRange is "id 3" or "ids 1-3".
 func idRange(lo, hi int) string {
 	if lo == hi {
-		return strconv.Itoa(lo)
+		return "id " + strconv.Itoa(lo)
 	}
-	return fmt.Sprintf("%d-%d", lo, hi)
+	return fmt.Sprintf("ids %d-%d", lo, hi)
 }
 
 // describe is this task's part, for -v.

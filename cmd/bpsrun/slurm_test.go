@@ -215,8 +215,9 @@ func TestSlurmTwoNodes(t *testing.T) {
 	if s := plans[0].schedulerEnv(); s["DMLC_ROLE"] != "scheduler" || s["GOBPS_SERVER_ID"] != "" || s["DMLC_WORKER_ID"] != "" {
 		t.Errorf("coordinator's variables: %v", s)
 	}
-	if got := plans[0].summary(); !strings.Contains(got, "coordinator at gpu07:23456") || !strings.Contains(got, "2 servers") || !strings.Contains(got, "6 workers") {
-		t.Errorf("summary %q", got)
+	if got, want := plans[0].summary(), "2 nodes × 4 tasks: coordinator at gpu07:23456 (task 0 on gpu07, which also runs server 0); "+
+		"2 servers (local id 0 on each node), 6 workers (local ids 1-3 on each node: DMLC_NUM_WORKER=2, BYTEPS_LOCAL_SIZE=3)"; got != want {
+		t.Errorf("summary\n%q, want\n%q", got, want)
 	}
 
 	// two servers per node
@@ -254,6 +255,10 @@ func TestSlurmOneNode(t *testing.T) {
 		{config.Worker, false, false, "0/1"},
 		{config.Worker, false, false, "0/2"},
 	})
+	if got, want := plans[0].summary(), "1 node × 3 tasks: coordinator at vm:23456 (task 0 on vm, which also runs the job's only server, "+
+		"and worker DMLC_WORKER_ID=0 BYTEPS_LOCAL_RANK=0 as its child); 3 workers (local ids 0-2 on each node: DMLC_NUM_WORKER=1, BYTEPS_LOCAL_SIZE=3)"; got != want {
+		t.Errorf("summary\n%q, want\n%q", got, want)
+	}
 	srv := plans[0].serverEnv()
 	if srv["DMLC_ROLE"] != "server" || srv["GOBPS_SERVER_ID"] != "0" || srv["DMLC_WORKER_ID"] != "" {
 		t.Errorf("the coordinator task's server: %v", srv)
@@ -462,8 +467,30 @@ func (s *syncBuffer) String() string {
 
 // runFakeSlurm starts nodes × perNode copies of bpsrun as the tasks of an
 // srun step on this machine (every node named localhost), each with the
-// SLURM_* environment srun would give it, and waits for all of them.
+// SLURM_* environment srun would give it, waits for all of them, and
+// fails the test unless every one exits 0.
 func runFakeSlurm(t *testing.T, bin string, nodes, perNode int, extraEnv []string, args ...string) []string {
+	t.Helper()
+	outs, errs := fakeSlurm(t, bin, nodes, perNode, extraEnv, args...)
+	failed := false
+	for id, err := range errs {
+		if err != nil {
+			failed = true
+			t.Errorf("task %d: %v", id, err)
+		}
+	}
+	if failed {
+		for id, o := range outs {
+			t.Logf("task %d:\n%s", id, o)
+		}
+		t.FailNow()
+	}
+	return outs
+}
+
+// fakeSlurm runs the tasks as runFakeSlurm does and returns each one's
+// output and exit. Tasks still running after 2 minutes are killed.
+func fakeSlurm(t *testing.T, bin string, nodes, perNode int, extraEnv []string, args ...string) ([]string, []error) {
 	t.Helper()
 	port, err := roles.FreePort()
 	if err != nil {
@@ -472,14 +499,10 @@ func runFakeSlurm(t *testing.T, bin string, nodes, perNode int, extraEnv []strin
 	nodelist := strings.TrimSuffix(strings.Repeat("localhost,", nodes), ",")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	type task struct {
-		cmd *exec.Cmd
-		out *syncBuffer
-		err error
-	}
-	tasks := make([]*task, nodes*perNode)
+	outs := make([]*syncBuffer, nodes*perNode)
+	errs := make([]error, nodes*perNode)
 	var wg sync.WaitGroup
-	for id := range tasks {
+	for id := range outs {
 		env := cleanEnv()
 		for k, v := range slurmTaskEnv(nodelist, nodes, perNode, id) {
 			env = append(env, k+"="+v)
@@ -488,32 +511,23 @@ func runFakeSlurm(t *testing.T, bin string, nodes, perNode int, extraEnv []strin
 		cmd := exec.CommandContext(ctx, filepath.Join(bin, "bpsrun"), append([]string{"--port", strconv.Itoa(port)}, args...)...)
 		cmd.Env = env
 		cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
-		tk := &task{cmd: cmd, out: &syncBuffer{}}
-		cmd.Stdout, cmd.Stderr = tk.out, tk.out
+		outs[id] = &syncBuffer{}
+		cmd.Stdout, cmd.Stderr = outs[id], outs[id]
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		tasks[id] = tk
 		wg.Add(1)
-		go func() { defer wg.Done(); tk.err = cmd.Wait() }()
+		go func() { defer wg.Done(); errs[id] = cmd.Wait() }()
 	}
 	wg.Wait()
-	var outs []string
-	failed := false
-	for id, tk := range tasks {
-		outs = append(outs, tk.out.String())
-		if tk.err != nil {
-			failed = true
-			t.Errorf("task %d: %v", id, tk.err)
-		}
+	if ctx.Err() != nil {
+		t.Errorf("the job did not end within 2 minutes; its tasks were killed")
 	}
-	if failed || t.Failed() {
-		for id, o := range outs {
-			t.Logf("task %d:\n%s", id, o)
-		}
-		t.FailNow()
+	var texts []string
+	for _, o := range outs {
+		texts = append(texts, o.String())
 	}
-	return outs
+	return texts, errs
 }
 
 // TestSlurmJob runs real jobs as srun would start them, every task a
@@ -591,6 +605,31 @@ func TestSlurmJob(t *testing.T) {
 		}
 		if !strings.Contains(outs[0], "GOBPS_SECRET_FILE=") {
 			t.Errorf("the warning does not say how to set a secret file:\n%s", outs[0])
+		}
+	})
+	t.Run("a worker fails", func(t *testing.T) {
+		// 2 nodes × 2 tasks; worker 1 stops after 5 rounds (exit 1).
+		// Without srun to kill the rest, the job still ends: worker 0's
+		// push_pull fails, and the coordinator's task exits non-zero
+		// naming the failure.
+		start := time.Now()
+		outs, errs := fakeSlurm(t, bin, 2, 2, nil, "--", "/bin/sh", "-c",
+			`if [ "$DMLC_WORKER_ID" = 1 ]; then n=5; else n=1000000; fi; exec "$0" -mode hold -rounds $n -timeout 60s`,
+			filepath.Join(bin, "testjob"))
+		t.Logf("the job ended in %v", time.Since(start).Round(time.Millisecond))
+		if errs[3] == nil || !strings.Contains(outs[3], "no failure within 5 rounds") {
+			t.Errorf("task 3 (worker 1): %v\n%s", errs[3], outs[3])
+		}
+		if errs[1] == nil || !strings.Contains(outs[1], "pushpull failed") {
+			t.Errorf("task 1 (worker 0) did not fail with its push_pull: %v\n%s", errs[1], outs[1])
+		}
+		if errs[0] == nil || !strings.Contains(outs[0], "bpsrun: slurm: job failed: ") {
+			t.Errorf("task 0 (the coordinator) did not fail saying why: %v\n%s", errs[0], outs[0])
+		}
+		if t.Failed() {
+			for id, o := range outs {
+				t.Logf("task %d (%v):\n%s", id, errs[id], o)
+			}
 		}
 	})
 }
