@@ -15,8 +15,8 @@ package main
 //     l < K (GOBPS_SERVER_ID), otherwise a worker: DMLC_WORKER_ID n,
 //     BYTEPS_LOCAL_RANK l − K, BYTEPS_LOCAL_SIZE T − K. DMLC_NUM_WORKER is
 //     N and DMLC_NUM_SERVER is N·K (1 when K is 0).
-//   - The task with local id 0 on node 0 also runs the coordinator, in its
-//     own process, listening at the first host of SLURM_NODELIST (or
+//   - The task with local id 0 on node 0 also runs the coordinator, in the
+//     same process (a goroutine, as is its server), listening at the first host of SLURM_NODELIST (or
 //     DMLC_PS_ROOT_URI when set) on the port of --port, else
 //     DMLC_PS_ROOT_PORT, else 20000 + SLURM_JOB_ID mod 10000. With K = 0
 //     it runs the job's one server too (GOBPS_SERVER_ID 0) and its worker
@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -369,7 +370,7 @@ func planSlurm(a *slurmAlloc, serversPerNode int, rootURI string, port int) (*sl
 	p := &slurmPlan{
 		Coordinator: a.NodeID == 0 && a.LocalID == 0,
 		Host:        a.Hosts[a.NodeID],
-		RootAddr:    rootURI + ":" + strconv.Itoa(port),
+		RootAddr:    net.JoinHostPort(rootURI, strconv.Itoa(port)),
 		K:           k,
 		alloc:       a,
 		common: map[string]string{
@@ -379,9 +380,6 @@ func planSlurm(a *slurmAlloc, serversPerNode int, rootURI string, port int) (*sl
 			"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
 			"BYTEPS_LOCAL_SIZE": strconv.Itoa(a.TasksPerNode - k),
 		},
-	}
-	if strings.Contains(rootURI, ":") {
-		p.RootAddr = "[" + rootURI + "]:" + strconv.Itoa(port)
 	}
 	if a.LocalID < k {
 		p.Role = config.Server
@@ -414,7 +412,7 @@ func (p *slurmPlan) roleEnv(role config.Role, serverID, workerID, localRank int)
 	return m
 }
 
-// schedulerEnv and ownServerEnv are the variables of the roles the
+// schedulerEnv and serverEnv are the variables of the roles the
 // coordinator's task runs besides its own.
 func (p *slurmPlan) schedulerEnv() map[string]string {
 	return p.roleEnv(config.Scheduler, -1, -1, -1)
