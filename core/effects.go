@@ -144,6 +144,7 @@ func (e *Engine) run(effs []lifecycle.Effect) {
 			}
 		case lifecycle.Finished:
 			e.trace.finished(t, ef.Err)
+			e.finishedTask(t, ef.Err)
 		case lifecycle.Complete:
 			refOf(ef.Op).h.complete(ef.Err)
 			e.opEnded()

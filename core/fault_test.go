@@ -188,6 +188,7 @@ func faultSchedule(seed uint64) (err error) {
 			return nil // a fault during the connection setup: nothing to check
 		}
 		engines[i] = e
+		e.MeasureLatency()
 	}
 
 	// The same tensors on every worker; sizes up to a few partitions, and
@@ -322,6 +323,38 @@ func faultSchedule(seed uint64) (err error) {
 		}
 		if c.h.Wait() == nil && string(c.buf) != string(c.want) {
 			return fmt.Errorf("worker %d: %q succeeded with a wrong sum", c.worker, c.h.name)
+		}
+	}
+	return checkMetrics(engines, cases)
+}
+
+// checkMetrics checks the engines' metrics against what their handles
+// say: every operation counted once, as completed or failed, none open;
+// a latency for partitions that finished whole only.
+func checkMetrics(engines []*Engine, cases []*faultCase) error {
+	for w, e := range engines {
+		var ok, failed uint64
+		for _, c := range cases {
+			switch {
+			case c.worker != w:
+			case c.h.Wait() == nil:
+				ok++
+			default:
+				failed++
+			}
+		}
+		m := e.Metrics()
+		if m.OpsCompleted != ok || m.OpsFailed != failed || m.OpsOpen != 0 || m.CreditInUse != 0 {
+			return fmt.Errorf("worker %d: the metrics count %d operations completed, %d failed, %d open, %d bytes of credit in use; the handles say %d, %d, 0, 0",
+				w, m.OpsCompleted, m.OpsFailed, m.OpsOpen, m.CreditInUse, ok, failed)
+		}
+		for _, s := range m.Servers {
+			if s.Latency.Count > s.Answers {
+				return fmt.Errorf("worker %d: %d latencies for server %d, but %d answers", w, s.Latency.Count, s.Rank, s.Answers)
+			}
+			if ok > 0 && s.Pushes == 0 && len(m.Servers) == 1 {
+				return fmt.Errorf("worker %d: %d operations succeeded without a push", w, ok)
+			}
 		}
 	}
 	return nil

@@ -26,6 +26,8 @@ type lane struct {
 		tasks []*lifecycle.Task
 	}
 	wake chan struct{} // one token: tasks were queued
+
+	latency latency // push-pull times of its partitions (metrics.go)
 }
 
 func newLane(e *Engine, s *server, idx int) *lane {
@@ -61,8 +63,12 @@ func (l *lane) send() {
 		l.q.Unlock()
 		for i, t := range batch {
 			batch[i] = nil
+			now := l.latency.stampFor()
 			e.mu.Lock()
 			ok := e.mu.m.Sending(t)
+			if ok {
+				t.Stamp = now
+			}
 			e.mu.Unlock()
 			if !ok {
 				// Failed or abandoned before it left: its handle may have

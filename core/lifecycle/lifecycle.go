@@ -108,6 +108,9 @@ type Task struct {
 	Result []byte
 	// Note is the engine's: the machine never reads or writes it.
 	Note any
+	// Stamp is the engine's too: when its lane began to send it (in the
+	// engine's clock), for the push-pull latency; 0 when not measured.
+	Stamp int64
 
 	stage       stage
 	busy        bool // a stage effect (LocalIn, LocalReduce, LocalResult, Divide, LocalPublish, LocalOut) is running
@@ -232,6 +235,7 @@ type Machine struct {
 	localTail map[proto.Key]*Task
 	seq       uint64
 	effs      []Effect
+	counts    Counts
 }
 
 // New returns a machine with nothing started. It panics on a bad config
@@ -243,7 +247,7 @@ func New(cfg Config) *Machine {
 	m := &Machine{
 		cfg: cfg, queue: scheduler.New[*Task](cfg.Credit), reqs: map[uint64]*Task{},
 		live: make([]map[*Task]struct{}, cfg.Servers), srvErr: make([]error, cfg.Servers),
-		localTail: map[proto.Key]*Task{},
+		localTail: map[proto.Key]*Task{}, counts: Counts{Servers: make([]ServerCounts, cfg.Servers)},
 	}
 	for i := range m.live {
 		m.live[i] = map[*Task]struct{}{}
@@ -574,6 +578,13 @@ func (m *Machine) Sent(t *Task, err error) {
 		m.setErr(t, err)
 	} else {
 		t.sent = true
+		c := &m.counts.Servers[t.Part.Server]
+		if t.Op.Spec.Push {
+			c.Pushes++
+			c.PushBytes += uint64(len(t.In))
+		} else {
+			c.Pulls++
+		}
 	}
 	m.returnCredit(t)
 	m.advance(t)
@@ -631,6 +642,11 @@ func (m *Machine) AnswerIn(id uint64, n int) {
 	}
 	t.receiving = false
 	t.got += n
+	c := &m.counts.Servers[t.Part.Server]
+	c.AnswerBytes += uint64(n)
+	if t.got == len(t.Out) {
+		c.Answers++
+	}
 	m.advance(t)
 	m.dispatch()
 }
@@ -744,6 +760,9 @@ func (m *Machine) finish(t *Task, err error) {
 	t.finished = true
 	t.pending = err
 	t.cancellable = false
+	if err != nil {
+		m.counts.Servers[t.Part.Server].Failed++
+	}
 	m.returnCredit(t)
 	if t.ReqID != 0 {
 		delete(m.reqs, t.ReqID)
@@ -814,6 +833,7 @@ func (m *Machine) opDone(op *Op) {
 		return
 	}
 	op.done = true
+	m.completed(op)
 	m.emit(Complete, nil, op, op.err)
 }
 
@@ -827,6 +847,7 @@ func (m *Machine) StagedOut(op *Op, err error) {
 		op.err = err
 	}
 	op.done = true
+	m.completed(op)
 	m.emit(Complete, nil, op, op.err)
 }
 
