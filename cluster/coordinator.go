@@ -105,6 +105,8 @@ type Coordinator struct {
 	dead         []NodeEvent
 	barriers     [All + 1]barrier // indexed by Group
 	backlogged   []*peer          // peers whose send queue overflowed, dropped after the current event
+
+	stats coordinatorStats // counted by the loop, read by Stats (stats.go)
 }
 
 // phase is where a connection is in its life. A peer moves only forward:
@@ -801,6 +803,7 @@ func (c *Coordinator) sendBook() error {
 					len(book.Workers)+len(book.Servers), len(b), proto.MaxControlPayload)
 			}
 			q.phase = phaseActive
+			c.stats.active[statIndex(q.node.Role)].Add(1)
 			c.send(q, proto.Header{Op: proto.OpBook}, b)
 		}
 	}
@@ -812,6 +815,8 @@ func (c *Coordinator) sendBook() error {
 // barriers that wait on it fail.
 func (c *Coordinator) died(p *peer, reason string) {
 	p.phase = phaseDead
+	c.stats.active[statIndex(p.node.Role)].Add(-1)
+	c.stats.deaths[statIndex(p.node.Role)].Add(1)
 	ev := NodeEvent{Node: p.node, Reason: reason}
 	c.dead = append(c.dead, ev)
 	c.logf("cluster: coordinator: %s", ev)
@@ -843,6 +848,10 @@ func (c *Coordinator) leave(p *peer) {
 	if p.phase == phaseRegistered {
 		c.drop(p, "left before the address book was complete", false)
 		return
+	}
+	if p.phase == phaseActive {
+		c.stats.active[statIndex(p.node.Role)].Add(-1)
+		c.stats.departures[statIndex(p.node.Role)].Add(1)
 	}
 	p.phase = phaseLeft
 	c.closePeer(p)
