@@ -84,6 +84,8 @@ type Config struct {
 	TLSCert    string // GOBPS_TLS_CERT: this process's PEM certificate, for mutual TLS
 	TLSKey     string // GOBPS_TLS_KEY: its PEM private key
 	TLSCA      string // GOBPS_TLS_CA: the job's PEM CA bundle
+
+	MetricsAddr string // GOBPS_METRICS_ADDR: host:port of this process's Prometheus endpoint; "" for none
 }
 
 // Variable describes one environment variable of the contract.
@@ -142,6 +144,7 @@ const (
 	envTLSCert       = "GOBPS_TLS_CERT"
 	envTLSKey        = "GOBPS_TLS_KEY"
 	envTLSCA         = "GOBPS_TLS_CA"
+	envMetricsAddr   = "GOBPS_METRICS_ADDR"
 )
 
 // MinSecretLen is the shortest secret accepted: a guessable secret
@@ -423,6 +426,11 @@ var table = []spec{
 		field: func(c *Config) any { return &c.TLSCA },
 	},
 	{
+		Variable: Variable{Name: envMetricsAddr, Roles: allRoles,
+			Doc: "Address (host:port; port 0 picks a free one) on which this process serves its Prometheus metrics at /metrics; unset serves none."},
+		field: func(c *Config) any { return &c.MetricsAddr },
+	},
+	{
 		Variable: Variable{Name: envRDMADevice, Roles: serverWorker,
 			Doc: "RDMA device to use, such as mlx5_0 or rxe0; unset takes the first with an active port."},
 		field: func(c *Config) any { return &c.RDMADevice },
@@ -681,6 +689,13 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 		fail(envGPUTimeout, "must be positive")
 	}
 	c.validateAuth(fail)
+	if c.MetricsAddr != "" {
+		if _, port, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			fail(envMetricsAddr, "must be host:port, such as 127.0.0.1:9100 or :9100")
+		} else if n, err := strconv.Atoi(port); err != nil || n < 0 || n > math.MaxUint16 {
+			fail(envMetricsAddr, "port must be a number from 0 to 65535")
+		}
+	}
 }
 
 // validateAuth checks the secret and TLS variables (the files' contents
