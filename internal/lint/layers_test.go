@@ -23,16 +23,19 @@ import (
 // The folders of the module, top to bottom, and which folders each may
 // import (non-test imports). The import graph of folders reads top to
 // bottom with no arrow running back up: the programs (cmd, cgo, the test
-// programs and examples), the worker engine (core), the server
+// programs and examples), the metrics endpoint every program serves
+// (metrics: it reads the engine, the server and the coordinator), the
+// worker engine (core), the server
 // (summation), the contracts every role shares (cluster, config, rdma,
 // scheduler), and the leaves (gpu, proto). internal holds helpers below
 // them all.
 var allowedFolders = map[string][]string{
-	"cmd":       {"cmd", "core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
-	"cgo":       {"core", "config", "rdma", "gpu", "proto"},
-	"e2e":       {"e2e", "core", "config", "summation", "gpu", "proto", "internal"},
-	"examples":  {"examples", "core", "config", "gpu", "proto"},
+	"cmd":       {"cmd", "metrics", "core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
+	"cgo":       {"metrics", "core", "config", "rdma", "gpu", "proto"},
+	"e2e":       {"e2e", "metrics", "core", "config", "summation", "gpu", "proto", "internal"},
+	"examples":  {"examples", "metrics", "core", "config", "gpu", "proto"},
 	"scripts":   {},
+	"metrics":   {"metrics", "core", "summation", "cluster", "config", "rdma", "proto"},
 	"core":      {"core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
 	"summation": {"summation", "rdma", "proto", "internal"},
 	"cluster":   {"cluster", "proto", "internal"},
