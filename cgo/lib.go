@@ -15,6 +15,7 @@ import (
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/metrics"
 	"github.com/gobps/gobps/proto"
 )
 
@@ -87,6 +88,9 @@ type library struct {
 	shutDown atomic.Bool // set once, by shutdown
 
 	engine atomic.Pointer[core.Engine] // nil before init and after shutdown
+	// metrics is the endpoint of GOBPS_METRICS_ADDR (nil: none); guarded
+	// by initMu.
+	metrics *metrics.Endpoint
 
 	tmu     sync.Mutex
 	tensors map[string]*tensor
@@ -166,10 +170,27 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 		defer cancel()
 	}
 	logf, warnf := newLogf(logw, cfg.SlogLevel())
-	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: logf, Warnf: warnf})
+	// The metrics endpoint listens before the job is joined, so that an
+	// address in use fails init before the other processes count on this
+	// one; it serves once the rank is known.
+	ep, err := metrics.Listen(cfg.MetricsAddr)
 	if err != nil {
 		return fail(statusFailed, "gobps: init: %w", err)
 	}
+	e, err := core.Init(ctx, core.Options{Config: cfg, Logf: logf, Warnf: warnf})
+	if err != nil {
+		ep.Close()
+		return fail(statusFailed, "gobps: init: %w", err)
+	}
+	if err := metrics.ServeWorker(ep, e); err != nil {
+		ep.Close()
+		e.Shutdown()
+		return fail(statusFailed, "gobps: init: %w", err)
+	}
+	if ep != nil {
+		logf("gobps: metrics at %s", ep.URL())
+	}
+	l.metrics = ep
 	l.engine.Store(e)
 	return nil
 }
@@ -199,7 +220,10 @@ func (l *library) shutdown() error {
 	l.tmu.Lock()
 	clear(l.tensors)
 	l.tmu.Unlock()
-	if err := e.Shutdown(); err != nil {
+	err := e.Shutdown()
+	l.metrics.Close()
+	l.metrics = nil
+	if err != nil {
 		return fail(statusFailed, "gobps: shutdown: %w", err)
 	}
 	return nil

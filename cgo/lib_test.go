@@ -127,8 +127,9 @@ func TestChecks(t *testing.T) {
 }
 
 // job is a coordinator and servers in this process, and one library per
-// worker joined to them over loopback.
-func job(t *testing.T, workers, servers int) []*library {
+// worker joined to them over loopback; extra (name, value pairs) adds to
+// the workers' environment.
+func job(t *testing.T, workers, servers int, extra ...string) []*library {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	coord, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
@@ -173,6 +174,9 @@ func job(t *testing.T, workers, servers int) []*library {
 			"DMLC_NUM_SERVER": strconv.Itoa(servers), "DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": port,
 			"DMLC_WORKER_ID": "0", "BYTEPS_LOCAL_RANK": strconv.Itoa(i), "GOBPS_HEARTBEAT_INTERVAL": "100ms",
 			"BYTEPS_PARTITION_BYTES": "8192",
+		}
+		for j := 0; j+1 < len(extra); j += 2 {
+			env[extra[j]] = extra[j+1]
 		}
 		wg.Add(1)
 		go func() {

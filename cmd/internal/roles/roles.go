@@ -14,9 +14,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/gobps/gobps/cluster"
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/internal/auth"
+	"github.com/gobps/gobps/metrics"
 	"github.com/gobps/gobps/rdma"
 	// rdma.Open chooses among the transports registered by these two.
 	_ "github.com/gobps/gobps/rdma/tcp"
@@ -39,6 +42,11 @@ func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
 	if err != nil {
 		return err
 	}
+	ep, err := metrics.Listen(cfg.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
 	c, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
 		Addr:             addr,
 		Auth:             au,
@@ -51,6 +59,9 @@ func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return err
 	}
 	defer c.Close()
+	if err := serveMetrics(ep, config.Scheduler, 0, logf, metrics.NewCoordinatorCollector(c)); err != nil {
+		return err
+	}
 	logf("coordinator listening on %s for %d workers and %d servers", c.Addr(), cfg.NumWorkerProcs(), cfg.NumServer)
 	return c.Run(ctx)
 }
@@ -123,6 +134,11 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	if err != nil {
 		return err
 	}
+	ep, err := metrics.Listen(cfg.MetricsAddr)
+	if err != nil {
+		return err
+	}
+	defer ep.Close()
 	tr, why, err := rdma.Open(rdma.Options{Checksum: cfg.Checksum, Mode: rdma.Mode(cfg.RDMAMode()), Device: cfg.RDMADevice, GIDIndex: cfg.RDMAGIDIndex, SendDepth: cfg.RDMASendDepth, RecvDepth: cfg.RDMARecvDepth, MRCacheBytes: cfg.RDMAMRCacheBytes,
 		HelloTimeout: cfg.HelloTimeout, Auth: au, Logf: logf})
 	if err != nil {
@@ -130,6 +146,10 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	}
 	defer tr.Close()
 	logf("transport %s: %s", tr.Caps().Name, why)
+	var pushed *metrics.PushBytes
+	if ep != nil {
+		tr, pushed = metrics.CountPushes(tr)
+	}
 	host, err := AdvertiseHost(cfg)
 	if err != nil {
 		return err
@@ -159,6 +179,9 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	}
 	defer m.Leave()
 	srv.SetID(m.Self().ID)
+	if err := serveMetrics(ep, config.Server, m.Self().Rank, logf, metrics.NewServerCollector(srv, pushed)); err != nil {
+		return err
+	}
 	stop := make(chan struct{})
 	defer close(stop)
 	go departures(m, srv, stop)
@@ -176,6 +199,19 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// serveMetrics serves a role's metrics on ep (GOBPS_METRICS_ADDR; nil:
+// off) and says where.
+func serveMetrics(ep *metrics.Endpoint, role config.Role, rank int, logf Logf, c prometheus.Collector) error {
+	if ep == nil {
+		return nil
+	}
+	if err := ep.Serve(role, rank, c); err != nil {
+		return err
+	}
+	logf("metrics at %s", ep.URL())
+	return nil
 }
 
 // departures tells srv of every worker that leaves the job or dies, so
