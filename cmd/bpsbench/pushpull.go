@@ -63,6 +63,7 @@ func pushPull(args []string) error {
 	dur := fs.Duration("time", 2*time.Second, "measuring time per configuration")
 	lanes := fs.Int("lanes", 2, "GOBPS_TCP_LANES")
 	authF := fs.String("auth", "none", "none, secret (GOBPS_SECRET: the handshake) or tls (the secret and mutual TLS 1.3)")
+	metricsF := fs.Bool("metrics", false, "every process serves its Prometheus metrics (GOBPS_METRICS_ADDR, a free port each), scraped once a second while measuring")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -92,7 +93,7 @@ func pushPull(args []string) error {
 		return fmt.Errorf("raw tcp baseline: %w", err)
 	}
 	host, _ := os.Hostname()
-	fmt.Printf("machine: %s, %d CPUs; raw TCP loopback stream (one connection, 4 MiB writes): %.2f GB/s; auth %s\n", host, numCPU(), raw/1e9, *authF)
+	fmt.Printf("machine: %s, %d CPUs; raw TCP loopback stream (one connection, 4 MiB writes): %.2f GB/s; auth %s; metrics %v\n", host, numCPU(), raw/1e9, *authF, *metricsF)
 	fmt.Println("tensor = tensor bytes push_pulled per second by each worker (each byte goes out and comes back)")
 	fmt.Println("wire   = push + pull bytes through loopback per second, all workers (with -localagg, one per key): what the raw stream measures")
 	fmt.Println("ratio  = wire / raw stream;  tensor/raw = tensor / raw stream")
@@ -100,7 +101,7 @@ func pushPull(args []string) error {
 	for _, s := range sizes {
 		for _, w := range ws {
 			for _, k := range ss {
-				r, err := measure(s, w, k, pb[0], *lanes, *localAgg, *dur, authEnv)
+				r, err := measure(s, w, k, pb[0], *lanes, *localAgg, *dur, authEnv, *metricsF)
 				if err != nil {
 					return fmt.Errorf("size %d workers %d servers %d: %w", s, w, k, err)
 				}
@@ -208,7 +209,7 @@ type result struct {
 
 // measure runs a coordinator, k servers and w workers in this process, over
 // loopback TCP, and times PushPull of one tensor of size bytes.
-func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, authEnv map[string]string) (result, error) {
+func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, authEnv map[string]string, metricsOn bool) (result, error) {
 	port, err := roles.FreePort()
 	if err != nil {
 		return result{}, err
@@ -240,14 +241,24 @@ func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, a
 	quiet := func(string, ...any) {}
 	var bg sync.WaitGroup
 	bgErr := make(chan error, k+1)
-	sc, err := cfgFor("DMLC_ROLE", "scheduler")
+	mx := &benchMetrics{on: metricsOn}
+	defer mx.close()
+	mxEnv, err := mx.env()
+	if err != nil {
+		return result{}, err
+	}
+	sc, err := cfgFor(append([]string{"DMLC_ROLE", "scheduler"}, mxEnv...)...)
 	if err != nil {
 		return result{}, err
 	}
 	bg.Add(1)
 	go func() { defer bg.Done(); bgErr <- roles.RunScheduler(ctx, sc, quiet) }()
 	for i := 0; i < k; i++ {
-		c, err := cfgFor("DMLC_ROLE", "server")
+		mxEnv, err := mx.env()
+		if err != nil {
+			return result{}, err
+		}
+		c, err := cfgFor(append([]string{"DMLC_ROLE", "server"}, mxEnv...)...)
 		if err != nil {
 			return result{}, err
 		}
@@ -273,6 +284,12 @@ func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, a
 		cancel()
 		return result{}, err
 	}
+	for _, e := range engines {
+		if err := mx.worker(e); err != nil {
+			cancel()
+			return result{}, err
+		}
+	}
 	// Every worker runs the same number of iterations (sync rounds): worker
 	// 0 decides when time is up by a shared deadline checked per iteration.
 	count := size / 4
@@ -292,9 +309,13 @@ func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, a
 		per := time.Since(start) / time.Duration(warm)
 		iters = max(3, int(d/max(per, time.Microsecond)))
 	}
+	stopScraping := mx.scrape(time.Second)
 	start := time.Now()
 	runAll(engines, count, iters, times, runErr, &wg)
 	el := time.Since(start)
+	if _, err := stopScraping(); err != nil {
+		return result{}, fmt.Errorf("scrape metrics: %w", err)
+	}
 	if err := errors.Join(runErr...); err != nil {
 		return result{}, err
 	}
