@@ -97,3 +97,17 @@ func TestTorchSuspendResume(t *testing.T) {
 func TestTorchReserve(t *testing.T) {
 	eachLayout(t, func(t *testing.T, ls int) { wantCase(t, ls, nil, "reserve") })
 }
+
+// TestTorchStall: a worker that skips one tensor of a step is named, with
+// the tensor (or, by its machine's local group, which it never declared the
+// tensor to, the key), by the stall report (GOBPS_STALL_WARNING=1s) in the job's
+// output, and the job ends with it (GOBPS_STALL_SHUTDOWN=3s) instead of
+// hanging: the waiting rank's push_pull fails with the report.
+func TestTorchStall(t *testing.T) {
+	eachLayout(t, func(t *testing.T, ls int) {
+		out := wantCase(t, ls, []string{"GOBPS_STALL_WARNING=1s", "GOBPS_STALL_SHUTDOWN=3s"}, "stall", t.TempDir())
+		if !strings.Contains(out, "stall: ") || !strings.Contains(out, "key 1.0") || !strings.Contains(out, "worker") {
+			t.Errorf("no stall report naming the key and the worker in the output:\n%s", out)
+		}
+	})
+}

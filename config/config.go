@@ -371,12 +371,12 @@ var table = []spec{
 		field: func(c *Config) any { return &c.DeclareTimeout },
 	},
 	{
-		Variable: Variable{Name: envStallWarn, Default: defaultConfig.StallWarning.String(), Roles: serverOnly,
+		Variable: Variable{Name: envStallWarn, Default: defaultConfig.StallWarning.String(), Roles: serverWorker,
 			Doc: "How long a round that has begun may wait without a new push on its key before the server reports it, logging and telling the workers waiting which workers have not pushed which tensors (by name); 0 never reports."},
 		field: func(c *Config) any { return &c.StallWarning },
 	},
 	{
-		Variable: Variable{Name: envStallShut, Default: "0s", Roles: serverOnly,
+		Variable: Variable{Name: envStallShut, Default: "0s", Roles: serverWorker,
 			Doc: "How long a round may stall before the server ends the job with that report, sent to every worker as a fatal error, instead of waiting for ever; 0 never ends it."},
 		field: func(c *Config) any { return &c.StallShutdown },
 	},

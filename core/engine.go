@@ -89,6 +89,7 @@ type Engine struct {
 	self    cluster.Node
 	book    cluster.Book
 	auth    *auth.Config // the job's authentication (nil: none), for the local group
+	names   sync.Map     // tensor index (uint32) -> name, for the local stall report
 	servers []*server
 	local   *local.Group // nil without local aggregation
 	gpu     gpuState
@@ -472,6 +473,7 @@ func (e *Engine) declare(name string, dtype proto.DType, shape []int64, root int
 		k := proto.MakeKey(t.index, uint32(i))
 		t.parts = append(t.parts, lifecycle.Part{Key: k, Off: r.Off, Len: r.Len, Lane: int(uint64(k) % uint64(lanes))})
 	}
+	e.names.Store(t.index, name) // for reports that know only a key
 	// The local segments first, outside mu: a failure there leaves
 	// nothing declared.
 	if err := e.declareLocal(t); err != nil {

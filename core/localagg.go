@@ -10,6 +10,7 @@ import (
 
 	"github.com/gobps/gobps/core/lifecycle"
 	"github.com/gobps/gobps/core/local"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/summation/kernel"
 )
 
@@ -50,7 +51,8 @@ func (e *Engine) joinLocal(ctx context.Context) error {
 	name := strings.NewReplacer(":", "_", "/", "_", "[", "", "]", "").Replace(fmt.Sprintf("%s-m%d", cfg.RootAddr(), cfg.WorkerID))
 	g, err := local.Join(ctx, local.Config{
 		Dir: shmDir(), Group: name, Size: cfg.LocalSize, Rank: cfg.LocalRank,
-		JoinTimeout: localJoinTimeout, Logf: e.logf, Behind: e.behind, Auth: e.auth,
+		JoinTimeout: localJoinTimeout, Logf: e.warnf, Behind: e.behind, Auth: e.auth,
+		StallWarning: cfg.StallWarning, StallShutdown: cfg.StallShutdown, Stalled: e.localStall,
 	})
 	if err != nil {
 		return fmt.Errorf("gobps: local aggregation: %w", err)
@@ -121,6 +123,31 @@ func (e *Engine) runLocal(ef lifecycle.Effect) {
 		}
 		e.report(func(m *lifecycle.Machine) { m.LocalOutDone(t, err) })
 	}
+}
+
+// localStall words the local group's stall report: the tensor by name,
+// the ranks missing by worker rank.
+func (e *Engine) localStall(key proto.Key, round uint64, missing []local.Rank, waited time.Duration, fatal bool) string {
+	tensor := fmt.Sprintf("the tensor of key %s, which this worker has not declared,", key)
+	if v, ok := e.names.Load(key.Tensor()); ok {
+		tensor = fmt.Sprintf("tensor %q (key %s)", v.(string), key)
+	}
+	var who []string
+	for _, r := range missing {
+		w := fmt.Sprintf("local rank %d (pid %d)", r.Rank, r.PID)
+		for _, n := range e.book.Workers {
+			if n.PID == r.PID && n.Host == e.self.Host {
+				w = fmt.Sprintf("worker %d (pid %d)", n.Rank, r.PID)
+			}
+		}
+		who = append(who, w)
+	}
+	text := fmt.Sprintf("stall: %s round %d has waited %v for %s to push it (in this machine's local aggregation); "+
+		"every worker must push_pull the same tensors each step", tensor, round, waited.Round(10*time.Millisecond), strings.Join(who, ", "))
+	if fatal {
+		return text + fmt.Sprintf(" (GOBPS_STALL_SHUTDOWN %v: ending the job)", e.cfg.StallShutdown)
+	}
+	return text + " (GOBPS_STALL_SHUTDOWN ends the job instead)"
 }
 
 // localErr says where an error of the local group comes from, naming a

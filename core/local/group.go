@@ -71,10 +71,26 @@ type Config struct {
 	// it. It is called with the group's lock held, so it must not block
 	// or call into the group.
 	Behind func(key proto.Key, round uint64)
+	// StallWarning, if positive: the owner of a key whose round has waited
+	// this long for other ranks' contributions reports it (Logf), once
+	// per round. StallShutdown, if positive: after this long it aborts the
+	// group with the report, so that every rank fails with it instead of
+	// waiting for ever.
+	StallWarning, StallShutdown time.Duration
+	// Stalled, if set, words the report of round of key waiting, for
+	// waited, for the ranks missing (local rank and pid each); fatal says
+	// it ends the group. Nil: a plain report in local ranks. It is called
+	// without the group's lock.
+	Stalled func(key proto.Key, round uint64, missing []Rank, waited time.Duration, fatal bool) string
 
 	// admitted, if set (by tests), is called by rank 0 as it admits each
 	// other rank during the join.
 	admitted func(rank int)
+}
+
+// Rank names a local rank in a stall report: its rank and process id.
+type Rank struct {
+	Rank, PID int
 }
 
 func (c *Config) validate() error {
@@ -305,6 +321,10 @@ func Join(ctx context.Context, cfg Config) (*Group, error) {
 		go g.read(p)
 		g.writers.Add(1)
 		go g.write(p)
+	}
+	if cfg.StallWarning > 0 || cfg.StallShutdown > 0 {
+		g.readers.Add(1) // Close waits for it as for the readers
+		go g.watchLaggards()
 	}
 	return g, nil
 }

@@ -464,9 +464,12 @@ func (s *Segment) Reduce(ctx context.Context, round uint64) ([]byte, error) {
 		}
 		return true, nil
 	})
+	watch := newStallWatch(g.cfg)
 	for summed := 0; err == nil && summed < size; {
-		err = s.waitLocked(ctx, fmt.Sprintf("waiting for local rank %d to contribute", summed), func() (bool, error) {
-			return s.contribs[summed] > round, g.mu.left[summed]
+		err = watch.wait(ctx, s, round, func(ctx context.Context) error {
+			return s.waitLocked(ctx, fmt.Sprintf("waiting for local rank %d to contribute", summed), func() (bool, error) {
+				return s.contribs[summed] > round, g.mu.left[summed]
+			})
 		})
 		if err != nil {
 			break

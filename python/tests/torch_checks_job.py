@@ -25,6 +25,10 @@ departures and join, the uneven cases hung.
                a suspension matches one process
     reserve    -np 2: names declared without a tensor, then used in
                different orders by the workers
+    stall      -np 2: rank 1 skips one tensor of a step (run with
+               GOBPS_STALL_WARNING and GOBPS_STALL_SHUTDOWN short): rank
+               0's push_pull of it fails with the report naming worker 1
+               and the tensor; rank 1 waits for rank 0's verdict in OUTDIR
 """
 
 import os
@@ -278,6 +282,33 @@ def case_reserve():
     say("reserve: rank %d started %s in its own order; every sum right", r, order)
 
 
+def case_stall(outdir):
+    bps.init()
+    r = bps.rank()
+    marker = os.path.join(outdir, "stall.done")
+    a, b = torch.ones(6), torch.ones(3)
+    wait(bps.push_pull_async_inplace(a, name="layer.weight", average=False), "a")
+    if r == 0:
+        try:
+            # A server names the tensor; a machine's local group, whose
+            # laggard never declared it, names its key and the worker.
+            msg, took = expect_failure("push_pull of layer.bias",
+                                       lambda: bps.push_pull_async_inplace(b, name="layer.bias", average=False),
+                                       "stall", "GOBPS_STALL_SHUTDOWN", "key 1.0")
+            check("worker(s) [1] have not pushed" in msg or "for worker 1 (pid" in msg,
+                  "the report does not name worker 1: %s", msg)
+        finally:
+            with open(marker, "w") as f:
+                f.write("done\n")
+        say("stall: rank 0 failed in %.2f s: %s", took, msg)
+    else:
+        # Skips layer.bias, as a buggy training loop would.
+        deadline = time.monotonic() + BOUND
+        while not os.path.exists(marker):
+            check(time.monotonic() < deadline, "rank 0 wrote no verdict in %.0f s", BOUND)
+            time.sleep(0.05)
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
@@ -291,6 +322,7 @@ def main():
         "join": case_join,
         "suspend": case_suspend,
         "reserve": case_reserve,
+        "stall": case_stall,
     }
     if case not in cases:
         sys.exit("unknown case %r; cases: %s" % (case, ", ".join(sorted(cases))))
