@@ -175,8 +175,21 @@ func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
 	if verbose {
 		level = slog.LevelDebug
 	}
-	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-	return func(format string, a ...any) { l.Info(fmt.Sprintf(format, a...)) }
+	return levelled(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})))
+}
+
+// levelled logs a roles line at INFO, or at WARN when it starts with
+// "WARNING: " (such as the notice that a job is unauthenticated, which
+// must show at the default level).
+func levelled(l *slog.Logger) roles.Logf {
+	return func(format string, a ...any) {
+		msg := fmt.Sprintf(format, a...)
+		if rest, ok := strings.CutPrefix(msg, "WARNING: "); ok {
+			l.Warn(rest)
+			return
+		}
+		l.Info(msg)
+	}
 }
 
 // runRole is environment mode.

@@ -696,6 +696,5 @@ func roleLogger(w io.Writer, cfg *config.Config, verbose bool, role string) role
 	if verbose {
 		level = slog.LevelDebug
 	}
-	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("role", role)
-	return func(format string, a ...any) { l.Info(fmt.Sprintf(format, a...)) }
+	return levelled(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("role", role))
 }
