@@ -40,6 +40,12 @@ var ErrNotInitialized = errors.New("gobps: not initialized (call Init first)")
 type Options struct {
 	// Config is the parsed environment; its Role must be worker.
 	Config *config.Config
+	// CauseGrace is how long a worker's or local peer's death waits for a
+	// server failure that may explain it, to name that as the cause (a
+	// program exits when its push_pull fails, so its death often follows
+	// a server's). Init's zero means 200 ms; engines built otherwise (the
+	// fault schedules) do not wait.
+	CauseGrace time.Duration
 	// Transport overrides rdma.Open (tests: an in-memory transport that
 	// injects faults). The engine closes only a transport it opened.
 	Transport rdma.Transport
@@ -80,20 +86,22 @@ type membership interface {
 // serialises Declare, whose local-aggregation segments are files; flushMu
 // serialises declaration flushes.
 type Engine struct {
-	cfg     *config.Config
-	logf    func(string, ...any)
-	warnf   func(string, ...any)
-	member  membership
-	tr      rdma.Transport
-	ownTr   bool // opened by Init: closed by Shutdown
-	self    cluster.Node
-	book    cluster.Book
-	auth    *auth.Config // the job's authentication (nil: none), for the local group
-	names   sync.Map     // tensor index (uint32) -> name, for the local stall report
-	servers []*server
-	local   *local.Group // nil without local aggregation
-	gpu     gpuState
-	trace   *timeline // nil unless BYTEPS_TRACE_ON
+	cfg    *config.Config
+	logf   func(string, ...any)
+	warnf  func(string, ...any)
+	member membership
+	tr     rdma.Transport
+	ownTr  bool // opened by Init: closed by Shutdown
+	self   cluster.Node
+	book   cluster.Book
+	auth   *auth.Config // the job's authentication (nil: none), for the local group
+	names  sync.Map     // tensor index (uint32) -> name, for the local stall report
+
+	causeGrace time.Duration // Options.CauseGrace
+	servers    []*server
+	local      *local.Group // nil without local aggregation
+	gpu        gpuState
+	trace      *timeline // nil unless BYTEPS_TRACE_ON
 
 	stop   chan struct{} // closed once, when the engine closes
 	ctx    context.Context
@@ -232,6 +240,9 @@ func Init(ctx context.Context, opt Options) (*Engine, error) {
 		}
 		return nil, fmt.Errorf("gobps: join %s: %w", cfg.RootAddr(), err)
 	}
+	if opt.CauseGrace == 0 {
+		opt.CauseGrace = serverGrace
+	}
 	e, err := start(ctx, cfg, opt, m, m.Self(), m.Book(), tr, own)
 	if err != nil {
 		return nil, err
@@ -261,7 +272,7 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	}
 	e := &Engine{
 		cfg: cfg, logf: logf, warnf: warnf, member: m, tr: tr, ownTr: own, self: self, book: book,
-		auth: au, stop: make(chan struct{}), broken: make(chan struct{}),
+		auth: au, causeGrace: opt.CauseGrace, stop: make(chan struct{}), broken: make(chan struct{}),
 	}
 	e.gpu.open = opt.OpenDevice
 	e.ctx, e.cancel = context.WithCancel(context.Background())
@@ -800,9 +811,15 @@ func (e *Engine) watch() {
 				continue
 			}
 			// A worker died: no round can complete without its pushes.
-			// The coordinator reports deaths in the order it sees them,
-			// so a server death that caused this one came first.
-			e.failAll(fmt.Errorf("gobps: %s died: %s", ev.Node, ev.Reason))
+			// It may have died of a server's death (a program exits when
+			// its push_pull fails), which this engine may hear of a
+			// moment later, on its own lane or from the coordinator: give
+			// that a moment, and name it as the cause.
+			err := fmt.Errorf("gobps: %s died: %s", ev.Node, ev.Reason)
+			if cause := e.serverFailure(e.causeGrace); cause != nil {
+				err = fmt.Errorf("%w (after %v)", err, cause)
+			}
+			e.failAll(err)
 		case <-e.member.Done():
 			if err := e.member.Err(); err != nil {
 				e.failAll(fmt.Errorf("gobps: %w", err))
@@ -810,6 +827,35 @@ func (e *Engine) watch() {
 			return
 		case <-e.stop:
 			return
+		}
+	}
+}
+
+// serverGrace is Init's default Options.CauseGrace.
+const serverGrace = 200 * time.Millisecond
+
+// serverFailure returns the failure of a server this engine has seen fail,
+// waiting up to grace for one; nil if none has.
+func (e *Engine) serverFailure(grace time.Duration) error {
+	deadline := time.Now().Add(grace)
+	for {
+		for _, s := range e.servers {
+			select {
+			case <-s.dead:
+				e.mu.Lock()
+				err := s.failed
+				e.mu.Unlock()
+				return err
+			default:
+			}
+		}
+		if !time.Now().Before(deadline) {
+			return nil
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-e.stop:
+			return nil
 		}
 	}
 }

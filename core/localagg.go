@@ -162,8 +162,14 @@ func (e *Engine) localErr(err error) error {
 	if errors.As(err, &pe) {
 		for _, w := range e.book.Workers {
 			if w.PID == pe.PID && w.Host == e.self.Host {
-				return fmt.Errorf("local aggregation: %s: %w", w, err)
+				err = fmt.Errorf("%s: %w", w, err)
+				break
 			}
+		}
+		// A local peer that vanished may have died of a server's death
+		// (its program exits when its push_pull fails): name that too.
+		if cause := e.serverFailure(e.causeGrace); cause != nil {
+			return fmt.Errorf("local aggregation: %w (after %v)", err, cause)
 		}
 	}
 	return fmt.Errorf("local aggregation: %w", err)

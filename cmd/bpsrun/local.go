@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -114,6 +115,38 @@ func jobSecret(f *flags, env []string) (string, error) {
 		return "", fmt.Errorf("make the job's secret: %w", err)
 	}
 	return hex.EncodeToString(b), nil
+}
+
+// metricsPorts gives each process of a --local job its own metrics
+// endpoint when GOBPS_METRICS_ADDR names a port: the scheduler gets that
+// port, the servers and workers the ports after it, in the order procs
+// lists them (port 0 is left as it is: each process picks a free one). It
+// returns the plan, for the log, or "" when metrics are off.
+func metricsPorts(env []string, procs []*proc) (string, error) {
+	var addr string
+	for _, kv := range env {
+		if k, v, _ := strings.Cut(kv, "="); k == "GOBPS_METRICS_ADDR" {
+			addr = v
+		}
+	}
+	if addr == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("GOBPS_METRICS_ADDR=%q: %v", addr, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 0 || p+len(procs)-1 > 65535 {
+		return "", fmt.Errorf("GOBPS_METRICS_ADDR=%q: the port must leave room for %d processes (port .. port+%d)", addr, len(procs), len(procs)-1)
+	}
+	if p == 0 {
+		return "each process on a free port (GOBPS_METRICS_ADDR port 0; each logs its address)", nil
+	}
+	for i, pr := range procs {
+		pr.cmd.Env = append(pr.cmd.Env, "GOBPS_METRICS_ADDR="+net.JoinHostPort(host, strconv.Itoa(p+i)))
+	}
+	return fmt.Sprintf("%s on port %d, the servers and workers on ports %d to %d in that order", procs[0].name, p, p+1, p+len(procs)-1), nil
 }
 
 func jobEnv(base []string, set map[string]string) []string {
@@ -232,6 +265,12 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		p := &proc{name: fmt.Sprintf("worker %d", i), cmd: exec.Command(f.commands[0], f.commands[1:]...)}
 		p.cmd.Env = jobEnv(workerEnv, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
+	}
+	if plan, err := metricsPorts(env, procs); err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+		return 2
+	} else if plan != "" {
+		fmt.Fprintf(stderr, "bpsrun: metrics: %s\n", plan)
 	}
 
 	var outMu sync.Mutex
