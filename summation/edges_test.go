@@ -48,9 +48,9 @@ func noServerGoroutines(t *testing.T) {
 // leaving reports whether stack g, that of a goroutine running the
 // server's code, is past the server's work: on its way out as
 // leakcheck.Exiting says, or inside Server.exit deferred by a handler
-// method (a call Close waited for), or inside Server.enter called by a
-// handler method after Close (which returns false at once; CI caught one
-// there, runnable, under load), or in a handler method with no other
+// method (a call Close waited for), or inside Server.enter or enterPeer
+// called by a handler method after Close (which return at once; CI caught
+// both, runnable, under load), or in a handler method with no other
 // server function on its stack (a call after Close, closing its
 // connection on its way out).
 func leaving(g string) bool {
@@ -76,7 +76,8 @@ func leaving(g string) bool {
 	if len(own) == 2 && strings.HasPrefix(own[0].Func, "github.com/gobps/gobps/summation.(*Server).exit(") && frames[0] == own[0] && handler(own[1]) {
 		return true // a handler call Close waited for, ending
 	}
-	if len(own) == 2 && strings.HasPrefix(own[0].Func, "github.com/gobps/gobps/summation.(*Server).enter(") && frames[0] == own[0] && handler(own[1]) {
+	if len(own) == 2 && (strings.HasPrefix(own[0].Func, "github.com/gobps/gobps/summation.(*Server).enter(") ||
+		strings.HasPrefix(own[0].Func, "github.com/gobps/gobps/summation.(*Server).enterPeer(")) && frames[0] == own[0] && handler(own[1]) {
 		return true // a handler call after Close, finding it closed: it returns at once
 	}
 	return len(own) == 1 && handler(own[0])
