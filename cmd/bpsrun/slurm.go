@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -42,7 +43,6 @@ import (
 
 	"github.com/gobps/gobps/cmd/internal/roles"
 	"github.com/gobps/gobps/config"
-	"github.com/gobps/gobps/internal/logging"
 )
 
 // slurmBasePort and slurmPortSpan make the coordinator's default port:
@@ -643,12 +643,10 @@ func runCoordinatorTask(f *flags, p *slurmPlan, env []string, stdout, stderr io.
 	}
 	srvName := "server " + p.serverEnv()["GOBPS_SERVER_ID"]
 	start("coordinator", func() error {
-		ctx, logf := roleLogger(jobCtx, stderr, schedCfg, f.verbose, "coordinator")
-		return roles.RunScheduler(ctx, schedCfg, logf)
+		return roles.RunScheduler(jobCtx, schedCfg, roleLogger(stderr, schedCfg, f.verbose, "coordinator"))
 	})
 	start(srvName, func() error {
-		ctx, logf := roleLogger(jobCtx, stderr, srvCfg, f.verbose, "server")
-		return roles.RunServer(ctx, srvCfg, logf)
+		return roles.RunServer(jobCtx, srvCfg, roleLogger(stderr, srvCfg, f.verbose, srvName))
 	})
 	if worker != nil {
 		if err := worker.Start(); err != nil {
@@ -691,10 +689,12 @@ func runCoordinatorTask(f *flags, p *slurmPlan, env []string, stdout, stderr io.
 	return 0
 }
 
-// roleLogger is newLogger with the role named on every line (coordinator
-// or server, as the coordinator's task logs for two or three roles), its
-// rank set once the job gives it.
-func roleLogger(ctx context.Context, w io.Writer, cfg *config.Config, verbose bool, role string) (context.Context, roles.Logf) {
-	lg := logging.New(w, logOptions(cfg, verbose, role))
-	return roles.WithRankHook(ctx, lg.SetRank), lg.Logf
+// roleLogger is newLogger with the role named on every line, as the
+// coordinator's task logs for two or three roles.
+func roleLogger(w io.Writer, cfg *config.Config, verbose bool, role string) roles.Logf {
+	level := cfg.SlogLevel()
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return levelled(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("role", role))
 }
