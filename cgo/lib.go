@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math"
 	"slices"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/gpu"
+	"github.com/gobps/gobps/internal/logging"
 	"github.com/gobps/gobps/metrics"
 	"github.com/gobps/gobps/proto"
 )
@@ -169,7 +169,8 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
-	logf, warnf := newLogf(logw, cfg.SlogLevel())
+	lg := newLogger(logw, cfg)
+	logf, warnf := lg.Logf, lg.Warnf
 	// The metrics endpoint listens before the job is joined, so that an
 	// address in use fails init before the other processes count on this
 	// one; it serves once the rank is known.
@@ -182,6 +183,7 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 		ep.Close()
 		return fail(statusFailed, "gobps: init: %w", err)
 	}
+	lg.SetRank(e.Rank())
 	if err := metrics.ServeWorker(ep, e); err != nil {
 		ep.Close()
 		e.Shutdown()
@@ -195,13 +197,14 @@ func (l *library) init(timeout time.Duration, lookup func(string) (string, bool)
 	return nil
 }
 
-// newLogf logs the engine's notices to w at INFO, the way bpsrun logs its
-// roles (shown when BYTEPS_LOG_LEVEL is INFO or more verbose), and its
-// warnings at WARN (shown by default).
-func newLogf(w io.Writer, level slog.Level) (logf, warnf func(string, ...any)) {
-	lg := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
-	return func(format string, args ...any) { lg.Info(fmt.Sprintf(format, args...)) },
-		func(format string, args ...any) { lg.Warn(fmt.Sprintf(format, args...)) }
+// newLogger logs the engine's notices (its Logf, at INFO, the way bpsrun
+// logs its roles: shown when BYTEPS_LOG_LEVEL is INFO or more verbose) and
+// its warnings (Warnf, at WARN, shown by default) to w, as console lines or
+// JSON (GOBPS_LOG_FORMAT), with role worker and the worker's rank: the
+// configured one (-1 when unset) until the job gives it.
+func newLogger(w io.Writer, cfg *config.Config) *logging.Logger {
+	return logging.New(w, logging.Options{Format: cfg.LogFormat, Level: cfg.LogLevel,
+		Role: string(config.Worker), Rank: cfg.WorkerID})
 }
 
 // shutdown leaves the job.

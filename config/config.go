@@ -54,6 +54,7 @@ type Config struct {
 	TraceOn           bool          // BYTEPS_TRACE_ON
 	TraceDir          string        // BYTEPS_TRACE_DIR
 	LogLevel          string        // BYTEPS_LOG_LEVEL, upper-case
+	LogFormat         string        // GOBPS_LOG_FORMAT: console or json (lower-case); "" is console
 	HeartbeatInterval time.Duration // GOBPS_HEARTBEAT_INTERVAL
 	HeartbeatTimeout  time.Duration // GOBPS_HEARTBEAT_TIMEOUT, > HeartbeatInterval
 	Lanes             int           // GOBPS_TCP_LANES: TCP connections per worker-server pair
@@ -116,6 +117,7 @@ const (
 	envTraceOn       = "BYTEPS_TRACE_ON"
 	envTraceDir      = "BYTEPS_TRACE_DIR"
 	envLogLevel      = "BYTEPS_LOG_LEVEL"
+	envLogFormat     = "GOBPS_LOG_FORMAT"
 	envHBInterval    = "GOBPS_HEARTBEAT_INTERVAL"
 	envHBTimeout     = "GOBPS_HEARTBEAT_TIMEOUT"
 	envLanes         = "GOBPS_TCP_LANES"
@@ -176,6 +178,12 @@ const (
 // logLevels are the accepted values of BYTEPS_LOG_LEVEL, most verbose first.
 var logLevels = []string{"TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "FATAL"}
 
+// Log formats, the accepted values of GOBPS_LOG_FORMAT.
+const (
+	LogConsole = "console"
+	LogJSON    = "json"
+)
+
 var (
 	allRoles      = []Role{Scheduler, Server, Worker}
 	workerOnly    = []Role{Worker}
@@ -191,6 +199,7 @@ var (
 		EngineThreads:     4,
 		TraceDir:          "./trace",
 		LogLevel:          "WARNING",
+		LogFormat:         LogConsole,
 		HeartbeatInterval: time.Second,
 		HeartbeatTimeout:  5 * time.Second,
 		Lanes:             2,
@@ -309,6 +318,11 @@ var table = []spec{
 		Variable: Variable{Name: envLogLevel, Default: defaultConfig.LogLevel, Roles: allRoles,
 			Doc: "Least severe log level printed: TRACE, DEBUG, INFO, WARNING, ERROR or FATAL."},
 		field: func(c *Config) any { return &c.LogLevel },
+	},
+	{
+		Variable: Variable{Name: envLogFormat, Default: defaultConfig.LogFormat, Roles: allRoles,
+			Doc: "Log line format: console (readable lines) or json (one JSON object a line, for log collectors)."},
+		field: func(c *Config) any { return &c.LogFormat },
 	},
 	{
 		Variable: Variable{Name: envEnableRDMA, Roles: serverWorker,
@@ -506,6 +520,7 @@ func Parse(lookup func(string) (string, bool)) (*Config, error) {
 
 	c.Role = Role(strings.ToLower(string(c.Role)))
 	c.LogLevel = strings.ToUpper(c.LogLevel)
+	c.LogFormat = strings.ToLower(c.LogFormat)
 	c.GPU = strings.ToLower(c.GPU)
 	c.EnableRDMA = normalizeSwitch(c.EnableRDMA, "1")
 	c.DMLCEnableRDMA = normalizeSwitch(c.DMLCEnableRDMA, "ibverbs")
@@ -650,6 +665,9 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	if !slices.Contains(logLevels, c.LogLevel) {
 		fail(envLogLevel, "must be one of %s", strings.Join(logLevels, ", "))
+	}
+	if c.LogFormat != "" && c.LogFormat != LogConsole && c.LogFormat != LogJSON {
+		fail(envLogFormat, "must be %s or %s", LogConsole, LogJSON)
 	}
 	if c.HeartbeatInterval <= 0 {
 		fail(envHBInterval, "must be positive")

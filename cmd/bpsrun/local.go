@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/cmd/internal/roles"
+	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/internal/logging"
 )
 
 // execWorker replaces bpsrun with the worker command (environment mode).
@@ -163,13 +165,40 @@ func jobEnv(base []string, set map[string]string) []string {
 	return out
 }
 
+// lockedWriter writes under mu, as lineWriter does.
+type lockedWriter struct {
+	mu  *sync.Mutex
+	out io.Writer
+}
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.out.Write(p)
+}
+
+// envValue is the value of name in env (the last one wins), or "".
+func envValue(env []string, name string) string {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == name {
+			return v
+		}
+	}
+	return ""
+}
+
 // lineWriter prefixes every line written by one stream of one process.
 type lineWriter struct {
 	mu  *sync.Mutex
 	out io.Writer
 }
 
-func copyLines(wg *sync.WaitGroup, r io.Reader, prefix string, w lineWriter) {
+// copyLines copies r's lines to w, each after prefix, until r ends.
+// With GOBPS_LOG_FORMAT=json (jsonLogs) a line that starts with '{' is a
+// JSON log line of a role or of the C library in a worker: it is copied
+// unprefixed, so that it stays JSON (its role and rank fields say whose it
+// is). Every other line (a worker program's own output) keeps the prefix.
+func copyLines(wg *sync.WaitGroup, r io.Reader, prefix string, w lineWriter, jsonLogs bool) {
 	defer wg.Done()
 	br := bufio.NewReaderSize(r, 64<<10)
 	for {
@@ -178,8 +207,12 @@ func copyLines(wg *sync.WaitGroup, r io.Reader, prefix string, w lineWriter) {
 			if !strings.HasSuffix(line, "\n") {
 				line += "\n"
 			}
+			p := prefix
+			if jsonLogs && strings.HasPrefix(line, "{") {
+				p = ""
+			}
 			w.mu.Lock()
-			io.WriteString(w.out, prefix+line)
+			io.WriteString(w.out, p+line)
 			w.mu.Unlock()
 		}
 		if err != nil {
@@ -266,19 +299,32 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		p.cmd.Env = jobEnv(workerEnv, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
 	}
-	if plan, err := metricsPorts(env, procs); err != nil {
+	plan, err := metricsPorts(env, procs)
+	if err != nil {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
 		return 2
-	} else if plan != "" {
-		fmt.Fprintf(stderr, "bpsrun: metrics: %s\n", plan)
 	}
 
 	var outMu sync.Mutex
 	out, errw := lineWriter{&outMu, stdout}, lineWriter{&outMu, stderr}
+	// bpsrun's own lines: "bpsrun: ..." or, with GOBPS_LOG_FORMAT=json,
+	// JSON lines of role bpsrun (always shown, as the plain ones are).
+	jsonLogs := strings.EqualFold(envValue(env, "GOBPS_LOG_FORMAT"), config.LogJSON)
+	var own *logging.Logger
+	if jsonLogs {
+		own = logging.New(lockedWriter{&outMu, stderr}, logging.Options{Format: config.LogJSON, Level: "INFO", Role: "bpsrun", Rank: -1})
+	}
 	say := func(format string, a ...any) {
+		if own != nil {
+			own.Infof(format, a...)
+			return
+		}
 		outMu.Lock()
 		fmt.Fprintf(stderr, "bpsrun: "+format+"\n", a...)
 		outMu.Unlock()
+	}
+	if plan != "" {
+		say("metrics: %s", plan)
 	}
 
 	sigs := make(chan os.Signal, 1)
@@ -307,8 +353,8 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		}
 		prefix := "[" + p.name + "] "
 		p.wg.Add(2)
-		go copyLines(&p.wg, so, prefix, out)
-		go copyLines(&p.wg, se, prefix, errw)
+		go copyLines(&p.wg, so, prefix, out, jsonLogs)
+		go copyLines(&p.wg, se, prefix, errw, jsonLogs)
 		running[p] = true
 		say("started %s (pid %d)", p.name, p.cmd.Process.Pid)
 		go func(p *proc) {

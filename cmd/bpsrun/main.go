@@ -17,7 +17,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,6 +25,7 @@ import (
 
 	"github.com/gobps/gobps/cmd/internal/roles"
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/internal/logging"
 )
 
 const usage = `bpsrun: launch a gobps job.
@@ -170,33 +170,37 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 	return runRole(cfg, f, env, stderr)
 }
 
-func newLogger(w io.Writer, cfg *config.Config, verbose bool) roles.Logf {
-	level := cfg.SlogLevel()
-	if verbose {
-		level = slog.LevelDebug
-	}
-	return levelled(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})))
+// newLogger is the log of a role bpsrun runs in this process: zerolog,
+// console lines or JSON (GOBPS_LOG_FORMAT), at BYTEPS_LOG_LEVEL's level or
+// DEBUG with -v, naming role and rank (the configured one, until the job
+// gives it: see roles.WithRankHook).
+func newLogger(w io.Writer, cfg *config.Config, verbose bool) *logging.Logger {
+	return logging.New(w, logOptions(cfg, verbose, string(cfg.Role)))
 }
 
-// levelled logs a roles line at INFO, or at WARN when it starts with
-// "WARNING: " (such as the notice that a job is unauthenticated, which
-// must show at the default level).
-func levelled(l *slog.Logger) roles.Logf {
-	return func(format string, a ...any) {
-		msg := fmt.Sprintf(format, a...)
-		if rest, ok := strings.CutPrefix(msg, "WARNING: "); ok {
-			l.Warn(rest)
-			return
-		}
-		l.Info(msg)
+// logOptions are the log options of a process configured by cfg, named
+// role, with the rank it was configured with (0 for the scheduler, of
+// which there is one; -1 when the coordinator assigns it).
+func logOptions(cfg *config.Config, verbose bool, role string) logging.Options {
+	rank := -1
+	switch cfg.Role {
+	case config.Server:
+		rank = cfg.ServerID
+	case config.Worker:
+		rank = cfg.WorkerID
+	case config.Scheduler:
+		rank = 0
 	}
+	return logging.Options{Format: cfg.LogFormat, Level: cfg.LogLevel, Verbose: verbose, Role: role, Rank: rank}
 }
 
 // runRole is environment mode.
 func runRole(cfg *config.Config, f *flags, env []string, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	logf := newLogger(stderr, cfg, f.verbose)
+	lg := newLogger(stderr, cfg, f.verbose)
+	logf := roles.Logf(lg.Logf)
+	ctx = roles.WithRankHook(ctx, lg.SetRank)
 	var err error
 	switch cfg.Role {
 	case config.Scheduler:

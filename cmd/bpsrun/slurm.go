@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -43,6 +42,7 @@ import (
 
 	"github.com/gobps/gobps/cmd/internal/roles"
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/internal/logging"
 )
 
 // slurmBasePort and slurmPortSpan make the coordinator's default port:
@@ -643,10 +643,12 @@ func runCoordinatorTask(f *flags, p *slurmPlan, env []string, stdout, stderr io.
 	}
 	srvName := "server " + p.serverEnv()["GOBPS_SERVER_ID"]
 	start("coordinator", func() error {
-		return roles.RunScheduler(jobCtx, schedCfg, roleLogger(stderr, schedCfg, f.verbose, "coordinator"))
+		ctx, logf := roleLogger(jobCtx, stderr, schedCfg, f.verbose, "coordinator")
+		return roles.RunScheduler(ctx, schedCfg, logf)
 	})
 	start(srvName, func() error {
-		return roles.RunServer(jobCtx, srvCfg, roleLogger(stderr, srvCfg, f.verbose, srvName))
+		ctx, logf := roleLogger(jobCtx, stderr, srvCfg, f.verbose, "server")
+		return roles.RunServer(ctx, srvCfg, logf)
 	})
 	if worker != nil {
 		if err := worker.Start(); err != nil {
@@ -689,12 +691,10 @@ func runCoordinatorTask(f *flags, p *slurmPlan, env []string, stdout, stderr io.
 	return 0
 }
 
-// roleLogger is newLogger with the role named on every line, as the
-// coordinator's task logs for two or three roles.
-func roleLogger(w io.Writer, cfg *config.Config, verbose bool, role string) roles.Logf {
-	level := cfg.SlogLevel()
-	if verbose {
-		level = slog.LevelDebug
-	}
-	return levelled(slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("role", role))
+// roleLogger is newLogger with the role named on every line (coordinator
+// or server, as the coordinator's task logs for two or three roles), its
+// rank set once the job gives it.
+func roleLogger(ctx context.Context, w io.Writer, cfg *config.Config, verbose bool, role string) (context.Context, roles.Logf) {
+	lg := logging.New(w, logOptions(cfg, verbose, role))
+	return roles.WithRankHook(ctx, lg.SetRank), lg.Logf
 }

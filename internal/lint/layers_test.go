@@ -31,7 +31,7 @@ import (
 // them all.
 var allowedFolders = map[string][]string{
 	"cmd":       {"cmd", "metrics", "core", "summation", "cluster", "config", "rdma", "scheduler", "gpu", "proto", "internal"},
-	"cgo":       {"metrics", "core", "config", "rdma", "gpu", "proto"},
+	"cgo":       {"metrics", "core", "config", "rdma", "gpu", "proto", "internal"},
 	"e2e":       {"e2e", "metrics", "core", "config", "summation", "gpu", "proto", "internal"},
 	"examples":  {"examples", "metrics", "core", "config", "gpu", "proto"},
 	"scripts":   {},

@@ -31,6 +31,20 @@ import (
 // Logf is how roles report; bpsrun passes a logger.
 type Logf func(format string, args ...any)
 
+type rankHookKey struct{}
+
+// WithRankHook returns ctx carrying f, which RunServer calls with the rank
+// the job gave it once it has joined (so that its log lines name it).
+func WithRankHook(ctx context.Context, f func(rank int)) context.Context {
+	return context.WithValue(ctx, rankHookKey{}, f)
+}
+
+func rankHook(ctx context.Context, rank int) {
+	if f, ok := ctx.Value(rankHookKey{}).(func(int)); ok && f != nil {
+		f(rank)
+	}
+}
+
 // RunScheduler runs the coordinator until every node has left (nil), a node
 // died (an error naming it), or ctx ends.
 func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
@@ -178,6 +192,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return fmt.Errorf("join %s: %w", cfg.RootAddr(), err)
 	}
 	defer m.Leave()
+	rankHook(ctx, m.Self().Rank)
 	srv.SetID(m.Self().ID)
 	if err := serveMetrics(ep, config.Server, m.Self().Rank, logf, metrics.NewServerCollector(srv, pushed)); err != nil {
 		return err
