@@ -11,7 +11,7 @@ LIB     := build/libgobps.so
 DEPS    := libibverbs-dev
 GUEST   := build/rdma-guest
 
-.PHONY: all deps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier clean
+.PHONY: all deps sshdeps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier clean
 
 all: build
 
@@ -49,6 +49,21 @@ pydeps:
 		fi; \
 	fi
 
+# The ssh client and server that the multi-host launch test (bpsrun -H
+# over network-namespace hosts, e2e/multihost_test.go) runs, installed from
+# Debian when run as root and missing; without them that test skips. The
+# server is not started as a service: the test runs its own, in each host.
+SSHDEPS := openssh-client openssh-server
+sshdeps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 $(SSHDEPS) || \
+			{ apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 $(SSHDEPS); } || true; \
+		else \
+			echo "no ssh server: the multi-host launch test will skip (as root: apt-get install -y $(SSHDEPS))"; \
+		fi; \
+	fi
+
 # The main job: PyTorch on scikit-learn's digits under bpsrun, 2 workers,
 # 2 servers; without PyTorch, the Go training example.
 demo: build pydeps
@@ -64,7 +79,7 @@ demo: build pydeps
 # then the whole suite (with the multi-process end-to-end tests, whose jobs
 # have a secret; then again with mutual TLS, and with no authentication),
 # and a short fuzz of the wire decoder and the handshake.
-test: deps vet race fuzz test-noasm pydeps test-rdma
+test: deps vet race fuzz test-noasm pydeps sshdeps test-rdma
 	$(GO) test -count=1 -timeout 15m ./...
 	GOBPS_E2E_AUTH=tls $(GO) test -count=1 -timeout 5m ./e2e
 	GOBPS_E2E_AUTH=none $(GO) test -count=1 -timeout 5m ./e2e

@@ -85,11 +85,67 @@ func withBytepsCompat(env []string) ([]string, error) {
 	return jobEnv(env, map[string]string{"PYTHONPATH": dir}), nil
 }
 
-// proc is one process of a local job.
+// proc is one process of a job bpsrun supervises: started here (--local),
+// or on another host over ssh (-H), when remote is set.
 type proc struct {
-	name string // "scheduler", "server 1", "worker 0"
-	cmd  *exec.Cmd
-	wg   sync.WaitGroup // output copiers
+	name   string // "scheduler", "server 1", "worker 0"
+	host   string // -H: the host it runs on; "" here
+	cmd    *exec.Cmd
+	wg     sync.WaitGroup // output copiers
+	remote *remote        // -H: the ssh session's side of the remote agent
+}
+
+// String names p in bpsrun's messages: "worker 2", or "worker 2 on host1".
+func (p *proc) String() string {
+	if p.host == "" {
+		return p.name
+	}
+	return p.name + " on " + p.host
+}
+
+// prefix is what starts each line of p's output: "[worker 2] ", or
+// "[host1 worker 2] ".
+func (p *proc) prefix() string {
+	if p.host == "" {
+		return "[" + p.name + "] "
+	}
+	return "[" + p.host + " " + p.name + "] "
+}
+
+// signal sends sig to p's process group; for a remote process, to the
+// remote agent, which signals the group it started there.
+func (p *proc) signal(sig syscall.Signal) {
+	if p.remote != nil {
+		p.remote.signal(p.cmd, sig)
+		return
+	}
+	_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+}
+
+// pid names p's process here: "pid N", or "ssh pid N" for a remote one
+// (its own pid is on its host).
+func (p *proc) pid() string {
+	if p.remote != nil {
+		return fmt.Sprintf("ssh pid %d", p.cmd.Process.Pid)
+	}
+	return fmt.Sprintf("pid %d", p.cmd.Process.Pid)
+}
+
+// describe says how p ended, from its Wait error.
+func (p *proc) describe(err error) string {
+	if p.remote != nil {
+		return p.remote.describe(err)
+	}
+	return err.Error()
+}
+
+// signaled reports whether p was killed by a signal (remote: as its agent
+// reports it), or, remote, lost its ssh connection.
+func (p *proc) signaled(err error) bool {
+	if p.remote != nil {
+		return p.remote.signaled(err)
+	}
+	return signaled(err)
 }
 
 type exit struct {
@@ -299,6 +355,14 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		p.cmd.Env = jobEnv(workerEnv, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
 	}
+	return supervise(f, env, procs, stdout, stderr)
+}
+
+// supervise starts procs (their commands made, not started) and watches
+// them to the job's end: it prefixes every output line, stops the rest
+// after the first failure (--grace) or on Ctrl-C, and returns the job's
+// exit status, naming what ended it.
+func supervise(f *flags, env []string, procs []*proc, stdout, stderr io.Writer) int {
 	plan, err := metricsPorts(env, procs)
 	if err != nil {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
@@ -336,27 +400,39 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	stopAll := func(sig syscall.Signal) {
 		for p := range running {
 			// each child leads its own process group: signal the group
-			_ = syscall.Kill(-p.cmd.Process.Pid, sig)
+			p.signal(sig)
 		}
 	}
 	for _, p := range procs {
 		p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		so, err1 := p.cmd.StdoutPipe()
 		se, err2 := p.cmd.StderrPipe()
-		if err := firstErr(err1, err2, p.cmd.Start()); err != nil {
-			say("start %s: %v", p.name, err)
+		var err3 error
+		if p.remote != nil {
+			err3 = p.remote.pipe(p.cmd)
+		}
+		err := firstErr(err1, err2, err3, p.cmd.Start())
+		if err == nil && p.remote != nil {
+			err = p.remote.send()
+		}
+		if err != nil {
+			say("start %s: %v", p, err)
+			if p.cmd.Process != nil {
+				running[p] = true
+				go func(p *proc) { exits <- exit{p, p.cmd.Wait()} }(p)
+			}
 			stopAll(syscall.SIGKILL)
 			for range running {
 				<-exits
 			}
 			return 1
 		}
-		prefix := "[" + p.name + "] "
+		prefix := p.prefix()
 		p.wg.Add(2)
 		go copyLines(&p.wg, so, prefix, out, jsonLogs)
 		go copyLines(&p.wg, se, prefix, errw, jsonLogs)
 		running[p] = true
-		say("started %s (pid %d)", p.name, p.cmd.Process.Pid)
+		say("started %s (%s)", p, p.pid())
 		go func(p *proc) {
 			p.wg.Wait() // read all output before Wait closes the pipes
 			exits <- exit{p, p.cmd.Wait()}
@@ -377,7 +453,12 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	code := 0
 	var verdict string
 	stopping := false
-	workersLeft := f.np
+	workersLeft := 0
+	for _, p := range procs {
+		if strings.HasPrefix(p.name, "worker") {
+			workersLeft++
+		}
+	}
 	var deadline <-chan time.Time // set once the job is ending
 	killAt := time.Duration(0)
 	for len(running) > 0 {
@@ -388,7 +469,7 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 				workersLeft--
 			}
 			if ex.err != nil {
-				say("%s (pid %d) exited: %v", ex.p.name, ex.p.cmd.Process.Pid, ex.err)
+				say("%s (%s) exited: %s", ex.p, ex.p.pid(), ex.p.describe(ex.err))
 				if !stopping {
 					failures = append(failures, ex)
 					if deadline == nil || len(failures) == 1 {
@@ -432,18 +513,18 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	if len(failures) > 0 {
 		root := rootCause(failures)
 		code = exitCode(root.err)
-		verdict = fmt.Sprintf("%s exited: %v", root.p.name, root.err)
+		verdict = fmt.Sprintf("%s exited: %s", root.p, root.p.describe(root.err))
 		var others []string
 		for _, ex := range failures {
 			if ex.p != root.p {
-				others = append(others, fmt.Sprintf("%s exited: %v", ex.p.name, ex.err))
+				others = append(others, fmt.Sprintf("%s exited: %s", ex.p, ex.p.describe(ex.err)))
 			}
 		}
-		if stalled != nil && !signaled(root.err) {
+		if stalled != nil && !root.p.signaled(root.err) {
 			// Nothing crashed: the processes that exited gave up on the
 			// one that was stopped.
 			others = append([]string{verdict}, others...)
-			verdict = fmt.Sprintf("%s (pid %d) was stopped and stopped answering", stalled.name, stalled.cmd.Process.Pid)
+			verdict = fmt.Sprintf("%s (pid %d) was stopped and stopped answering", stalled, stalled.cmd.Process.Pid)
 		}
 		if len(others) > 0 {
 			verdict += " (then " + strings.Join(others, "; ") + ")"
@@ -456,10 +537,10 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 }
 
 // rootCause picks the failure that ended the job: the first process killed
-// by a signal, else the first to exit non-zero.
+// by a signal (or, remote, cut off), else the first to exit non-zero.
 func rootCause(failures []exit) exit {
 	for _, ex := range failures {
-		if signaled(ex.err) {
+		if ex.p.signaled(ex.err) {
 			return ex
 		}
 	}
@@ -481,6 +562,9 @@ func signaled(err error) bool {
 func findStopped(running map[*proc]bool) *proc {
 	var found *proc
 	for p := range running {
+		if p.remote != nil {
+			continue // its /proc is on another host
+		}
 		b, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
 		if err != nil {
 			continue

@@ -44,6 +44,21 @@ Usage:
       (GOBPS_SECRET, given to its processes only) unless GOBPS_SECRET or
       GOBPS_SECRET_FILE is set, or --insecure.
 
+  bpsrun -H host1:4,host2:4 [--server-hosts host3,host4] [--servers-per-host K] [flags] -- CMD [ARGS...]
+  bpsrun --hostfile FILE [...] -- CMD [ARGS...]
+      Multi-host mode: start the job on those hosts over ssh (the system's
+      ssh, with --ssh-port, --ssh-identity, --ssh-option), as horovodrun
+      does: N workers (copies of CMD) on each host with N slots (every host
+      the same N), K servers on each server host (default: on the worker
+      hosts), the coordinator on the first worker host. FILE has one "host
+      slots=N" a line. Every host needs bpsrun at the same path
+      (--remote-bpsrun) and CMD; each process runs in this directory when
+      it exists there. The job's variables (DMLC_*, BYTEPS_*, GOBPS_*,
+      NCCL_*, OMP_*, MKL_*, CUDA_*, PYTHON*, and -x NAME) and its secret go
+      to each process on ssh's standard input, never on a command line.
+      Output lines are prefixed with host, role and rank; the first failure
+      or Ctrl-C stops everything everywhere, as in --local mode.
+
   DMLC_ROLE=scheduler|server bpsrun
   DMLC_ROLE=worker bpsrun [--byteps-compat] CMD [ARGS...]
       Environment mode, as BytePS's bpslaunch: run the role the environment
@@ -91,7 +106,23 @@ type flags struct {
 	// serversPerNode is --servers-per-node (Slurm mode); -1 when not given.
 	serversPerNode int
 	commands       []string
+	npSet          bool // -np was given
+
+	// Multi-host mode (-H or --hostfile; see hosts.go).
+	hosts, hostfile, serverHosts string
+	serversPerHost               int
+	sshPort                      int
+	sshIdentity                  string
+	sshOptions, exports          listFlag
+	remoteBpsrun                 string
+	agent                        bool // --remote-agent: the remote end
 }
+
+// listFlag is a flag that may be given several times.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	f := &flags{}
@@ -107,6 +138,16 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.BoolVar(&f.verbose, "v", false, "log what bpsrun and the roles it runs do")
 	fs.BoolVar(&f.compat, "byteps-compat", false, "put gobps's byteps shim (python/compat) first on the workers' PYTHONPATH, so that \"import byteps.torch\" gives gobps.torch")
 	fs.BoolVar(&f.insecure, "insecure", false, "--local: no secret; any process that can reach the job's ports can take part (see docs/security.md)")
+	fs.StringVar(&f.hosts, "H", "", "multi-host mode: worker hosts and their slots (workers), host1:4,host2:4; processes start over ssh")
+	fs.StringVar(&f.hostfile, "hostfile", "", "multi-host mode: a file of worker hosts, one \"host slots=N\" a line (as Horovod and Open MPI read it)")
+	fs.StringVar(&f.serverHosts, "server-hosts", "", "-H: hosts of the summation servers, host3,host4 (default: the worker hosts)")
+	fs.IntVar(&f.serversPerHost, "servers-per-host", 1, "-H: summation servers on each server host")
+	fs.IntVar(&f.sshPort, "ssh-port", 0, "-H: ssh port of every host (0: ssh's default)")
+	fs.StringVar(&f.sshIdentity, "ssh-identity", "", "-H: ssh private key file (ssh -i)")
+	fs.Var(&f.sshOptions, "ssh-option", "-H: an ssh option, as ssh -o takes it (may be repeated)")
+	fs.Var(&f.exports, "x", "-H: pass NAME (its value here) or NAME=VALUE to every process, beyond the DMLC_, BYTEPS_, GOBPS_, NCCL_, OMP_, MKL_, CUDA_ and PYTHON* variables passed anyway (may be repeated)")
+	fs.StringVar(&f.remoteBpsrun, "remote-bpsrun", "", "-H: path of bpsrun on the hosts (default: this bpsrun's path)")
+	fs.BoolVar(&f.agent, "remote-agent", false, "internal: the remote end of bpsrun -H, which tells it on standard input what to run")
 	fs.BoolVar(&f.help, "help", false, "print this help")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -117,6 +158,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 		return nil, err
 	}
 	f.commands = fs.Args()
+	fs.Visit(func(fl *flag.Flag) {
+		if fl.Name == "np" {
+			f.npSet = true
+		}
+	})
 	if f.help {
 		fs.Usage()
 	}
@@ -142,7 +188,24 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 		}
 		return "", false
 	}
+	if f.agent {
+		return runAgent(os.Stdin, stderr)
+	}
 	_, hasRole := lookup("DMLC_ROLE")
+	if multi := f.hosts != "" || f.hostfile != ""; multi || f.serverHosts != "" {
+		switch {
+		case !multi:
+			fmt.Fprintln(stderr, "bpsrun: --server-hosts is for multi-host mode: give -H or --hostfile too")
+			return 2
+		case f.local:
+			fmt.Fprintln(stderr, "bpsrun: -H/--hostfile and --local are two ways to launch: give one")
+			return 2
+		case hasRole:
+			fmt.Fprintln(stderr, "bpsrun: -H starts every role itself; unset DMLC_ROLE")
+			return 2
+		}
+		return runHosts(f, env, stdout, stderr)
+	}
 	slurm := !f.local && !hasRole && inSlurmTask(lookup)
 	if f.serversPerNode != -1 && !slurm {
 		fmt.Fprintln(stderr, "bpsrun: --servers-per-node is for Slurm mode (srun bpsrun --servers-per-node K -- CMD, without DMLC_ROLE)")
