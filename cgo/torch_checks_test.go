@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -102,12 +103,18 @@ func TestTorchReserve(t *testing.T) {
 // the tensor (or, by its machine's local group, which it never declared the
 // tensor to, the key), by the stall report (GOBPS_STALL_WARNING=1s) in the job's
 // output, and the job ends with it (GOBPS_STALL_SHUTDOWN=3s) instead of
-// hanging: the waiting rank's push_pull fails with the report.
+// hanging: the waiting rank's push_pull fails with the report. The
+// coordinator relays the report to the job's log.
 func TestTorchStall(t *testing.T) {
 	eachLayout(t, func(t *testing.T, ls int) {
 		out := wantCase(t, ls, []string{"GOBPS_STALL_WARNING=1s", "GOBPS_STALL_SHUTDOWN=3s"}, "stall", t.TempDir())
 		if !strings.Contains(out, "stall: ") || !strings.Contains(out, "key 1.0") || !strings.Contains(out, "worker") {
 			t.Errorf("no stall report naming the key and the worker in the output:\n%s", out)
+		}
+		// The coordinator relays it (at WARN, shown by default), naming
+		// the node that saw it.
+		if !regexp.MustCompile(`(?m)^\[scheduler\] .*WARN .*reports: stall: .*worker`).MatchString(out) {
+			t.Errorf("the coordinator did not relay the stall report:\n%s", out)
 		}
 	})
 }

@@ -52,7 +52,9 @@ func startCoordinatorWith(t *testing.T, cfg CoordinatorConfig, h hooks) *testCoo
 	if cfg.HeartbeatTimeout == 0 {
 		cfg.HeartbeatTimeout = 2 * time.Second
 	}
-	cfg.Logf = t.Logf // Close, in Cleanup, waits for Run: no logging after the test
+	if cfg.Logf == nil {
+		cfg.Logf = t.Logf // Close, in Cleanup, waits for Run: no logging after the test
+	}
 	c, err := NewCoordinator(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -449,6 +451,7 @@ func TestRefused(t *testing.T) {
 		{"not json", frame(proto.OpRegister, []byte("hello")), "malformed registration"},
 		{"heartbeat first", frame(proto.OpHeartbeat, nil), "first frame must be register, got heartbeat"},
 		{"barrier first", frame(proto.OpBarrier, nil), "first frame must be register"},
+		{"report first", frame(proto.OpReport, []byte("stall: forged")), "first frame must be register"},
 		{"garbage", garbage, "bad frame: magic"},
 		{"oversized", oversized, "exceeds"},
 		{"scheduler role", frame(proto.OpRegister, mustJSON(Registration{Role: RoleScheduler})), "role"},
@@ -987,5 +990,40 @@ func TestServerRanks(t *testing.T) {
 	book := ms[1].Book()
 	if book.Servers[0].PID != 12 || book.Servers[1].PID != 11 {
 		t.Fatalf("servers %v, want pid 12 at rank 0 and pid 11 at rank 1", book.Servers)
+	}
+}
+
+// TestReport: a node's report (a stall report, say) is logged by the
+// coordinator at WARN, naming the node, on one line of valid UTF-8, cut at
+// MaxReport bytes.
+func TestReport(t *testing.T) {
+	t.Parallel()
+	ctx := timeout(t, 8*time.Second)
+	lines := make(chan string, 64)
+	tc := startCoordinator(t, CoordinatorConfig{NumWorkers: 1, NumServers: 1, Logf: func(format string, a ...any) {
+		lines <- fmt.Sprintf(format, a...)
+	}}, nil)
+	ms := joinAll(t, ctx, tc.Addr(), Options{}, worker(0), server("127.0.0.1:7000", 7))
+	long := "stall: worker(s) [0] have not pushed \"w\"\nsecond line \xff" + strings.Repeat("x", 2*MaxReport)
+	if err := ms[1].Report(long); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		l := recv(t, ctx, lines, "the report in the coordinator's log")
+		if !strings.Contains(l, "reports:") {
+			continue
+		}
+		want := `WARNING: server 0 (127.0.0.1:7000, pid 7) reports: stall: worker(s) [0] have not pushed "w" second line ` + "\uFFFDxxx"
+		if !strings.HasPrefix(l, want) {
+			t.Errorf("logged %.200q, want it to start %q", l, want)
+		}
+		if n := len(l) - len("WARNING: server 0 (127.0.0.1:7000, pid 7) reports: "); n > MaxReport+2 {
+			t.Errorf("report of %d bytes logged whole (%d)", len(long), n)
+		}
+		break
+	}
+	ms[1].Leave()
+	if err := ms[1].Report("late"); err == nil {
+		t.Error("Report after Leave: no error")
 	}
 }

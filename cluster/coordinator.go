@@ -555,6 +555,12 @@ func (c *Coordinator) onFrame(p *peer, h proto.Header, payload []byte) error {
 		c.enterBarrier(p, h)
 	case proto.OpLeave:
 		c.leave(p)
+	case proto.OpReport:
+		if p.phase < phaseRegistered {
+			c.drop(p, "protocol error: report before registering", true)
+			return nil
+		}
+		c.logf("WARNING: %s reports: %s", p.node, reportText(payload))
 	default:
 		c.drop(p, fmt.Sprintf("protocol error: unexpected %s frame from a node", h.Op), true)
 	}
@@ -944,4 +950,19 @@ func (c *Coordinator) tryRelease(g Group) {
 	}
 	clear(bar.waiting)
 	bar.round++
+}
+
+// reportText is a node's report as the coordinator logs it: valid UTF-8,
+// one line, at most MaxReport bytes.
+func reportText(b []byte) string {
+	if len(b) > MaxReport {
+		b = b[:MaxReport]
+	}
+	s := strings.ToValidUTF8(string(b), "\uFFFD")
+	return strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
 }

@@ -361,6 +361,28 @@ func (m *Member) write(h proto.Header, payload []byte) error {
 	return proto.WriteFrame(m.conn, h, payload)
 }
 
+// MaxReport is the most of a report (Member.Report) that the coordinator
+// logs.
+const MaxReport = 16 << 10
+
+// Report sends text to the coordinator, which logs it at WARN naming this
+// node, so that the job's launcher shows it with the coordinator's lines
+// (a server's stall report, say). Text beyond MaxReport bytes is cut.
+func (m *Member) Report(text string) error {
+	if len(text) > MaxReport {
+		text = text[:MaxReport]
+	}
+	select {
+	case <-m.done:
+		if err := m.Err(); err != nil {
+			return err
+		}
+		return errors.New("cluster: report after the membership ended")
+	default:
+	}
+	return m.write(proto.Header{Op: proto.OpReport}, []byte(text))
+}
+
 // lost wraps an I/O error on the control connection.
 func (m *Member) lost(err error) error {
 	return fmt.Errorf("cluster: lost coordinator at %s: %w", m.coordAddr, err)

@@ -145,9 +145,20 @@ func (e *Engine) localStall(key proto.Key, round uint64, missing []local.Rank, w
 	text := fmt.Sprintf("stall: %s round %d has waited %v for %s to push it (in this machine's local aggregation); "+
 		"every worker must push_pull the same tensors each step", tensor, round, waited.Round(10*time.Millisecond), strings.Join(who, ", "))
 	if fatal {
-		return text + fmt.Sprintf(" (GOBPS_STALL_SHUTDOWN %v: ending the job)", e.cfg.StallShutdown)
+		text += fmt.Sprintf(" (GOBPS_STALL_SHUTDOWN %v: ending the job)", e.cfg.StallShutdown)
+	} else {
+		text += " (GOBPS_STALL_SHUTDOWN ends the job instead)"
 	}
-	return text + " (GOBPS_STALL_SHUTDOWN ends the job instead)"
+	e.relay(text)
+	return text
+}
+
+// relay sends a stall report to the coordinator, which logs it for the
+// whole job, so that the launcher shows it at the default log level.
+func (e *Engine) relay(text string) {
+	if r, ok := e.member.(interface{ Report(string) error }); ok {
+		e.spawn(func() { _ = r.Report(text) })
+	}
 }
 
 // localErr says where an error of the local group comes from, naming a

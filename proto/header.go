@@ -37,6 +37,7 @@ const (
 	OpLeave                   // node -> coordinator: clean departure
 	OpShutdown                // coordinator -> node: the job is over
 	OpNodeLeft                // coordinator -> node: JSON NodeEvent, a worker left before the others
+	OpReport                  // node -> coordinator: UTF-8 text for the job's log, such as a stall report
 )
 
 // Data operations, between a worker and a server.
@@ -56,7 +57,7 @@ const (
 
 var opNames = map[Op]string{
 	OpRegister: "register", OpBook: "book", OpBarrier: "barrier", OpBarrierOK: "barrier-ok",
-	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown", OpNodeLeft: "node-left",
+	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown", OpNodeLeft: "node-left", OpReport: "report",
 	OpHello: "hello", OpDeclare: "declare", OpDeclareAck: "declare-ack", OpPush: "push",
 	OpPull: "pull", OpPullResp: "pull-resp", OpError: "error", OpJoin: "join", OpJoinAck: "join-ack", OpBehind: "behind",
 }

@@ -49,6 +49,10 @@ type Config struct {
 	// fatal notice and fails with it, instead of waiting for ever. 0:
 	// never.
 	StallShutdown time.Duration
+	// OnStall, if set, receives each stall report the server logs (from
+	// the watch's goroutine; it must not block for long): the roles send
+	// it to the coordinator, which logs it for the whole job.
+	OnStall func(report string)
 	// MemoryBudget bounds the bytes of keys the server accepts, summed
 	// over every declaration (GOBPS_SERVER_MEMORY_BYTES): a declaration
 	// frame that would take the declared bytes beyond it is refused

@@ -130,6 +130,9 @@ func (s *Server) reportStalls(suspects []*key, idle map[*key]time.Duration) {
 		text += " (GOBPS_STALL_SHUTDOWN ends the job instead)"
 	}
 	s.cfg.Logf("summation: %s", text)
+	if s.cfg.OnStall != nil {
+		s.cfg.OnStall(text)
+	}
 	// Tell the workers: those waiting (fatal: everyone connected).
 	missing := map[int]bool{}
 	for _, st := range stalls {

@@ -53,8 +53,10 @@ func TestStallReported(t *testing.T) {
 	tr := tcp.New(rdma.Options{})
 	const warn = 200 * time.Millisecond
 	logs := make(chan string, 64)
+	hooked := make(chan string, 16)
 	s, err := New(Config{Workers: 2, Engines: 2, Transport: tr, Addr: "127.0.0.1:0", StallWarning: warn,
-		Logf: func(f string, a ...any) { t.Logf(f, a...); logs <- strings.TrimSpace(fmt.Sprintf(f, a...)) }})
+		Logf:    func(f string, a ...any) { t.Logf(f, a...); logs <- strings.TrimSpace(fmt.Sprintf(f, a...)) },
+		OnStall: func(r string) { hooked <- r }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,6 +101,15 @@ func TestStallReported(t *testing.T) {
 			if strings.Contains(l, `stall: 1 round(s)`) && strings.Contains(l, `"fc.bias"`) {
 				if strings.Contains(l, "fc.weight") {
 					t.Errorf("the complete tensor is reported too: %s", l)
+				}
+				// OnStall (the coordinator's relay) gets the same report.
+				select {
+				case r := <-hooked:
+					if !strings.HasSuffix(l, r) {
+						t.Errorf("OnStall got %q, the log says %q", r, l)
+					}
+				case <-time.After(5 * time.Second):
+					t.Error("OnStall was not called with the report")
 				}
 				return
 			}

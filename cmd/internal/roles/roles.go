@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -168,6 +169,8 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 	if err != nil {
 		return err
 	}
+	// The membership, once joined: the stall watch reports through it.
+	var member atomic.Pointer[cluster.Member]
 	srv, err := summation.New(summation.Config{
 		Workers:        cfg.NumWorkerProcs(),
 		Pushers:        cfg.PushesPerRound(),
@@ -179,7 +182,14 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		DeclareTimeout: cfg.DeclareTimeout,
 		StallWarning:   cfg.StallWarning,
 		StallShutdown:  cfg.StallShutdown,
-		Logf:           logf,
+		OnStall: func(report string) {
+			if m := member.Load(); m != nil {
+				if err := m.Report(report); err != nil {
+					logf("tell the coordinator of the stall: %v", err)
+				}
+			}
+		},
+		Logf: logf,
 	})
 	if err != nil {
 		return err
@@ -192,6 +202,7 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return fmt.Errorf("join %s: %w", cfg.RootAddr(), err)
 	}
 	defer m.Leave()
+	member.Store(m)
 	rankHook(ctx, m.Self().Rank)
 	srv.SetID(m.Self().ID)
 	if err := serveMetrics(ep, config.Server, m.Self().Rank, logf, metrics.NewServerCollector(srv, pushed)); err != nil {
