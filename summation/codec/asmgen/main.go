@@ -1,0 +1,212 @@
+// Command asmgen generates, with avo, the amd64 kernels of package codec:
+// onebit's sign-bit packing and unpacking. Run it through go generate:
+//
+//	go generate ./summation/codec
+//
+// which runs, in summation/codec,
+//
+//	go run ./asmgen -out asm_amd64.s -stubs asm_amd64.go -pkg codec
+//
+// Every kernel works on n elements, n a multiple of 64 (one 64-bit word of
+// sign bits); the caller does a shorter tail with the Go reference code
+// (codec's packRef and unpackRef), which the kernels match bit for bit. No
+// alignment is required. They use AVX2 only: at the tensor sizes that
+// matter they are bound by memory, and AVX2 runs them as fast as AVX-512
+// would on the CPUs at hand, with one kernel fewer to check.
+package main
+
+import (
+	"flag"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	"github.com/mmcloughlin/avo/reg"
+)
+
+func main() {
+	flag.Parse()
+	ConstraintExpr("!noasm,gc")
+	genPack(false)
+	genPack(true)
+	shifts := genShifts()
+	genUnpack(false, shifts)
+	genUnpack(true, shifts)
+	Generate()
+}
+
+// text starts a NOSPLIT function that keeps none of the pointers it is
+// given, so that its stub says //go:noescape.
+func text(name, signature string) {
+	TEXT(name, NOSPLIT, signature)
+	Pragma("noescape")
+}
+
+// genPack emits onebitPackAVX2 or, with sum, onebitPackSumAVX2: 64 elements
+// an iteration, eight 8-float VMOVMSKPS into one word; with sum, also
+// |x| in float64 into 32 partial sums (eight YMM accumulators of four
+// lanes), element i into lane i mod 32, in index order, exactly as
+// codec.packRef adds them: each float is widened by VCVTPS2PD (exact, as Go's
+// float64(f)) and its sign bit cleared.
+func genPack(sum bool) {
+	name := "onebitPackAVX2"
+	sig := "func(words *byte, src *float32, n int)"
+	doc := []string{
+		"onebitPackAVX2 writes the sign bits of n floats at src to n/64",
+		"little-endian words at words, element i at bit i mod 64.",
+		"n must be a multiple of 64.",
+	}
+	if sum {
+		name = "onebitPackSumAVX2"
+		sig = "func(words *byte, src *float32, n int, acc *[32]float64)"
+		doc = []string{
+			"onebitPackSumAVX2 is onebitPackAVX2 that also adds |src[i]|, widened",
+			"to float64, to acc[i mod 32], in index order.",
+			"n must be a multiple of 64.",
+		}
+	}
+	text(name, sig)
+	Doc(doc...)
+	w := Load(Param("words"), GP64())
+	s := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	var acc [8]reg.VecVirtual
+	var absMask reg.VecVirtual
+	var accp reg.Register
+	if sum {
+		accp = Load(Param("acc"), GP64())
+		for i := range acc {
+			acc[i] = YMM()
+			VMOVUPD(Mem{Base: accp, Disp: 32 * i}, acc[i])
+		}
+		g := GP64()
+		MOVQ(U64(0x7fffffffffffffff), g)
+		x := XMM()
+		VMOVQ(g, x)
+		absMask = YMM()
+		VPBROADCASTQ(x, absMask)
+	}
+
+	Label(name + "_loop")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	word := GP64()
+	for m := 0; m < 8; m++ {
+		v := YMM()
+		VMOVUPS(Mem{Base: s, Disp: 32 * m}, v)
+		if m == 0 {
+			VMOVMSKPS(v, word.As32()) // zero-extends into word
+			continue
+		}
+		g := GP64()
+		VMOVMSKPS(v, g.As32())
+		SHLQ(U8(8*m), g)
+		ORQ(g, word)
+	}
+	MOVQ(word, Mem{Base: w})
+	if sum {
+		for c := 0; c < 16; c++ {
+			t := YMM()
+			VCVTPS2PD(Mem{Base: s, Disp: 16 * c}, t)
+			VANDPD(absMask, t, t)
+			VADDPD(t, acc[c%8], acc[c%8]) // acc first, as acc += t
+		}
+	}
+	ADDQ(U32(256), s)
+	ADDQ(U32(8), w)
+	SUBQ(U32(64), n)
+	JMP(LabelRef(name + "_loop"))
+
+	Label(name + "_done")
+	if sum {
+		for i := range acc {
+			VMOVUPD(acc[i], Mem{Base: accp, Disp: 32 * i})
+		}
+	}
+	VZEROUPPER()
+	RET()
+}
+
+// genShifts emits the shift counts of unpacking: for m = 0..3, eight 32-bit
+// lanes j = 0..7 holding 31 - (8m + j), which move bit 8m+j of a 32-bit half
+// word into the sign bit.
+func genShifts() Mem {
+	shifts := GLOBL("onebitShifts", RODATA|NOPTR)
+	for m := 0; m < 4; m++ {
+		for j := 0; j < 8; j++ {
+			DATA(4*(8*m+j), U32(31-(8*m+j)))
+		}
+	}
+	return shifts
+}
+
+// genUnpack emits onebitUnpackAVX2 or, with add, onebitUnpackAddAVX2: for
+// each word, its two 32-bit halves are broadcast, every lane shifted left
+// (VPSLLVD) so that its element's bit lands in the sign bit, masked to the
+// sign bit and XORed into the scale's bits; with add, the result is added
+// to dst (VADDPS, the decoded value first, as codec.unpackRef's +=).
+func genUnpack(add bool, shifts Mem) {
+	name := "onebitUnpackAVX2"
+	doc := []string{
+		"onebitUnpackAVX2 sets dst[i], for n floats, to the float whose bits are",
+		"scale with the sign flipped where bit i mod 64 of word i/64 is set.",
+		"n must be a multiple of 64.",
+	}
+	if add {
+		name = "onebitUnpackAddAVX2"
+		doc = []string{
+			"onebitUnpackAddAVX2 is onebitUnpackAVX2 adding to dst instead of",
+			"setting it.",
+			"n must be a multiple of 64.",
+		}
+	}
+	text(name, "func(dst *float32, words *byte, n int, scale uint32)")
+	Doc(doc...)
+	d := Load(Param("dst"), GP64())
+	w := Load(Param("words"), GP64())
+	n := Load(Param("n"), GP64())
+	sc := Load(Param("scale"), GP32())
+	x := XMM()
+	VMOVD(sc, x)
+	scale := YMM()
+	VPBROADCASTD(x, scale)
+	g := GP32()
+	MOVL(U32(0x80000000), g)
+	x2 := XMM()
+	VMOVD(g, x2)
+	sign := YMM()
+	VPBROADCASTD(x2, sign)
+	var cnt [4]reg.VecVirtual
+	for m := range cnt {
+		cnt[m] = YMM()
+		VMOVDQU(shifts.Offset(32*m), cnt[m])
+	}
+
+	Label(name + "_loop")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	lo, hi := YMM(), YMM()
+	VPBROADCASTD(Mem{Base: w}, lo)
+	VPBROADCASTD(Mem{Base: w, Disp: 4}, hi)
+	for m := 0; m < 8; m++ {
+		src := lo
+		if m >= 4 {
+			src = hi
+		}
+		t := YMM()
+		VPSLLVD(cnt[m%4], src, t)
+		VPAND(sign, t, t)
+		VPXOR(scale, t, t)
+		if add {
+			VADDPS(Mem{Base: d, Disp: 32 * m}, t, t)
+		}
+		VMOVUPS(t, Mem{Base: d, Disp: 32 * m})
+	}
+	ADDQ(U32(256), d)
+	ADDQ(U32(8), w)
+	SUBQ(U32(64), n)
+	JMP(LabelRef(name + "_loop"))
+
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}

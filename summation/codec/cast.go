@@ -1,0 +1,134 @@
+package codec
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+
+	"github.com/gobps/gobps/proto"
+	"github.com/gobps/gobps/summation/kernel"
+)
+
+// cast is the fp16 or bf16 codec: every element rounded to a 16-bit float
+// (to nearest even, by summation/kernel's conversions: overflow to Inf, NaN
+// kept a NaN) and widened back exactly.
+type cast struct{ id ID }
+
+func castSize(n int) int { return headerSize + 2*n }
+
+func (c cast) ID() ID          { return c.id }
+func (cast) MaxSize(n int) int { return castSize(n) }
+
+func (c cast) Compress(dst []byte, src []float32, _ Step) ([]byte, error) {
+	n := len(src)
+	if err := checkCompress(c.id, dst, n, 0); err != nil {
+		return nil, err
+	}
+	size := castSize(n)
+	if err := checkCompress(c.id, dst, n, size); err != nil {
+		return nil, err
+	}
+	dst = dst[:size]
+	putHeader(dst, c.id, 0, 0, n)
+	h := dst[headerSize:]
+	if c.id == FP16 {
+		for i, x := range src {
+			binary.LittleEndian.PutUint16(h[2*i:], kernel.F32ToF16(x))
+		}
+	} else {
+		for i, x := range src {
+			binary.LittleEndian.PutUint16(h[2*i:], kernel.F32ToBF16(x))
+		}
+	}
+	return dst, nil
+}
+
+func (c cast) Decompress(dst []float32, payload []byte) error {
+	return c.decode(dst, payload, false)
+}
+
+func (c cast) DecompressAdd(dst []float32, payload []byte) error {
+	return c.decode(dst, payload, true)
+}
+
+func (c cast) decode(dst []float32, payload []byte, add bool) error {
+	a, b, err := openPayload(c.id, payload, len(dst))
+	if err != nil {
+		return err
+	}
+	if a != 0 || b != 0 {
+		return corrupt("%s payload with reserved bits set", c.id)
+	}
+	if len(payload) != castSize(len(dst)) {
+		return corrupt("%s payload of %d elements is %d bytes, want %d", c.id, len(dst), len(payload), castSize(len(dst)))
+	}
+	h := payload[headerSize:]
+	widen := kernel.BF16ToF32
+	if c.id == FP16 {
+		widen = kernel.F16ToF32
+	}
+	if add {
+		for i := range dst {
+			dst[i] += widen(binary.LittleEndian.Uint16(h[2*i:]))
+		}
+	} else {
+		for i := range dst {
+			dst[i] = widen(binary.LittleEndian.Uint16(h[2*i:]))
+		}
+	}
+	return nil
+}
+
+// Widen converts a tensor of dtype dt (float32, float16 or bfloat16, as
+// little-endian bytes) to float32, exactly: what a worker does to a float16
+// or bfloat16 tensor before Compress, since the codecs take float32.
+func Widen(dt proto.DType, dst []float32, src []byte) error {
+	if len(src) != len(dst)*dt.Size() {
+		return fmt.Errorf("codec: widen %d bytes of %s into %d floats", len(src), dt, len(dst))
+	}
+	le := binary.LittleEndian
+	switch dt {
+	case proto.Float32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
+		}
+	case proto.Float16:
+		for i := range dst {
+			dst[i] = kernel.F16ToF32(le.Uint16(src[2*i:]))
+		}
+	case proto.BFloat16:
+		for i := range dst {
+			dst[i] = kernel.BF16ToF32(le.Uint16(src[2*i:]))
+		}
+	default:
+		return fmt.Errorf("codec: cannot compress %s: the codecs take float32, float16 and bfloat16", dt)
+	}
+	return nil
+}
+
+// Narrow converts float32 back to dtype dt (rounding to nearest even for
+// float16 and bfloat16): what a worker does after Decompress for a float16
+// or bfloat16 tensor.
+func Narrow(dt proto.DType, dst []byte, src []float32) error {
+	if len(dst) != len(src)*dt.Size() {
+		return fmt.Errorf("codec: narrow %d floats into %d bytes of %s", len(src), len(dst), dt)
+	}
+	le := binary.LittleEndian
+	switch dt {
+	case proto.Float32:
+		for i, x := range src {
+			le.PutUint32(dst[4*i:], math.Float32bits(x))
+		}
+	case proto.Float16:
+		for i, x := range src {
+			le.PutUint16(dst[2*i:], kernel.F32ToF16(x))
+		}
+	case proto.BFloat16:
+		for i, x := range src {
+			le.PutUint16(dst[2*i:], kernel.F32ToBF16(x))
+		}
+	default:
+		return fmt.Errorf("codec: cannot compress %s: the codecs take float32, float16 and bfloat16", dt)
+	}
+	return nil
+}

@@ -1,0 +1,46 @@
+//go:build !noasm && gc
+
+package codec
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
+
+// The kernels are generated into asm_amd64.s by asmgen (go generate).
+
+var avx2 = &impl{name: "avx2", pack: packAVX2, unpack: unpackAVX2}
+
+// available lists the implementations this CPU runs, best last. x/sys/cpu
+// reports AVX2 only where the OS saves the YMM registers.
+func available() []*impl {
+	if cpu.X86.HasAVX2 {
+		return []*impl{generic, avx2}
+	}
+	return []*impl{generic}
+}
+
+func packAVX2(words []byte, src []float32, acc *[lanes]float64) {
+	if len(src) == 0 {
+		return
+	}
+	_ = words[len(src)/8-1] // bounds: one word per 64 elements
+	if acc == nil {
+		onebitPackAVX2(&words[0], &src[0], len(src))
+		return
+	}
+	onebitPackSumAVX2(&words[0], &src[0], len(src), acc)
+}
+
+func unpackAVX2(dst []float32, words []byte, scale uint32, add bool) {
+	if len(dst) == 0 {
+		return
+	}
+	_ = words[len(dst)/8-1]
+	if add {
+		onebitUnpackAddAVX2(unsafe.SliceData(dst), &words[0], len(dst), scale)
+		return
+	}
+	onebitUnpackAVX2(unsafe.SliceData(dst), &words[0], len(dst), scale)
+}
