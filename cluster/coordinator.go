@@ -46,6 +46,10 @@ type CoordinatorConfig struct {
 	// is closed and logged; nothing it sent is used. nil: no
 	// authentication.
 	Auth *auth.Config
+	// Progress, if positive, is how often the coordinator logs the job's
+	// progress from the workers' reports (GOBPS_PROGRESS; see Progress):
+	// one line, prefixed "NOTICE: " (shown at every log level).
+	Progress time.Duration
 }
 
 func (cfg *CoordinatorConfig) validate() error {
@@ -106,7 +110,8 @@ type Coordinator struct {
 	barriers     [All + 1]barrier // indexed by Group
 	backlogged   []*peer          // peers whose send queue overflowed, dropped after the current event
 
-	stats coordinatorStats // counted by the loop, read by Stats (stats.go)
+	stats    coordinatorStats // counted by the loop, read by Stats (stats.go)
+	progress progress         // the workers' reports (progress.go); owned by the loop
 }
 
 // phase is where a connection is in its life. A peer moves only forward:
@@ -190,7 +195,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 	c := &Coordinator{
 		cfg:      cfg,
 		ln:       ln,
-		tick:     min(max(cfg.HeartbeatTimeout/4, time.Millisecond), time.Second),
+		tick:     min(max(cfg.HeartbeatTimeout/4, time.Millisecond), time.Second, progressTick(cfg.Progress)),
 		linger:   time.Second,
 		closing:  make(chan struct{}),
 		runDone:  make(chan struct{}),
@@ -198,6 +203,7 @@ func NewCoordinator(cfg CoordinatorConfig) (*Coordinator, error) {
 		events:   make(chan event),
 		peers:    make(map[*peer]struct{}),
 		workers:  make([]*peer, cfg.NumWorkers),
+		progress: progress{every: cfg.Progress},
 		servers:  make([]*peer, cfg.NumServers),
 	}
 	for g := range c.barriers {
@@ -555,6 +561,16 @@ func (c *Coordinator) onFrame(p *peer, h proto.Header, payload []byte) error {
 		c.enterBarrier(p, h)
 	case proto.OpLeave:
 		c.leave(p)
+	case proto.OpProgress:
+		pr, err := decodeProgress(payload)
+		switch {
+		case p.phase < phaseRegistered || p.node.Role != RoleWorker:
+			c.drop(p, fmt.Sprintf("protocol error: %s frame from a node that is not a registered worker", h.Op), true)
+		case err != nil:
+			c.drop(p, "protocol error: "+err.Error(), true)
+		default:
+			c.progress.record(p.node.Rank, pr, time.Now())
+		}
 	case proto.OpReport:
 		if p.phase < phaseRegistered {
 			c.drop(p, "protocol error: report before registering", true)
@@ -568,6 +584,9 @@ func (c *Coordinator) onFrame(p *peer, h proto.Header, payload []byte) error {
 }
 
 func (c *Coordinator) onTick(now time.Time) {
+	if l := c.progress.line(now, c.cfg.NumWorkers); l != "" {
+		c.logf("NOTICE: %s", l)
+	}
 	for p := range c.peers {
 		if p.closed {
 			continue
@@ -823,6 +842,9 @@ func (c *Coordinator) died(p *peer, reason string) {
 	p.phase = phaseDead
 	c.stats.active[statIndex(p.node.Role)].Add(-1)
 	c.stats.deaths[statIndex(p.node.Role)].Add(1)
+	if p.node.Role == RoleWorker {
+		c.progress.forget(p.node.Rank)
+	}
 	ev := NodeEvent{Node: p.node, Reason: reason}
 	c.dead = append(c.dead, ev)
 	c.logf("cluster: coordinator: %s", ev)
@@ -858,6 +880,9 @@ func (c *Coordinator) leave(p *peer) {
 	if p.phase == phaseActive {
 		c.stats.active[statIndex(p.node.Role)].Add(-1)
 		c.stats.departures[statIndex(p.node.Role)].Add(1)
+	}
+	if p.node.Role == RoleWorker {
+		c.progress.forget(p.node.Rank)
 	}
 	p.phase = phaseLeft
 	c.closePeer(p)

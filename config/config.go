@@ -65,6 +65,7 @@ type Config struct {
 	HelloTimeout      time.Duration // GOBPS_HELLO_TIMEOUT: how long an accepted data connection has to say hello
 	DeclareWarn       time.Duration // GOBPS_DECLARE_WARN: how long a tensor declared by some workers only waits before they are told whom they wait for; 0 = never
 	DeclareTimeout    time.Duration // GOBPS_DECLARE_TIMEOUT: how long before such a tensor fails; 0 = never
+	Progress          time.Duration // GOBPS_PROGRESS: workers report their counts, and the coordinator logs the job's progress, this often; 0 = never
 	StallWarning      time.Duration // GOBPS_STALL_WARNING: a round waiting this long without a push is reported; 0 = never
 	StallShutdown     time.Duration // GOBPS_STALL_SHUTDOWN: a round stalled this long ends the job; 0 = never
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
@@ -130,6 +131,7 @@ const (
 	envDeclareTO     = "GOBPS_DECLARE_TIMEOUT"
 	envStallWarn     = "GOBPS_STALL_WARNING"
 	envStallShut     = "GOBPS_STALL_SHUTDOWN"
+	envProgress      = "GOBPS_PROGRESS"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
@@ -393,6 +395,11 @@ var table = []spec{
 		Variable: Variable{Name: envStallShut, Default: "0s", Roles: serverWorker,
 			Doc: "How long a round may stall before the server ends the job with that report, sent to every worker as a fatal error, instead of waiting for ever; 0 never ends it."},
 		field: func(c *Config) any { return &c.StallShutdown },
+	},
+	{
+		Variable: Variable{Name: envProgress, Default: "0s", Roles: []Role{Scheduler, Worker},
+			Doc: "How often each worker tells the coordinator its counts (push_pulls completed, bytes pushed and pulled) and the coordinator logs one progress line for the job, shown at every log level: push_pulls per second and GB/s per worker, and the slowest worker; 0 (the default) never. bpsrun --progress sets it to 5s."},
+		field: func(c *Config) any { return &c.Progress },
 	},
 	{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
@@ -699,6 +706,9 @@ func (c *Config) validate(p *problems, raw map[string]string, bad map[string]boo
 	}
 	if c.StallWarning < 0 {
 		fail(envStallWarn, "must not be negative (0 turns the report off)")
+	}
+	if c.Progress < 0 || (c.Progress > 0 && c.Progress < 100*time.Millisecond) {
+		fail(envProgress, "must be 0 (off) or at least 100ms")
 	}
 	if c.StallShutdown < 0 {
 		fail(envStallShut, "must not be negative (0 never ends the job)")

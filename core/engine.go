@@ -303,7 +303,41 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	e.discoverGPUs()
 	e.wg.Add(1)
 	go e.watch()
+	if p, ok := e.member.(progressReporter); ok && cfg.Progress > 0 {
+		e.wg.Add(1)
+		go e.reportProgress(p, cfg.Progress)
+	}
 	return e, nil
+}
+
+// progressReporter is the membership's side of GOBPS_PROGRESS.
+type progressReporter interface {
+	Progress(cluster.Progress) error
+}
+
+// reportProgress tells the coordinator this worker's counts every
+// interval, until the engine stops or the membership ends.
+func (e *Engine) reportProgress(p progressReporter, every time.Duration) {
+	defer e.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			m := e.Metrics()
+			pr := cluster.Progress{Ops: m.OpsCompleted}
+			for _, s := range m.Servers {
+				pr.Bytes += s.PushBytes + s.AnswerBytes
+			}
+			if err := p.Progress(pr); err != nil {
+				return // the membership is ending; watch reports why
+			}
+		case <-e.member.Done():
+			return
+		case <-e.stop:
+			return
+		}
+	}
 }
 
 // transportOptions maps the configuration onto the transport's options.

@@ -57,7 +57,7 @@ func TestAdmit(t *testing.T) {
 	for _, h := range []Header{
 		{Op: OpDeclareAck}, resp(8), resp(0), {Op: OpRegister}, {Op: OpBook, Length: 2}, {Op: OpBarrier},
 		{Op: OpBarrierOK}, {Op: OpHeartbeat}, {Op: OpNodeDead}, {Op: OpLeave}, {Op: OpShutdown},
-		{Op: OpJoinAck}, {Op: OpBehind}, {Op: OpNodeLeft}, {Op: OpReport},
+		{Op: OpJoinAck}, {Op: OpBehind}, {Op: OpNodeLeft}, {Op: OpReport}, {Op: OpProgress},
 	} {
 		add(row{"server gets " + h.Op.String(), ServerSide, true, h, refused, "unexpected " + h.Op.String()})
 	}
@@ -76,7 +76,7 @@ func TestAdmit(t *testing.T) {
 		for _, h := range []Header{
 			{Op: OpHello}, {Op: OpDeclare, Length: DeclSize}, push(8), {Op: OpPull}, {Op: OpRegister}, {Op: OpBook},
 			{Op: OpBarrier}, {Op: OpBarrierOK}, {Op: OpHeartbeat}, {Op: OpNodeDead}, {Op: OpLeave}, {Op: OpShutdown},
-			{Op: OpJoin, Round: 1}, {Op: OpNodeLeft}, {Op: OpReport},
+			{Op: OpJoin, Round: 1}, {Op: OpNodeLeft}, {Op: OpReport}, {Op: OpProgress},
 		} {
 			add(row{"worker gets " + h.Op.String(), WorkerSide, hello, h, refused, "unexpected " + h.Op.String()})
 		}

@@ -38,6 +38,7 @@ const (
 	OpShutdown                // coordinator -> node: the job is over
 	OpNodeLeft                // coordinator -> node: JSON NodeEvent, a worker left before the others
 	OpReport                  // node -> coordinator: UTF-8 text for the job's log, such as a stall report
+	OpProgress                // worker -> coordinator: its cumulative counts (cluster.Progress), for the job's progress line
 )
 
 // Data operations, between a worker and a server.
@@ -57,7 +58,7 @@ const (
 
 var opNames = map[Op]string{
 	OpRegister: "register", OpBook: "book", OpBarrier: "barrier", OpBarrierOK: "barrier-ok",
-	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown", OpNodeLeft: "node-left", OpReport: "report",
+	OpHeartbeat: "heartbeat", OpNodeDead: "node-dead", OpLeave: "leave", OpShutdown: "shutdown", OpNodeLeft: "node-left", OpReport: "report", OpProgress: "progress",
 	OpHello: "hello", OpDeclare: "declare", OpDeclareAck: "declare-ack", OpPush: "push",
 	OpPull: "pull", OpPullResp: "pull-resp", OpError: "error", OpJoin: "join", OpJoinAck: "join-ack", OpBehind: "behind",
 }

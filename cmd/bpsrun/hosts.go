@@ -390,6 +390,7 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 	} else if secret != "" {
 		common["GOBPS_SECRET"] = secret
 	}
+	withProgress(f, env, common)
 	dir, _ := os.Getwd()
 	var roleArgv []string
 	roleArgv = append(roleArgv, agent)
@@ -457,9 +458,12 @@ func runAgent(stdin io.Reader, stderr io.Writer) int {
 	if err := json.Unmarshal(line, &spec); err != nil || len(spec.Argv) == 0 {
 		return fail("malformed spec from bpsrun -H: %v", err)
 	}
+	dir := ""
 	if spec.Dir != "" {
-		if err := os.Chdir(spec.Dir); err != nil {
-			fmt.Fprintf(stderr, "bpsrun: %s: working directory %s does not exist here (%v); running in %s\n", spec.Name, spec.Dir, err, homeDir())
+		if st, err := os.Stat(spec.Dir); err != nil || !st.IsDir() {
+			fmt.Fprintf(stderr, "bpsrun: %s: working directory %s does not exist here; running in %s\n", spec.Name, spec.Dir, homeDir())
+		} else {
+			dir = spec.Dir
 		}
 	}
 	set := map[string]string{}
@@ -475,6 +479,7 @@ func runAgent(stdin io.Reader, stderr io.Writer) int {
 	cmd := exec.Command(path, spec.Argv[1:]...)
 	cmd.Args[0] = spec.Argv[0]
 	cmd.Env = jobEnv(os.Environ(), set)
+	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// The agent's own signals (sshd's SIGHUP, a kill) go to the group.

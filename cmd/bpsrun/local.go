@@ -175,6 +175,14 @@ func jobSecret(f *flags, env []string) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
+// withProgress sets GOBPS_PROGRESS to 5s in set for --progress, unless the
+// environment gives an interval already.
+func withProgress(f *flags, env []string, set map[string]string) {
+	if f.progress && envValue(env, "GOBPS_PROGRESS") == "" {
+		set["GOBPS_PROGRESS"] = "5s"
+	}
+}
+
 // metricsPorts gives each process of a --local job its own metrics
 // endpoint when GOBPS_METRICS_ADDR names a port: the scheduler gets that
 // port, the servers and workers the ports after it, in the order procs
@@ -328,6 +336,7 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 	} else if secret != "" {
 		common["GOBPS_SECRET"] = secret
 	}
+	withProgress(f, env, common)
 	with := func(kv ...string) map[string]string {
 		m := make(map[string]string, len(common)+len(kv)/2)
 		for k, v := range common {

@@ -102,6 +102,7 @@ type flags struct {
 	verbose  bool
 	compat   bool
 	insecure bool
+	progress bool
 	help     bool
 	// serversPerNode is --servers-per-node (Slurm mode); -1 when not given.
 	serversPerNode int
@@ -148,6 +149,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.Var(&f.exports, "x", "-H: pass NAME (its value here) or NAME=VALUE to every process, beyond the DMLC_, BYTEPS_, GOBPS_, NCCL_, OMP_, MKL_, CUDA_ and PYTHON* variables passed anyway (may be repeated)")
 	fs.StringVar(&f.remoteBpsrun, "remote-bpsrun", "", "-H: path of bpsrun on the hosts (default: this bpsrun's path)")
 	fs.BoolVar(&f.agent, "remote-agent", false, "internal: the remote end of bpsrun -H, which tells it on standard input what to run")
+	fs.BoolVar(&f.progress, "progress", false, "--local, -H: the coordinator prints a progress line every 5 s (push_pulls per second, GB/s per worker, the slowest worker); GOBPS_PROGRESS sets another interval")
 	fs.BoolVar(&f.help, "help", false, "print this help")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)

@@ -87,10 +87,10 @@ func New(w io.Writer, o Options) *Logger {
 		// Go's slog and of Python's logging read, rather than zerolog's
 		// three letters: scripts and people grep for WARN.
 		cw.FormatLevel = func(v any) string {
-			if s, ok := v.(string); ok {
+			if s, ok := v.(string); ok && s != "" {
 				return fmt.Sprintf("%-5s", strings.ToUpper(s))
 			}
-			return "???"
+			return "-    " // a line with no level (Logf's NOTICE)
 		}
 		cw.FormatPartValueByName = func(v any, name string) string {
 			if v == nil {
@@ -139,12 +139,17 @@ func (l *Logger) Errorf(format string, a ...any) {
 
 // Logf is the roles' and libraries' hook: a line at INFO, or at WARN when
 // it starts with "WARNING: " (such as the notice that a job is
-// unauthenticated, which must show at the default level), without that
-// prefix.
+// unauthenticated, which must show at the default level), or with no level
+// (shown at every level: the progress lines someone asked for) when it
+// starts with "NOTICE: ", without that prefix.
 func (l *Logger) Logf(format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	if rest, ok := strings.CutPrefix(msg, "WARNING: "); ok {
 		l.event(l.zl.Warn()).Msg(rest)
+		return
+	}
+	if rest, ok := strings.CutPrefix(msg, "NOTICE: "); ok {
+		l.event(l.zl.Log()).Msg(rest)
 		return
 	}
 	l.event(l.zl.Info()).Msg(msg)

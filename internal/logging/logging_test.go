@@ -66,3 +66,18 @@ func TestConsole(t *testing.T) {
 		t.Errorf("-v: %q", buf.String())
 	}
 }
+
+// TestNotice: a "NOTICE: " line shows at every level, without a level name
+// (console) or field (JSON).
+func TestNotice(t *testing.T) {
+	var buf bytes.Buffer
+	New(&buf, Options{Level: "ERROR", Role: "scheduler", Rank: 0}).Logf("NOTICE: progress: fine")
+	if out := buf.String(); !strings.Contains(out, "-     role=scheduler rank=0 progress: fine") {
+		t.Errorf("console: %q", out)
+	}
+	buf.Reset()
+	New(&buf, Options{Format: JSON, Level: "ERROR", Role: "scheduler", Rank: 0}).Logf("NOTICE: progress: fine")
+	if out := buf.String(); !strings.Contains(out, `"message":"progress: fine"`) || strings.Contains(out, `"level"`) {
+		t.Errorf("json: %q", out)
+	}
+}

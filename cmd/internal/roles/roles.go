@@ -68,6 +68,7 @@ func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
 		NumWorkers:       cfg.NumWorkerProcs(),
 		NumServers:       cfg.NumServer,
 		HeartbeatTimeout: cfg.HeartbeatTimeout,
+		Progress:         cfg.Progress,
 		Logf:             logf,
 	})
 	if err != nil {
