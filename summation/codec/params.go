@@ -242,7 +242,7 @@ func (p Params) Validate() error {
 		if err := p.K.valid(); err != nil {
 			return fmt.Errorf("codec: %s: %w", p.Codec, err)
 		}
-	} else if p.K != (K{}) {
+	} else if p.K.Count != 0 || math.Float64bits(p.K.Fraction) != 0 {
 		return fmt.Errorf("codec: k=%v given to %s", p.K, p.Codec)
 	}
 	if p.Codec == Dithering {
@@ -261,7 +261,7 @@ func (p Params) Validate() error {
 	if (p.EF || p.Momentum) && p.Codec == None {
 		return errors.New("codec: error feedback and momentum need a codec")
 	}
-	if p.Momentum != (p.Mu > 0 && p.Mu < 1) || !p.Momentum && p.Mu != 0 {
+	if p.Momentum != (p.Mu > 0 && p.Mu < 1) || !p.Momentum && math.Float32bits(p.Mu) != 0 {
 		return fmt.Errorf("codec: momentum %v with factor %v", p.Momentum, p.Mu)
 	}
 	if p.Codec == FP16 && !p.FP16 {
@@ -354,7 +354,8 @@ func (p Params) Encode(b []byte) []byte {
 	return binary.LittleEndian.AppendUint32(b, math.Float32bits(p.Mu))
 }
 
-// Decode reads a descriptor that Encode wrote, and checks it.
+// Decode reads a descriptor that Encode wrote, and checks it: Decode(b)
+// succeeds only where b is Encode of a valid Params.
 func Decode(b []byte) (Params, error) {
 	if len(b) != DescriptorSize {
 		return Params{}, fmt.Errorf("codec: descriptor of %d bytes, want %d", len(b), DescriptorSize)
