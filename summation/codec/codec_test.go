@@ -282,7 +282,9 @@ func testCodecs() []testCodec {
 	} {
 		p := mk(map[string]string{"compressor": "dithering", "k": fmt.Sprint(d.s), "partition": d.part, "normalize": d.norm, "seed": "7"})
 		cs = append(cs, testCodec{fmt.Sprintf("dithering/s=%d/%s/%s", d.s, d.part, d.norm), p,
-			func(x []float32, at Step) []float32 { return refDither(x, d.s, d.part == "natural", d.norm == "l2", 7, at) }})
+			func(x []float32, at Step) []float32 {
+				return refDither(x, d.s, d.part == "natural", d.norm == "l2", 7, at)
+			}})
 	}
 	cs = append(cs,
 		testCodec{"fp16", mk(map[string]string{"fp16": "true"}), func(x []float32, _ Step) []float32 { return refCast(x, FP16) }},
