@@ -11,7 +11,7 @@ LIB     := build/libgobps.so
 DEPS    := libibverbs-dev
 GUEST   := build/rdma-guest
 
-.PHONY: all deps sshdeps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier clean
+.PHONY: all deps sshdeps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier bench-launch clean
 
 all: build
 
@@ -151,6 +151,12 @@ bench-net: build
 # docs/benchmarks.md).
 bench-crossbarrier: build pydeps
 	scripts/bench_crossbarrier.sh
+
+# How long bpsrun -H takes to start and end a job on 4 hosts over ssh,
+# against bpsrun --local with the same processes (needs root and
+# openssh-server; see docs/benchmarks.md).
+bench-launch: build sshdeps
+	scripts/bench_launch.sh
 
 clean:
 	rm -rf $(BIN) build
