@@ -13,6 +13,8 @@
 //	                            (run under bpsrun, DMLC_ROLE=worker)
 //	bpsbench netperf [flags]    TCP goodput of one link (netcluster.sh verify)
 //	bpsbench report [flags]     table, bounds and plot from the benchmark's results
+//	bpsbench model [flags]      the scale model: gobps against ring and tree
+//	                            all-reduce at any size (calibrate, validate)
 //
 // Run "bpsbench pushpull -h" or "bpsbench sum -h" for the flags.
 package main
@@ -27,7 +29,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report|model [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -44,11 +46,13 @@ func main() {
 		err = netperf(os.Args[2:])
 	case "report":
 		err = report(os.Args[2:])
+	case "model":
+		err = model(os.Args[2:])
 	case "-h", "--help", "help":
-		fmt.Println("usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report [flags]   (bpsbench NAME -h for flags)")
+		fmt.Println("usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report|model [flags]   (bpsbench NAME -h for flags)")
 		return
 	default:
-		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, allreduce, psworker, netperf or report)", os.Args[1])
+		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, allreduce, psworker, netperf, report or model)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bpsbench:", err)
