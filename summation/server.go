@@ -53,6 +53,10 @@ type Config struct {
 	// the watch's goroutine; it must not block for long): the roles send
 	// it to the coordinator, which logs it for the whole job.
 	OnStall func(report string)
+	// KeyLogf, if set, takes the lines about one key (a refused push or
+	// pull, a failed or half-declared tensor) instead of Logf, with the
+	// key apart, for structured logs.
+	KeyLogf func(key proto.Key, format string, args ...any)
 	// MemoryBudget bounds the bytes of keys the server accepts, summed
 	// over every declaration (GOBPS_SERVER_MEMORY_BYTES): a declaration
 	// frame that would take the declared bytes beyond it is refused
@@ -399,10 +403,23 @@ func (s *Server) lookup(k proto.Key) *key {
 	return s.mu.keys[k]
 }
 
+// keyLogf logs a line about key k through KeyLogf, else Logf.
+func (s *Server) keyLogf(k proto.Key, format string, args ...any) {
+	if s.cfg.KeyLogf != nil {
+		s.cfg.KeyLogf(k, format, args...)
+		return
+	}
+	s.cfg.Logf(format, args...)
+}
+
 // refuse answers request h on p with err.
 func (s *Server) refuse(p *peer, h *proto.Header, err error) {
 	s.refused.Add(1)
-	s.cfg.Logf("summation: refused %s from %s: %v", h.Op, p.conn.RemoteAddr(), err)
+	if h.Op == proto.OpPush || h.Op == proto.OpPull || h.Op == proto.OpJoin {
+		s.keyLogf(h.Key, "summation: refused %s from %s: %v", h.Op, p.conn.RemoteAddr(), err)
+	} else {
+		s.cfg.Logf("summation: refused %s from %s: %v", h.Op, p.conn.RemoteAddr(), err)
+	}
 	p.out.send(proto.Header{Op: proto.OpError, Sender: s.id.Load(), Key: h.Key, Round: h.Round, ReqID: h.ReqID}, []byte(err.Error()), nil)
 }
 
@@ -590,7 +607,7 @@ func (s *Server) peerOf(w int) *peer {
 // and so does every later push and pull of it.
 func (s *Server) failKeys(fails []keyFailure) {
 	for _, f := range fails {
-		s.cfg.Logf("summation: %v", f.err)
+		s.keyLogf(f.k.decl.Key, "summation: %v", f.err)
 		f.k.engine.submit(task{kind: taskFail, key: f.k, err: f.err})
 	}
 }
@@ -664,7 +681,7 @@ func (s *Server) stale(now time.Time) ([]note, []keyFailure) {
 			text = k.failed.Error()
 		} else {
 			k.warned = true
-			s.cfg.Logf("summation: %s", text)
+			s.keyLogf(key, "summation: %s", text)
 		}
 		seen := map[int]bool{}
 		for _, p := range s.mu.peers {

@@ -142,3 +142,32 @@ func TestStallShutdown(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyLogf: the lines about one key (here a push for a key nobody
+// declared) go to KeyLogf with that key, for structured logs.
+func TestKeyLogf(t *testing.T) {
+	tr := tcp.New(rdma.Options{})
+	type line struct {
+		key proto.Key
+		msg string
+	}
+	lines := make(chan line, 16)
+	s, err := New(Config{Workers: 1, Engines: 1, Transport: tr, Addr: "127.0.0.1:0", Logf: t.Logf,
+		KeyLogf: func(k proto.Key, f string, a ...any) { lines <- line{k, fmt.Sprintf(f, a...)} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close(); tr.Close() })
+	c := dial(t, s, 0)
+	k := proto.MakeKey(9, 2)
+	c.send(proto.Header{Op: proto.OpPush, Flags: proto.FlagPull, DType: proto.Int32, Key: k, ReqID: 1}, i32s(1, 1))
+	c.expectError(1, "never declared")
+	select {
+	case l := <-lines:
+		if l.key != k || !strings.Contains(l.msg, "refused push") {
+			t.Errorf("KeyLogf got key %s, %q; want key %s and the refusal", l.key, l.msg, k)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("KeyLogf was not called")
+	}
+}

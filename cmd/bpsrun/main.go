@@ -238,7 +238,7 @@ func run(args, env []string, stdout, stderr io.Writer) int {
 // newLogger is the log of a role bpsrun runs in this process: zerolog,
 // console lines or JSON (GOBPS_LOG_FORMAT), at BYTEPS_LOG_LEVEL's level or
 // DEBUG with -v, naming role and rank (the configured one, until the job
-// gives it: see roles.WithRankHook).
+// gives it: see roles.WithLogger).
 func newLogger(w io.Writer, cfg *config.Config, verbose bool) *logging.Logger {
 	return logging.New(w, logOptions(cfg, verbose, string(cfg.Role)))
 }
@@ -265,7 +265,7 @@ func runRole(cfg *config.Config, f *flags, env []string, stderr io.Writer) int {
 	defer stop()
 	lg := newLogger(stderr, cfg, f.verbose)
 	logf := roles.Logf(lg.Logf)
-	ctx = roles.WithRankHook(ctx, lg.SetRank)
+	ctx = roles.WithLogger(ctx, lg)
 	var err error
 	switch cfg.Role {
 	case config.Scheduler:

@@ -696,5 +696,5 @@ func runCoordinatorTask(f *flags, p *slurmPlan, env []string, stdout, stderr io.
 // rank set once the job gives it.
 func roleLogger(ctx context.Context, w io.Writer, cfg *config.Config, verbose bool, role string) (context.Context, roles.Logf) {
 	lg := logging.New(w, logOptions(cfg, verbose, role))
-	return roles.WithRankHook(ctx, lg.SetRank), lg.Logf
+	return roles.WithLogger(ctx, lg), lg.Logf
 }

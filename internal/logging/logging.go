@@ -25,7 +25,6 @@ const (
 	FieldHost  = "host"
 	FieldPID   = "pid"
 	FieldKey   = "key"
-	FieldEpoch = "epoch"
 )
 
 // timeFormat is the JSON lines' time: RFC 3339 with milliseconds.
@@ -155,8 +154,14 @@ func (l *Logger) Logf(format string, a ...any) {
 	l.event(l.zl.Info()).Msg(msg)
 }
 
-// KeyInfof logs at INFO a line about one key in one epoch (round),
-// naming both as fields.
-func (l *Logger) KeyInfof(key uint64, epoch int64, format string, a ...any) {
-	l.event(l.zl.Info()).Uint64(FieldKey, key).Int64(FieldEpoch, epoch).Msgf(format, a...)
+// KeyLogf logs a line about one key as Logf does, with the key (as the
+// messages write it: "tensor.partition") in the key field, so that a log
+// collector can select every line about one tensor.
+func (l *Logger) KeyLogf(key string, format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	ev := l.zl.Info()
+	if rest, ok := strings.CutPrefix(msg, "WARNING: "); ok {
+		ev, msg = l.zl.Warn(), rest
+	}
+	l.event(ev).Str(FieldKey, key).Msg(msg)
 }

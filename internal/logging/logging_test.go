@@ -16,7 +16,7 @@ func TestJSON(t *testing.T) {
 	l.Debugf("hidden")
 	l.SetRank(3)
 	l.Logf("WARNING: careful")
-	l.KeyInfof(7, 2, "about a key")
+	l.KeyLogf("7.0", "about a key")
 	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
 	if len(lines) != 3 {
 		t.Fatalf("%d lines, want 3:\n%s", len(lines), buf.String())
@@ -41,8 +41,8 @@ func TestJSON(t *testing.T) {
 	}
 	var m map[string]any
 	_ = json.Unmarshal([]byte(lines[2]), &m)
-	if m["key"] != float64(7) || m["epoch"] != float64(2) {
-		t.Errorf("%q: want key 7, epoch 2", lines[2])
+	if m["key"] != "7.0" {
+		t.Errorf("%q: want key 7.0", lines[2])
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/internal/auth"
 	"github.com/gobps/gobps/metrics"
+	"github.com/gobps/gobps/proto"
 	"github.com/gobps/gobps/rdma"
 	// rdma.Open chooses among the transports registered by these two.
 	_ "github.com/gobps/gobps/rdma/tcp"
@@ -32,17 +33,29 @@ import (
 // Logf is how roles report; bpsrun passes a logger.
 type Logf func(format string, args ...any)
 
-type rankHookKey struct{}
+type loggerKey struct{}
 
-// WithRankHook returns ctx carrying f, which RunServer calls with the rank
-// the job gave it once it has joined (so that its log lines name it).
-func WithRankHook(ctx context.Context, f func(rank int)) context.Context {
-	return context.WithValue(ctx, rankHookKey{}, f)
+// Structured is what a role's structured logger (internal/logging) offers
+// beyond its Logf.
+type Structured interface {
+	SetRank(rank int)                               // the rank the job gave, once joined
+	KeyLogf(key string, format string, args ...any) // a line about one key, the key as a field
+}
+
+// WithLogger returns ctx carrying l: RunServer names its rank on l once it
+// has joined, and logs the lines about one key through l.KeyLogf.
+func WithLogger(ctx context.Context, l Structured) context.Context {
+	return context.WithValue(ctx, loggerKey{}, l)
+}
+
+func structured(ctx context.Context) Structured {
+	l, _ := ctx.Value(loggerKey{}).(Structured)
+	return l
 }
 
 func rankHook(ctx context.Context, rank int) {
-	if f, ok := ctx.Value(rankHookKey{}).(func(int)); ok && f != nil {
-		f(rank)
+	if l := structured(ctx); l != nil {
+		l.SetRank(rank)
 	}
 }
 
@@ -190,7 +203,8 @@ func RunServer(ctx context.Context, cfg *config.Config, logf Logf) error {
 				}
 			}
 		},
-		Logf: logf,
+		KeyLogf: keyLogf(ctx, logf),
+		Logf:    logf,
 	})
 	if err != nil {
 		return err
@@ -359,4 +373,12 @@ func memTotal(path string) (int64, error) {
 		return kb << 10, nil
 	}
 	return 0, fmt.Errorf("no MemTotal in %s", path)
+}
+
+// keyLogf is the server's KeyLogf: the structured logger's, or logf.
+func keyLogf(ctx context.Context, logf Logf) func(proto.Key, string, ...any) {
+	if l := structured(ctx); l != nil {
+		return func(k proto.Key, format string, args ...any) { l.KeyLogf(k.String(), format, args...) }
+	}
+	return func(_ proto.Key, format string, args ...any) { logf(format, args...) }
 }
