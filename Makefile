@@ -11,7 +11,7 @@ LIB     := build/libgobps.so
 DEPS    := libibverbs-dev
 GUEST   := build/rdma-guest
 
-.PHONY: all deps sshdeps build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier bench-launch clean
+.PHONY: all deps sshdeps test-slurm build lib pydeps demo test test-noasm test-rdma pytest vet race fuzz bench bench-torch bench-net bench-crossbarrier bench-launch clean
 
 all: build
 
@@ -49,6 +49,24 @@ pydeps:
 		fi; \
 	fi
 
+# A real srun: a one-node Slurm cluster on this machine
+# (scripts/slurm/onenode.sh, Debian's slurm-wlm, installed when missing)
+# runs scripts/slurm/job.sbatch, whose workers check every sum. As root
+# only; skipped, saying why, where Slurm cannot be installed or this
+# machine is a real Slurm node (its slurm.conf was not written by
+# onenode.sh). The daemons are stopped afterwards.
+test-slurm:
+	@if [ "$$(id -u)" != 0 ]; then echo "test-slurm: skipped: needs root (it starts Slurm's daemons)"; exit 0; fi; \
+	if ! command -v slurmctld >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 slurm-wlm >/dev/null 2>&1 || \
+		{ apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -o DPkg::Lock::Timeout=600 slurm-wlm >/dev/null 2>&1; } || \
+		{ echo "test-slurm: skipped: slurm-wlm cannot be installed here"; exit 0; }; \
+	fi; \
+	scripts/slurm/onenode.sh; rc=$$?; \
+	if [ $$rc = 3 ]; then echo "test-slurm: skipped: this machine has a Slurm configuration of its own"; exit 0; fi; \
+	if [ $$rc = 0 ]; then GOBPS_TEST_SLURM=1 $(GO) test -count=1 -timeout 5m -run TestSbatchExampleRealSlurm ./cmd/bpsrun; rc=$$?; fi; \
+	scripts/slurm/onenode.sh stop; exit $$rc
+
 # The ssh client and server that the multi-host launch test (bpsrun -H
 # over network-namespace hosts, e2e/multihost_test.go) runs, installed from
 # Debian when run as root and missing; without them that test skips. The
@@ -79,7 +97,7 @@ demo: build pydeps
 # then the whole suite (with the multi-process end-to-end tests, whose jobs
 # have a secret; then again with mutual TLS, and with no authentication),
 # and a short fuzz of the wire decoder and the handshake.
-test: deps vet race fuzz test-noasm pydeps sshdeps test-rdma
+test: deps vet race fuzz test-noasm pydeps sshdeps test-rdma test-slurm
 	$(GO) test -count=1 -timeout 15m ./...
 	GOBPS_E2E_AUTH=tls $(GO) test -count=1 -timeout 5m ./e2e
 	GOBPS_E2E_AUTH=none $(GO) test -count=1 -timeout 5m ./e2e

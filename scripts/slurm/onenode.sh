@@ -8,9 +8,10 @@
 #
 # Debian 12's slurm-wlm (22.05) with munge; the node is this host
 # (hostname -s) with CPUS (default 8) CPUs whatever it has, so that jobs of
-# more tasks than cores run (with --overcommit). It overwrites
-# /etc/slurm/slurm.conf: for a test machine, never a real cluster's node.
-# Not part of make test: it needs root and starts daemons.
+# more tasks than cores run (with --overcommit). It writes
+# /etc/slurm/slurm.conf, and refuses to replace one it did not write (a
+# real cluster's node) unless GOBPS_SLURM_FORCE=1. make test runs it as
+# root (make test-slurm), and stops the daemons afterwards.
 set -euo pipefail
 
 CPUS=${CPUS:-8}
@@ -44,7 +45,12 @@ if ! pidof munged >/dev/null; then
 	su -s /bin/sh munge -c munged
 fi
 
-mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+if [ -s /etc/slurm/slurm.conf ] && ! grep -q "^# written by gobps's scripts/slurm/onenode.sh" /etc/slurm/slurm.conf &&
+	[ "${GOBPS_SLURM_FORCE:-}" != 1 ]; then
+	echo "onenode.sh: /etc/slurm/slurm.conf was not written by this script (a real Slurm node?); not replacing it (GOBPS_SLURM_FORCE=1 does)" >&2
+	exit 3
+fi
+mkdir -p /var/spool/slurmctld /var/spool/slurmd /var/log/slurm /etc/slurm
 cat >/etc/slurm/slurm.conf <<CONF
 # written by gobps's scripts/slurm/onenode.sh
 ClusterName=gobps-test
