@@ -114,13 +114,19 @@ func (c dither) Compress(dst []byte, src []float32, at Step) ([]byte, error) {
 	var acc uint64
 	var nb uint
 	wi := 0
+	rs := r.s // the generator's state in a register
 	for _, x := range src {
 		u := float64(math.Float32frombits(magKey(x))) * mul
 		var level uint32
+		var p float64 // the probability of going one level up
 		if c.natural {
-			level = naturalLevel(u, s, &r)
+			level, p = naturalFloor(u, s)
 		} else {
-			level = linearLevel(u, s, &r)
+			level, p = linearFloor(u, s)
+		}
+		if p > 0 {
+			rs += golden
+			level += b2u(float64(int64(mix64(rs)>>11))*0x1p-53 < p)
 		}
 		code := uint64(level) | uint64(math.Float32bits(x)>>31)<<signShift
 		acc |= code << nb
@@ -138,42 +144,42 @@ func (c dither) Compress(dst []byte, src []float32, at Step) ([]byte, error) {
 	return dst, nil
 }
 
-// unit draws a float64 uniform in [0, 1) from the top 53 bits of a draw.
-func unit(r *splitmix) float64 { return float64(r.next()>>11) * 0x1p-53 }
-
-// linearLevel rounds u in [0, s] (a little more by rounding) to floor(u) or
-// floor(u)+1, up with probability u - floor(u): one draw per element whose
-// u is not a whole number below s.
-func linearLevel(u float64, s uint32, r *splitmix) uint32 {
-	l := uint32(u)
-	if l >= s {
-		return s
+// b2u is 1 for true and 0 for false; the compiler makes it a SETcc, which
+// saves the mispredicted branch of a coin flip per element.
+func b2u(b bool) uint32 {
+	if b {
+		return 1
 	}
-	if p := u - float64(l); p > 0 && unit(r) < p {
-		l++
-	}
-	return l
+	return 0
 }
 
-// naturalLevel rounds u in [0, 2^(s-1)] to a neighbouring level of 0, 1,
-// 2, 4, ..., 2^(s-1), returned as a code: 0 for 0, j for 2^(j-1). Between
-// levels lo and hi it goes up with probability (u-lo)/(hi-lo).
-func naturalLevel(u float64, s uint32, r *splitmix) uint32 {
+// The level an element goes to is its floor level, or the next one up with
+// probability p: one draw u01 per element with p > 0, the top 53 bits of a
+// SplitMix64 output scaled to [0, 1), and up if u01 < p.
+
+// linearFloor returns, for u in [0, s] (a little more by rounding), floor(u)
+// and u - floor(u); s and 0 at or above s.
+func linearFloor(u float64, s uint32) (uint32, float64) {
+	l := uint32(u)
+	if l >= s {
+		return s, 0
+	}
+	return l, u - float64(l)
+}
+
+// naturalFloor returns, for u in [0, 2^(s-1)], the code of the level at or
+// below u among 0, 1, 2, 4, ..., 2^(s-1) (0 for 0, j for 2^(j-1)) and the
+// probability (u-lo)/(hi-lo) of going up to the next one.
+func naturalFloor(u float64, s uint32) (uint32, float64) {
 	if u >= float64(uint64(1)<<(s-1)) {
-		return s
+		return s, 0
 	}
 	if u < 1 {
-		if u > 0 && unit(r) < u {
-			return 1
-		}
-		return 0
+		return 0, u
 	}
 	e := uint32(math.Float64bits(u)>>52&0x7ff) - 1023                // 2^e <= u < 2^(e+1)
 	p := math.Float64frombits(math.Float64bits(u)-uint64(e)<<52) - 1 // u/2^e - 1, exact
-	if p > 0 && unit(r) < p {
-		return e + 2
-	}
-	return e + 1
+	return e + 1, p
 }
 
 // ditherLevels returns the decompressed magnitudes of the codes 0 to s:
@@ -234,43 +240,66 @@ func ditherDecode(dst []float32, payload []byte, add bool) error {
 	}
 	// Check every code before writing anything.
 	mask := uint64(1)<<(w-1) - 1
-	bad := false
-	readCodes(words, n, w, func(_ int, code uint64) { bad = bad || code&mask > uint64(s) })
-	if bad {
+	if s != int(mask) && !codesBelow(words, n, w, uint64(s)) {
 		return corrupt("dithering payload with a level above %d", s)
 	}
-	lv := ditherLevels(scale, s, natural)
-	signShift := w - 1
-	if add {
-		readCodes(words, n, w, func(i int, code uint64) {
-			dst[i] += math.Float32frombits(math.Float32bits(lv[code&mask]) | uint32(code>>signShift)<<31)
-		})
-	} else {
-		readCodes(words, n, w, func(i int, code uint64) {
-			dst[i] = math.Float32frombits(math.Float32bits(lv[code&mask]) | uint32(code>>signShift)<<31)
-		})
+	// The magnitudes of code c, sign included: lv[c].
+	mag := ditherLevels(scale, s, natural)
+	lv := make([]uint32, 1<<w)
+	for c := range lv {
+		if l := uint64(c) & mask; l <= uint64(s) {
+			lv[c] = math.Float32bits(mag[l]) | uint32(c>>(w-1))<<31
+		}
+	}
+	full := uint64(1)<<w - 1
+	var acc uint64
+	var nb uint
+	wi := 0
+	for i := range dst {
+		var code uint64
+		if nb >= w {
+			code = acc & full
+			acc >>= w
+			nb -= w
+		} else {
+			next := binary.LittleEndian.Uint64(words[8*wi:])
+			wi++
+			code = (acc | next<<nb) & full
+			acc = next >> (w - nb)
+			nb = 64 - (w - nb)
+		}
+		v := math.Float32frombits(lv[code])
+		if add {
+			dst[i] += v
+		} else {
+			dst[i] = v
+		}
 	}
 	return nil
 }
 
-// readCodes calls f with each of the n codes of w bits packed into words,
-// in order. words holds at least n·w bits.
-func readCodes(words []byte, n int, w uint, f func(i int, code uint64)) {
-	mask := uint64(1)<<w - 1
+// codesBelow reports whether the levels of the n codes of w bits packed
+// into words are all at most s. words holds at least n·w bits.
+func codesBelow(words []byte, n int, w uint, s uint64) bool {
+	mask := uint64(1)<<(w-1) - 1
 	var acc uint64
 	var nb uint
 	wi := 0
+	bad := false
 	for i := 0; i < n; i++ {
+		var code uint64
 		if nb >= w {
-			f(i, acc&mask)
+			code = acc
 			acc >>= w
 			nb -= w
-			continue
+		} else {
+			next := binary.LittleEndian.Uint64(words[8*wi:])
+			wi++
+			code = acc | next<<nb
+			acc = next >> (w - nb)
+			nb = 64 - (w - nb)
 		}
-		next := binary.LittleEndian.Uint64(words[8*wi:])
-		wi++
-		f(i, (acc|next<<nb)&mask)
-		acc = next >> (w - nb)
-		nb = 64 - (w - nb)
+		bad = bad || code&mask > s
 	}
+	return !bad
 }

@@ -6,17 +6,17 @@ import (
 	"sync/atomic"
 )
 
-// impl is one implementation of onebit's bit packing.
+// impl is one implementation of onebit's bit packing: the Go code, or the
+// Go code for tails and packSIMD and unpackSIMD (impl_amd64.go) for whole
+// words. (Direct calls rather than function values, so that the partial
+// sums passed to the assembly can stay on the stack.)
 type impl struct {
 	name string
-	// pack is pack over whole words: len(src) is a multiple of 64.
-	pack func(words []byte, src []float32, acc *[lanes]float64)
-	// unpack is unpack over whole words: len(dst) is a multiple of 64.
-	unpack func(dst []float32, words []byte, scale uint32, add bool)
+	simd bool
 }
 
 // generic is the pure-Go implementation, available everywhere.
-var generic = &impl{name: "generic", pack: packRef, unpack: unpackRef}
+var generic = &impl{name: "generic"}
 
 var (
 	// impls lists the implementations this CPU and build can run, best

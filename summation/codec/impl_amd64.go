@@ -10,7 +10,7 @@ import (
 
 // The kernels are generated into asm_amd64.s by asmgen (go generate).
 
-var avx2 = &impl{name: "avx2", pack: packAVX2, unpack: unpackAVX2}
+var avx2 = &impl{name: "avx2", simd: true}
 
 // available lists the implementations this CPU runs, best last. x/sys/cpu
 // reports AVX2 only where the OS saves the YMM registers.
@@ -21,7 +21,9 @@ func available() []*impl {
 	return []*impl{generic}
 }
 
-func packAVX2(words []byte, src []float32, acc *[lanes]float64) {
+// packSIMD is pack over whole words (len(src) a multiple of 64) with the
+// AVX2 kernels.
+func packSIMD(words []byte, src []float32, acc *[lanes]float64) {
 	if len(src) == 0 {
 		return
 	}
@@ -33,7 +35,9 @@ func packAVX2(words []byte, src []float32, acc *[lanes]float64) {
 	onebitPackSumAVX2(&words[0], &src[0], len(src), acc)
 }
 
-func unpackAVX2(dst []float32, words []byte, scale uint32, add bool) {
+// unpackSIMD is unpack over whole words (len(dst) a multiple of 64) with
+// the AVX2 kernels.
+func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
 	if len(dst) == 0 {
 		return
 	}

@@ -5,3 +5,9 @@ package codec
 // available lists the implementations this build runs: without assembly
 // (another architecture, gccgo, or the noasm tag), only "generic".
 func available() []*impl { return []*impl{generic} }
+
+func packSIMD(words []byte, src []float32, acc *[lanes]float64) { panic("codec: no SIMD kernels") }
+
+func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
+	panic("codec: no SIMD kernels")
+}

@@ -118,7 +118,11 @@ func pack(words []byte, src []float32, acc *[lanes]float64) {
 	full := len(src) &^ 63
 	for off := 0; off < full; off += chunkElems {
 		end := min(off+chunkElems, full)
-		m.pack(words[off/8:end/8], src[off:end], acc)
+		if m.simd {
+			packSIMD(words[off/8:end/8], src[off:end], acc)
+		} else {
+			packRef(words[off/8:end/8], src[off:end], acc)
+		}
 	}
 	if full < len(src) {
 		packRef(words[full/8:], src[full:], acc)
@@ -132,7 +136,11 @@ func unpack(dst []float32, words []byte, scale uint32, add bool) {
 	full := len(dst) &^ 63
 	for off := 0; off < full; off += chunkElems {
 		end := min(off+chunkElems, full)
-		m.unpack(dst[off:end], words[off/8:end/8], scale, add)
+		if m.simd {
+			unpackSIMD(dst[off:end], words[off/8:end/8], scale, add)
+		} else {
+			unpackRef(dst[off:end], words[off/8:end/8], scale, add)
+		}
 	}
 	if full < len(dst) {
 		unpackRef(dst[full:], words[full/8:], scale, add)
