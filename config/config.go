@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math"
 	"net"
 	"os"
@@ -398,7 +397,7 @@ var table = []spec{
 	},
 	{
 		Variable: Variable{Name: envProgress, Default: "0s", Roles: []Role{Scheduler, Worker},
-			Doc: "How often each worker tells the coordinator its counts (push_pulls completed, bytes pushed and pulled) and the coordinator logs one progress line for the job, shown at every log level: push_pulls per second and GB/s per worker, and the slowest worker; 0 (the default) never. bpsrun --progress sets it to 5s."},
+			Doc: "How often each worker tells the coordinator its counts (push_pulls completed, bytes pushed and pulled) and the coordinator logs one progress line for the job, shown at every log level: push_pulls per second and GB/s per worker, and the slowest worker; 0 (the default) never, and bpsrun --progress sets 5s."},
 		field: func(c *Config) any { return &c.Progress },
 	},
 	{
@@ -864,21 +863,6 @@ func (c *Config) PushesPerRound() int {
 		return c.NumWorker
 	}
 	return c.NumWorkerProcs()
-}
-
-// SlogLevel maps BYTEPS_LOG_LEVEL onto log/slog's levels, for the
-// programs that log (cmd/ and the C library): TRACE and DEBUG are Debug,
-// INFO is Info, WARNING is Warn (the default), ERROR and FATAL are Error.
-func (c *Config) SlogLevel() slog.Level {
-	switch c.LogLevel {
-	case "TRACE", "DEBUG":
-		return slog.LevelDebug
-	case "INFO":
-		return slog.LevelInfo
-	case "ERROR", "FATAL":
-		return slog.LevelError
-	}
-	return slog.LevelWarn
 }
 
 // RootAddr returns the coordinator's address, host:port.

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"log/slog"
 	"os"
 	"reflect"
 	"slices"
@@ -737,20 +736,6 @@ func unjoin(err error) []error {
 		return j.Unwrap()
 	}
 	return []error{err}
-}
-
-func TestSlogLevel(t *testing.T) {
-	for _, c := range []struct {
-		level string
-		want  slog.Level
-	}{
-		{"TRACE", slog.LevelDebug}, {"DEBUG", slog.LevelDebug}, {"INFO", slog.LevelInfo},
-		{"WARNING", slog.LevelWarn}, {"ERROR", slog.LevelError}, {"FATAL", slog.LevelError},
-	} {
-		if got := (&Config{LogLevel: c.level}).SlogLevel(); got != c.want {
-			t.Errorf("%s: %v, want %v", c.level, got, c.want)
-		}
-	}
 }
 
 // TestRDMAContradiction: BYTEPS_ENABLE_RDMA=0 with DMLC_ENABLE_RDMA=ibverbs

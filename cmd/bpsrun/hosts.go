@@ -14,8 +14,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-
-	"github.com/gobps/gobps/cmd/internal/roles"
 )
 
 // Multi-host mode (bpsrun -H host1:4,host2:4 -- CMD): bpsrun starts every
@@ -359,38 +357,13 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	port := f.port
-	if port == 0 {
-		// Free here; bpsrun usually runs on the first host, where the
-		// coordinator will listen. If it is taken there, the coordinator
-		// fails with a clear error, and --port chooses another.
-		if port, err = roles.FreePort(); err != nil {
-			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
-			return 1
-		}
-	}
-	workerEnv := env
-	if f.compat {
-		if workerEnv, err = withBytepsCompat(env); err != nil {
-			fmt.Fprintf(stderr, "bpsrun: %v\n", err)
-			return 2
-		}
+	job, code := prepareJob(f, env, stderr)
+	if code != 0 {
+		return code
 	}
 	local := plan.workers[0].slots
-	common := map[string]string{
-		"DMLC_NUM_WORKER":   strconv.Itoa(len(plan.workers)),
-		"BYTEPS_LOCAL_SIZE": strconv.Itoa(local),
-		"DMLC_NUM_SERVER":   strconv.Itoa(len(plan.servers) * plan.serversPerHost),
-		"DMLC_PS_ROOT_URI":  addr(plan.workers[0].host),
-		"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
-	}
-	if secret, err := jobSecret(f, env); err != nil {
-		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
-		return 1
-	} else if secret != "" {
-		common["GOBPS_SECRET"] = secret
-	}
-	withProgress(f, env, common)
+	common := job.common(len(plan.workers), local, len(plan.servers)*plan.serversPerHost, addr(plan.workers[0].host))
+	workerEnv := job.workerEnv
 	dir, _ := os.Getwd()
 	var roleArgv []string
 	roleArgv = append(roleArgv, agent)

@@ -175,12 +175,61 @@ func jobSecret(f *flags, env []string) (string, error) {
 	return hex.EncodeToString(b), nil
 }
 
-// withProgress sets GOBPS_PROGRESS to 5s in set for --progress, unless the
-// environment gives an interval already.
-func withProgress(f *flags, env []string, set map[string]string) {
-	if f.progress && envValue(env, "GOBPS_PROGRESS") == "" {
-		set["GOBPS_PROGRESS"] = "5s"
+// jobPlan is what a job bpsrun launches (--local, -H) needs first: the
+// coordinator's port, the workers' base environment, and the variables
+// that every process gets.
+type jobPlan struct {
+	port      int
+	workerEnv []string // env, with the byteps shim for --byteps-compat
+	secret    string   // "": the environment names the job's own, or none
+	progress  bool     // set GOBPS_PROGRESS (--progress, not set already)
+}
+
+// prepareJob makes the plan, or says why not on stderr and returns the
+// exit status.
+func prepareJob(f *flags, env []string, stderr io.Writer) (*jobPlan, int) {
+	j := &jobPlan{port: f.port, workerEnv: env}
+	var err error
+	if j.port == 0 {
+		// -H: free here; bpsrun usually runs on the first host, where the
+		// coordinator will listen. If it is taken there, the coordinator
+		// fails with a clear error, and --port chooses another.
+		if j.port, err = roles.FreePort(); err != nil {
+			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
+			return nil, 1
+		}
 	}
+	if f.compat {
+		if j.workerEnv, err = withBytepsCompat(env); err != nil {
+			fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+			return nil, 2
+		}
+	}
+	if j.secret, err = jobSecret(f, env); err != nil {
+		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
+		return nil, 1
+	}
+	j.progress = f.progress && envValue(env, "GOBPS_PROGRESS") == ""
+	return j, 0
+}
+
+// common is the variables every process of the job gets: machines of
+// local workers each, servers, the coordinator at root.
+func (j *jobPlan) common(machines, local, servers int, root string) map[string]string {
+	m := map[string]string{
+		"DMLC_NUM_WORKER":   strconv.Itoa(machines),
+		"BYTEPS_LOCAL_SIZE": strconv.Itoa(local),
+		"DMLC_NUM_SERVER":   strconv.Itoa(servers),
+		"DMLC_PS_ROOT_URI":  root,
+		"DMLC_PS_ROOT_PORT": strconv.Itoa(j.port),
+	}
+	if j.secret != "" {
+		m["GOBPS_SECRET"] = j.secret
+	}
+	if j.progress {
+		m["GOBPS_PROGRESS"] = "5s"
+	}
+	return m
 }
 
 // metricsPorts gives each process of a --local job its own metrics
@@ -302,41 +351,18 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpsrun: --local-size %d must be at least 1 and divide -np %d\n", f.localSz, f.np)
 		return 2
 	}
-	port := f.port
-	if port == 0 {
-		var err error
-		if port, err = roles.FreePort(); err != nil {
-			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
-			return 1
-		}
-	}
 	self, err := os.Executable()
 	if err != nil {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
 		return 1
 	}
-	workerEnv := env
-	if f.compat {
-		if workerEnv, err = withBytepsCompat(env); err != nil {
-			fmt.Fprintf(stderr, "bpsrun: %v\n", err)
-			return 2
-		}
+	job, code := prepareJob(f, env, stderr)
+	if code != 0 {
+		return code
 	}
-	common := map[string]string{
-		"DMLC_NUM_WORKER":   strconv.Itoa(f.np / local),
-		"BYTEPS_LOCAL_SIZE": strconv.Itoa(local),
-		"DMLC_NUM_SERVER":   strconv.Itoa(f.servers),
-		"DMLC_PS_ROOT_URI":  "127.0.0.1",
-		"DMLC_PS_ROOT_PORT": strconv.Itoa(port),
-		"DMLC_NODE_HOST":    "127.0.0.1",
-	}
-	if secret, err := jobSecret(f, env); err != nil {
-		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
-		return 1
-	} else if secret != "" {
-		common["GOBPS_SECRET"] = secret
-	}
-	withProgress(f, env, common)
+	workerEnv := job.workerEnv
+	common := job.common(f.np/local, local, f.servers, "127.0.0.1")
+	common["DMLC_NODE_HOST"] = "127.0.0.1"
 	with := func(kv ...string) map[string]string {
 		m := make(map[string]string, len(common)+len(kv)/2)
 		for k, v := range common {
