@@ -98,6 +98,11 @@ type Engine struct {
 	names  sync.Map     // tensor index (uint32) -> name, for the local stall report
 
 	causeGrace time.Duration // Options.CauseGrace
+	// serverDown is closed when the first server fails (failServer),
+	// with serverDownErr set before; serverFailure waits on it.
+	serverDown     chan struct{}
+	serverDownErr  error
+	serverDownOnce sync.Once
 	servers    []*server
 	local      *local.Group // nil without local aggregation
 	gpu        gpuState
@@ -272,7 +277,7 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	}
 	e := &Engine{
 		cfg: cfg, logf: logf, warnf: warnf, member: m, tr: tr, ownTr: own, self: self, book: book,
-		auth: au, causeGrace: opt.CauseGrace, stop: make(chan struct{}), broken: make(chan struct{}),
+		auth: au, causeGrace: opt.CauseGrace, stop: make(chan struct{}), broken: make(chan struct{}), serverDown: make(chan struct{}),
 	}
 	e.gpu.open = opt.OpenDevice
 	e.ctx, e.cancel = context.WithCancel(context.Background())
@@ -754,6 +759,10 @@ func (e *Engine) failServer(s *server, cause error) {
 	}
 	s.failed = fmt.Errorf("gobps: %s failed: %w", s, cause)
 	close(s.dead)
+	e.serverDownOnce.Do(func() {
+		e.serverDownErr = s.failed
+		close(e.serverDown)
+	})
 	e.mu.m.ServerFailed(s.rank, s.failed)
 	e.answerDeclsLocked(s.failed)
 	// Once Shutdown has begun, the servers hang up as the job ends: not
@@ -871,27 +880,23 @@ const serverGrace = 200 * time.Millisecond
 // serverFailure returns the failure of a server this engine has seen fail,
 // waiting up to grace for one; nil if none has.
 func (e *Engine) serverFailure(grace time.Duration) error {
-	deadline := time.Now().Add(grace)
-	for {
-		for _, s := range e.servers {
-			select {
-			case <-s.dead:
-				e.mu.Lock()
-				err := s.failed
-				e.mu.Unlock()
-				return err
-			default:
-			}
-		}
-		if !time.Now().Before(deadline) {
-			return nil
-		}
-		select {
-		case <-time.After(5 * time.Millisecond):
-		case <-e.stop:
-			return nil
-		}
+	select {
+	case <-e.serverDown:
+		return e.serverDownErr
+	default:
 	}
+	if grace <= 0 {
+		return nil
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-e.serverDown:
+		return e.serverDownErr
+	case <-t.C:
+	case <-e.stop:
+	}
+	return nil
 }
 
 // Shutdown leaves the job and releases everything. Pending handles fail.
