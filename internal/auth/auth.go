@@ -140,13 +140,24 @@ func refused(format string, args ...any) error {
 // without a secret). On error the caller closes conn; nothing read from
 // it may be used.
 func (c *Config) Accept(conn net.Conn, self uint32) (net.Conn, uint32, error) {
+	return c.handshake(conn, self, false)
+}
+
+// handshake is Accept's (dialer false) and Dial's: TLS first, when
+// configured, then the secret's challenge and response over it, all
+// within the timeout.
+func (c *Config) handshake(conn net.Conn, self uint32, dialer bool) (net.Conn, uint32, error) {
 	if !c.Enabled() {
 		return conn, 0, nil
 	}
-	deadline := time.Now().Add(c.timeout())
-	conn.SetDeadline(deadline)
+	conn.SetDeadline(time.Now().Add(c.timeout()))
 	if c.TLS != nil {
-		tc := tls.Server(conn, c.TLS.server)
+		var tc *tls.Conn
+		if dialer {
+			tc = tls.Client(conn, c.TLS.client)
+		} else {
+			tc = tls.Server(conn, c.TLS.server)
+		}
 		if err := tc.Handshake(); err != nil {
 			return nil, 0, fmt.Errorf("%w: TLS: %w", ErrRefused, err)
 		}
@@ -155,7 +166,12 @@ func (c *Config) Accept(conn net.Conn, self uint32) (net.Conn, uint32, error) {
 	var peer uint32
 	if len(c.Secret) > 0 {
 		var err error
-		if peer, err = c.accept(conn, self); err != nil {
+		if dialer {
+			peer, err = c.dial(conn, self)
+		} else {
+			peer, err = c.accept(conn, self)
+		}
+		if err != nil {
 			return nil, 0, err
 		}
 	}
@@ -208,27 +224,7 @@ func (c *Config) accept(conn net.Conn, self uint32) (uint32, error) {
 // self, within the timeout. It returns the connection to use from now on and the acceptor's id (0
 // without a secret).
 func (c *Config) Dial(conn net.Conn, self uint32) (net.Conn, uint32, error) {
-	if !c.Enabled() {
-		return conn, 0, nil
-	}
-	deadline := time.Now().Add(c.timeout())
-	conn.SetDeadline(deadline)
-	if c.TLS != nil {
-		tc := tls.Client(conn, c.TLS.client)
-		if err := tc.Handshake(); err != nil {
-			return nil, 0, fmt.Errorf("%w: TLS: %w", ErrRefused, err)
-		}
-		conn = tc
-	}
-	var peer uint32
-	if len(c.Secret) > 0 {
-		var err error
-		if peer, err = c.dial(conn, self); err != nil {
-			return nil, 0, err
-		}
-	}
-	conn.SetDeadline(time.Time{})
-	return conn, peer, nil
+	return c.handshake(conn, self, true)
 }
 
 func (c *Config) dial(conn net.Conn, self uint32) (uint32, error) {
