@@ -6,6 +6,8 @@
 //	bpsbench sum [flags]        summation kernels (dst += src) per
 //	                            implementation × dtype × size, against copy()
 //	                            and a non-temporal copy measured in the same run
+//	bpsbench codec [flags]      gradient codecs (summation/codec) on one core,
+//	                            against the summation kernel in the same run
 //	bpsbench allreduce [flags]  one rank of a ring all-reduce over gobps's TCP
 //	                            transport: the baseline of the allreduce-vs-PS
 //	                            benchmark (scripts/bench_allreduce_vs_ps.sh)
@@ -38,6 +40,8 @@ func main() {
 		err = pushPull(os.Args[2:])
 	case "sum":
 		err = sum(os.Args[2:])
+	case "codec":
+		err = codecBench(os.Args[2:])
 	case "allreduce":
 		err = allReduce(os.Args[2:])
 	case "psworker":
@@ -52,7 +56,7 @@ func main() {
 		fmt.Println("usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report|model [flags]   (bpsbench NAME -h for flags)")
 		return
 	default:
-		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, allreduce, psworker, netperf, report or model)", os.Args[1])
+		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, codec, allreduce, psworker, netperf, report or model)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bpsbench:", err)

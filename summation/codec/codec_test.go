@@ -693,3 +693,44 @@ func TestWidenNarrow(t *testing.T) {
 		t.Error("Widen of int32 succeeded")
 	}
 }
+
+// TestTopKSampled checks top-k on tensors long enough for selectTop to
+// sample a bound, including ones that defeat the sample (spikes at exactly
+// the sampled stride, which force the fallback) and heavy ties.
+func TestTopKSampled(t *testing.T) {
+	const n = 16*sampleSize + 1000
+	r := rand.New(rand.NewSource(11))
+	stride := n / sampleSize
+	gens := map[string]func(i int) float32{
+		"normal":     func(int) float32 { return float32(r.NormFloat64()) },
+		"few":        func(i int) float32 { return float32(i % 3) },
+		"increasing": func(i int) float32 { return float32(i) },
+		"spikes": func(i int) float32 {
+			if i%stride == 0 {
+				return 1000
+			}
+			return float32(r.NormFloat64())
+		},
+		"zeros": func(int) float32 { return 0 },
+	}
+	for name, gen := range gens {
+		x := make([]float32, n)
+		for i := range x {
+			x[i] = gen(i)
+		}
+		for _, k := range []K{{Fraction: 0.01}, {Fraction: 0.5}, {Count: 1}, {Count: n - 1}} {
+			c := topk{k: k}
+			p, err := c.Compress(make([]byte, c.MaxSize(n)), x, Step{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := make([]float32, n)
+			if err := c.Decompress(got, p); err != nil {
+				t.Fatal(err)
+			}
+			if i, ok := sameBits(got, refTopK(x, k.Of(n))); !ok {
+				t.Fatalf("%s k=%v: element %d differs from the reference", name, k, i)
+			}
+		}
+	}
+}

@@ -130,9 +130,8 @@ func magKey(x float32) uint32 { return math.Float32bits(x) << 1 >> 1 }
 
 // topScratch is the working memory of selectTop, pooled.
 type topScratch struct {
-	hist    [4][2048]uint32
-	sel     []uint32 // indices of elements above the threshold's bin
-	cand    []uint32 // indices of elements in the threshold's bin
+	hist    [2048]uint32
+	cand    []uint32 // indices of the elements at or above the bound
 	refined []uint32
 }
 
@@ -151,17 +150,25 @@ func findBin(h []uint32, k int) (bin, need int) {
 	return 0, k
 }
 
+// sampleSize is how many elements selectTop samples to bound the k-th
+// largest key from below; tensors of fewer than 16 times as many elements
+// are not sampled.
+const sampleSize = 1 << 13
+
 // selectTop writes to idx and val (4 bytes each per element, little-endian)
 // the indices, increasing, and the values of the k elements of src with the
 // largest magKey; among equal keys the lower indices win.
 //
-// It is a radix select on the 31 key bits, 11, 10 and 10 at a time: a
-// histogram of the top 11 bits over src finds the bin that holds the k-th
-// largest key; one more pass collects the indices of the elements above
-// that bin (all kept) and in it (candidates); two more histograms over the
-// candidates find the k-th largest key T itself and how many elements equal
-// to T to keep; a last pass over the candidates merges the kept ones, in
-// index order, with those above the bin.
+// It samples sampleSize evenly spaced elements and takes a key bound below
+// which, by the sample, hardly more than k·(1+margin) elements lie above;
+// one pass over src collects, in index order, the candidates: every element
+// whose key is at or above the bound. If there are at least k of them, the
+// k largest are among them, and a radix select over the candidates alone
+// (histograms of 11, 10 and 10 key bits) finds the k-th largest key T and
+// how many elements equal to T to keep; otherwise (a sample that missed,
+// as a periodic tensor can make it) every element is a candidate. A last
+// pass over the candidates writes the kept ones, in index order. The result
+// does not depend on the sample: only the speed does.
 func selectTop(idx, val []byte, src []float32, k int) {
 	n := len(src)
 	put := func(o int, i uint32) {
@@ -176,60 +183,78 @@ func selectTop(idx, val []byte, src []float32, k int) {
 	}
 	s := topPool.Get().(*topScratch)
 	defer topPool.Put(s)
+	h := s.hist[:]
 
-	// Level 0: histogram of key>>20 = bits<<1>>21 in four tables, so that
-	// runs of equal bins do not wait on each other's increments.
-	h := &s.hist
-	clear(h[:])
-	h0, h1, h2, h3 := &h[0], &h[1], &h[2], &h[3]
-	i := 0
-	for ; i+4 <= n; i += 4 {
-		v := src[i : i+4 : i+4]
-		h0[math.Float32bits(v[0])<<1>>21]++
-		h1[math.Float32bits(v[1])<<1>>21]++
-		h2[math.Float32bits(v[2])<<1>>21]++
-		h3[math.Float32bits(v[3])<<1>>21]++
-	}
-	for ; i < n; i++ {
-		h0[math.Float32bits(src[i])<<1>>21]++
-	}
-	for b := range h0 {
-		h0[b] += h1[b] + h2[b] + h3[b]
-	}
-	bin, need := findBin(h0[:], k)
-	above := k - need
-
-	sel := grow(&s.sel, above)
-	cand := grow(&s.cand, int(h0[bin]))
-	ns, nc := 0, 0
-	b0 := uint32(bin)
-	for i, x := range src {
-		kb := math.Float32bits(x) << 1 >> 21
-		if kb > b0 {
-			sel[ns] = uint32(i)
-			ns++
-		} else if kb == b0 {
-			cand[nc] = uint32(i)
-			nc++
+	bound := uint32(0)
+	if n >= 16*sampleSize {
+		// The sample's histogram of the top 11 key bits; the bound is the
+		// lower edge of the bin holding the sample's r-th largest, where r
+		// is the sample's expected share of k plus four standard
+		// deviations and some.
+		clear(h)
+		stride := n / sampleSize
+		for i := 0; i < sampleSize; i++ {
+			h[magKey(src[i*stride])>>20]++
+		}
+		f := float64(k) / float64(n)
+		r := int(math.Ceil(1.1*f*sampleSize + 4*math.Sqrt(f*sampleSize) + 8))
+		if r < sampleSize {
+			bin, _ := findBin(h, r)
+			bound = uint32(bin) << 20
 		}
 	}
+	cand := s.cand[:0]
+	if bound > 0 {
+		cand = collect(cand, src, bound)
+	}
+	if len(cand) < k {
+		// No sample, or one that missed: the bound is the lower edge of
+		// the bin that holds the k-th largest key, by a histogram of all
+		// of src (in four tables, so that runs of equal bins do not wait
+		// on each other's increments).
+		var h4 [3][2048]uint32
+		clear(h)
+		h1, h2, h3 := &h4[0], &h4[1], &h4[2]
+		i := 0
+		for ; i+4 <= n; i += 4 {
+			v := src[i : i+4 : i+4]
+			h[magKey(v[0])>>20]++
+			h1[magKey(v[1])>>20]++
+			h2[magKey(v[2])>>20]++
+			h3[magKey(v[3])>>20]++
+		}
+		for ; i < n; i++ {
+			h[magKey(src[i])>>20]++
+		}
+		for b := range h {
+			h[b] += h1[b] + h2[b] + h3[b]
+		}
+		bin, _ := findBin(h, k)
+		cand = collect(cand[:0], src, uint32(bin)<<20)
+	}
+	s.cand = cand
 
-	// Levels 1 and 2 over the candidates: bits 19..10, then 9..0.
+	// Radix select among the candidates: bits 30..20, 19..10, 9..0.
 	refined := grow(&s.refined, len(cand))
 	copy(refined, cand)
-	t := b0 << 20
-	for _, shift := range [2]uint{10, 0} {
-		hist := h1[:1024]
+	need := k
+	t := uint32(0)
+	for _, lv := range [3]struct {
+		shift uint
+		bins  int
+	}{{20, 2048}, {10, 1024}, {0, 1024}} {
+		hist := h[:lv.bins]
 		clear(hist)
+		mask := uint32(lv.bins - 1)
 		for _, c := range refined {
-			hist[magKey(src[c])>>shift&1023]++
+			hist[magKey(src[c])>>lv.shift&mask]++
 		}
 		var b int
 		b, need = findBin(hist, need)
-		t |= uint32(b) << shift
+		t |= uint32(b) << lv.shift
 		m := 0
 		for _, c := range refined {
-			if magKey(src[c])>>shift&1023 == uint32(b) {
+			if magKey(src[c])>>lv.shift&mask == uint32(b) {
 				refined[m] = c
 				m++
 			}
@@ -237,9 +262,8 @@ func selectTop(idx, val []byte, src []float32, k int) {
 		refined = refined[:m]
 	}
 
-	// Keep every candidate above t and the first need equal to it, merged
-	// with sel in index order.
-	o, si := 0, 0
+	// Keep every candidate above t and the first need equal to it.
+	o := 0
 	for _, c := range cand {
 		key := magKey(src[c])
 		if key < t || key == t && need == 0 {
@@ -248,20 +272,23 @@ func selectTop(idx, val []byte, src []float32, k int) {
 		if key == t {
 			need--
 		}
-		for si < ns && sel[si] < c {
-			put(o, sel[si])
-			o, si = o+1, si+1
-		}
 		put(o, c)
-		o++
-	}
-	for ; si < ns; si++ {
-		put(o, sel[si])
 		o++
 	}
 	if o != k {
 		panic(fmt.Sprintf("codec: top-k selected %d of %d elements, want %d", o, n, k))
 	}
+}
+
+// collect appends to cand the indices of the elements of src whose magKey
+// is at least bound, in order.
+func collect(cand []uint32, src []float32, bound uint32) []uint32 {
+	for i, x := range src {
+		if magKey(x) >= bound {
+			cand = append(cand, uint32(i))
+		}
+	}
+	return cand
 }
 
 // grow returns (*p)[:n], reallocating *p if it is shorter.
