@@ -133,6 +133,7 @@ race: deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecodeHeader -fuzztime 300000x ./proto
 	$(GO) test -run '^$$' -fuzz FuzzKernels -fuzztime 100000x ./summation/kernel
+	$(GO) test -run '^$$' -fuzz FuzzDecompress -fuzztime 100000x ./summation/codec
 	$(GO) test -run '^$$' -fuzz FuzzAccept -fuzztime 100000x ./internal/auth
 
 # The verbs transport over real RC queue pairs, and a job of 2 servers and
