@@ -31,7 +31,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report|model [flags]")
+		fmt.Fprintln(os.Stderr, "usage: bpsbench pushpull|sum|codec|allreduce|psworker|netperf|report|model [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -53,7 +53,7 @@ func main() {
 	case "model":
 		err = model(os.Args[2:])
 	case "-h", "--help", "help":
-		fmt.Println("usage: bpsbench pushpull|sum|allreduce|psworker|netperf|report|model [flags]   (bpsbench NAME -h for flags)")
+		fmt.Println("usage: bpsbench pushpull|sum|codec|allreduce|psworker|netperf|report|model [flags]   (bpsbench NAME -h for flags)")
 		return
 	default:
 		err = fmt.Errorf("unknown benchmark %q (want pushpull, sum, codec, allreduce, psworker, netperf, report or model)", os.Args[1])
