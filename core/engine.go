@@ -103,10 +103,10 @@ type Engine struct {
 	serverDown     chan struct{}
 	serverDownErr  error
 	serverDownOnce sync.Once
-	servers    []*server
-	local      *local.Group // nil without local aggregation
-	gpu        gpuState
-	trace      *timeline // nil unless BYTEPS_TRACE_ON
+	servers        []*server
+	local          *local.Group // nil without local aggregation
+	gpu            gpuState
+	trace          *timeline // nil unless BYTEPS_TRACE_ON
 
 	stop   chan struct{} // closed once, when the engine closes
 	ctx    context.Context

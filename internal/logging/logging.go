@@ -20,11 +20,11 @@ import (
 
 // Field names of every line.
 const (
-	FieldRole  = "role"
-	FieldRank  = "rank"
-	FieldHost  = "host"
-	FieldPID   = "pid"
-	FieldKey   = "key"
+	FieldRole = "role"
+	FieldRank = "rank"
+	FieldHost = "host"
+	FieldPID  = "pid"
+	FieldKey  = "key"
 )
 
 // timeFormat is the JSON lines' time: RFC 3339 with milliseconds.
