@@ -65,6 +65,7 @@ func modelPredict(args []string) error {
 	threads := fs.Int("engine-threads", 0, "BYTEPS_SERVER_ENGINE_THREAD (0: gobps's default, 4)")
 	bucket := fs.String("bucket", "25MiB", "all-reduce fusion bucket (PyTorch DDP's default 25 MiB)")
 	grouped := fs.Bool("grouped", false, "simulate the worker machines in lockstep even where there are 16 or fewer")
+	exact := fs.Bool("exact", false, "one pipeline per worker machine even beyond 16 (slow: minutes at 32 machines)")
 	jitterF := fs.Float64("jitter", 0, "spread of each machine's backprop time (0.05: up to 5% slower), seeded")
 	seed := fs.Int64("seed", 1, "seed of the jitter")
 	iters := fs.Int("iters", 1, "iterations simulated (the median is reported)")
@@ -134,7 +135,7 @@ func modelPredict(args []string) error {
 				for _, pl := range pls {
 					c := scalemodel.Cluster{GPUs: g, GPUsPerMachine: *perMachine, Placement: pl, Servers: *servers,
 						LinkBits: r, Latency: latency.Seconds(), PCIe: *pcie * 1e9, Intra: *intra * 1e9, Profile: prof,
-						PartitionBytes: pb[0], EngineThreads: *threads, BucketBytes: bb[0], Grouped: *grouped,
+						PartitionBytes: pb[0], EngineThreads: *threads, BucketBytes: bb[0], Grouped: *grouped, Exact: *exact,
 						Jitter: *jitterF, Seed: *seed, Iterations: *iters}
 					if *tcp {
 						c.EngineCap = prof.Loopback

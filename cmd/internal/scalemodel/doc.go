@@ -10,8 +10,10 @@
 //   - each tensor is split into partitions of BYTEPS_PARTITION_BYTES and
 //     each partition goes to a server by proto.Balancer, as the engine
 //     does (weighted by proto.MixedShare in mixed mode);
-//   - local aggregation: a machine's GPUs copy the partition to host
-//     memory over PCIe and one CPU sums them, one partition after another;
+//   - local aggregation: each of a machine's GPUs copies the partition to
+//     host memory over PCIe, and the partition's owner (a local rank,
+//     balanced by bytes as core/local does) adds the other copies into
+//     its own, one partition after another on each owner;
 //   - the partition enters a scheduler.Queue (the engine's own: priority
 //     −tensor index, the credit of BYTEPS_SCHEDULING_CREDIT bytes), goes
 //     out on its lane (GOBPS_TCP_LANES connections per server, key mod

@@ -28,6 +28,7 @@ type part struct {
 	tensor int
 	bytes  int
 	server int
+	owner  int // the local rank that sums it over the machine's GPUs and pushes it
 
 	arrived []int     // per chunk: the pipelines whose push of it is in
 	sumEnd  []float64 // per chunk: when the server has added in all that is in
@@ -40,8 +41,9 @@ type part struct {
 type pipeline struct {
 	machines []int // the worker machines it stands for
 	q        *scheduler.Queue[*job]
-	local    fifo // PCIe copies and the machine's local sum
-	h2d      fifo
+	d2h      fifo   // each GPU's copies to host memory (all GPUs alike, in parallel)
+	owners   []fifo // each local rank's sums of the partitions it owns
+	h2d      fifo   // each GPU's copies of the sums back
 	lanes    []lane
 	done     int // partitions whose sum is back
 }
@@ -110,13 +112,15 @@ func planPS(c Cluster, mod Model) (*psPlan, error) {
 	if weights != nil {
 		b = proto.NewWeightedBalancer(weights)
 	}
+	owners := proto.NewBalancer(local) // core/local spreads owners by bytes
 	for t, l := range mod.Layers {
 		ranges, err := proto.Partition(l.Bytes, c.PartitionBytes)
 		if err != nil {
 			return nil, fmt.Errorf("scalemodel: layer %s: %w", l.Name, err)
 		}
 		for j, r := range ranges {
-			p.keys = append(p.keys, part{key: proto.Key(uint64(t)<<32 | uint64(j)), tensor: t, bytes: r.Len, server: b.Assign(uint64(r.Len))})
+			p.keys = append(p.keys, part{key: proto.Key(uint64(t)<<32 | uint64(j)), tensor: t, bytes: r.Len,
+				server: b.Assign(uint64(r.Len)), owner: owners.Assign(uint64(r.Len))})
 		}
 	}
 	return p, nil
@@ -126,7 +130,7 @@ func planPS(c Cluster, mod Model) (*psPlan, error) {
 // lockstep (one pipeline for all), rather than one pipeline each.
 func (c Cluster) grouped() bool {
 	m, _ := c.machines()
-	return c.Grouped || m > exactMachines
+	return c.Grouped || m > exactMachines && !c.Exact
 }
 
 // exactMachines is the most worker machines simulated one by one unless
@@ -239,6 +243,7 @@ func (p *psPlan) iteration(mod Model, scale float64) (float64, error) {
 	routes := make([][]route, len(pls)) // per pipeline, per server
 	for i, pl := range pls {
 		pl.q = scheduler.New[*job](c.CreditBytes)
+		pl.owners = make([]fifo, p.local)
 		pl.lanes = make([]lane, p.nServers*c.Lanes)
 		routes[i] = make([]route, p.nServers)
 		for sv := range p.nServers {
@@ -383,16 +388,13 @@ func (p *psPlan) iteration(mod Model, scale float64) (float64, error) {
 		for _, i := range order {
 			k := &keys[i]
 			at := ready[k.tensor]
-			// local aggregation: copy to host, sum the machine's GPUs
-			svc := 0.0
+			// local aggregation: every GPU copies it to host memory, then
+			// its owner adds the others' copies into its own
 			if c.PCIe > 0 {
-				svc += float64(k.bytes) / c.PCIe
+				at = pl.d2h.take(at, float64(k.bytes)/c.PCIe)
 			}
 			if p.local > 1 && c.Profile.SumBytes > 0 {
-				svc += float64(p.local-1) * float64(k.bytes) / c.Profile.SumBytes
-			}
-			if svc > 0 {
-				at = pl.local.take(at, svc)
+				at = pl.owners[k.owner].take(at, float64(p.local-1)*float64(k.bytes)/c.Profile.SumBytes)
 			}
 			j := &job{k: k, pl: pl}
 			s.at(at, func() {
