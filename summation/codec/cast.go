@@ -63,17 +63,22 @@ func (c cast) decode(dst []float32, payload []byte, add bool) error {
 		return corrupt("%s payload of %d elements is %d bytes, want %d", c.id, len(dst), len(payload), castSize(len(dst)))
 	}
 	h := payload[headerSize:]
-	widen := kernel.BF16ToF32
-	if c.id == FP16 {
-		widen = kernel.F16ToF32
-	}
-	if add {
+	switch {
+	case c.id == FP16 && add:
 		for i := range dst {
-			dst[i] += widen(binary.LittleEndian.Uint16(h[2*i:]))
+			dst[i] += kernel.F16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
 		}
-	} else {
+	case c.id == FP16:
 		for i := range dst {
-			dst[i] = widen(binary.LittleEndian.Uint16(h[2*i:]))
+			dst[i] = kernel.F16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
+		}
+	case add:
+		for i := range dst {
+			dst[i] += kernel.BF16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
+		}
+	default:
+		for i := range dst {
+			dst[i] = kernel.BF16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
 		}
 	}
 	return nil

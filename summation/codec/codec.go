@@ -50,7 +50,8 @@ const version = 1
 // little-endian).
 const headerSize = 8
 
-// MaxElems is the most elements one payload holds (the count is a uint32).
+// MaxElems is the most elements one payload holds (the count is a uint32;
+// an untyped constant, compared as uint64 so that 32-bit builds compile).
 const MaxElems = math.MaxUint32
 
 // ErrCorrupt is wrapped by every error about a malformed payload.
@@ -135,8 +136,8 @@ func putHeader(dst []byte, id ID, a, b byte, n int) {
 // checkCompress checks Compress's arguments for a codec whose payloads are
 // at most max bytes.
 func checkCompress(id ID, dst []byte, n, max int) error {
-	if n > MaxElems {
-		return fmt.Errorf("codec: %s: %d elements, more than the %d a payload holds", id, n, MaxElems)
+	if uint64(n) > MaxElems {
+		return fmt.Errorf("codec: %s: %d elements, more than the %d a payload holds", id, n, uint64(MaxElems))
 	}
 	if len(dst) < max {
 		return fmt.Errorf("codec: %s: %d-byte buffer for %d elements, need %d", id, len(dst), n, max)

@@ -102,6 +102,8 @@
 // has AVX2 (Impl, SetImpl); they give the same payloads and tensors bit for
 // bit, including the scale, whose partial sums they keep in vector lanes in
 // the same order. The noasm build tag, and any platform but amd64 with gc,
-// leaves only the Go code ("generic"). Top-k is a radix select in four
-// passes of plain Go; the others are one pass.
+// leaves only the Go code ("generic"). Top-k is a radix select that bounds
+// the k-th largest magnitude from a sample of the tensor, collects the
+// elements above the bound in one pass and selects among them alone (the
+// result does not depend on the sample); the others are one pass.
 package codec

@@ -132,7 +132,7 @@ func Parse(kv map[string]string) (Params, error) {
 		}
 		p.Levels = s
 	case ok:
-		if c, err := strconv.ParseUint(v, 10, 64); err == nil && c >= 1 && c <= MaxElems {
+		if c, err := strconv.ParseUint(v, 10, 64); err == nil && c >= 1 && c <= MaxElems && uint64(int(c)) == c {
 			p.K.Count = int(c)
 		} else if f, err := strconv.ParseFloat(v, 64); err == nil && f > 0 && f < 1 {
 			p.K.Fraction = f
@@ -371,6 +371,9 @@ func Decode(b []byte) (Params, error) {
 	count := le.Uint64(b[4:])
 	if count > MaxElems {
 		return Params{}, fmt.Errorf("codec: descriptor k=%d", count)
+	}
+	if uint64(int(count)) != count {
+		return Params{}, fmt.Errorf("codec: descriptor k=%d does not fit an int here", count)
 	}
 	p := Params{
 		Codec:    ID(b[1]),

@@ -33,7 +33,7 @@ func (k K) String() string {
 
 func (k K) valid() error {
 	switch {
-	case k.Count > 0 && k.Count <= MaxElems && math.Float64bits(k.Fraction) == 0:
+	case k.Count > 0 && uint64(k.Count) <= MaxElems && math.Float64bits(k.Fraction) == 0:
 	case k.Count == 0 && k.Fraction > 0 && k.Fraction < 1:
 	default:
 		return fmt.Errorf("k must be a count of at least 1 or a fraction in (0, 1), not count %d, fraction %v", k.Count, k.Fraction)
