@@ -262,7 +262,7 @@ func writeSpeedupPlot(path string, rows []predRow) error {
 		p.Y.Label.Text = "speed-up of gobps over the ring (>1: gobps faster)"
 		p.X.Scale = plot.LogScale{}
 		p.X.Tick.Marker = logTicks{}
-		p.Legend.Top = true
+		p.Legend.Top, p.Legend.Left = true, true
 		p.Add(plotter.NewGrid())
 		var keys []key
 		for _, r := range rows {
