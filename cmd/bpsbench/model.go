@@ -62,6 +62,7 @@ func modelPredict(args []string) error {
 	profileF := fs.String("profile", "", "profile from bpsbench model calibrate (summation rate, message overhead, loopback)")
 	tcp := fs.Bool("tcp", false, "cap what each machine moves at the profile's loopback push_pull rate (gobps over TCP, CPU-bound); off: verbs")
 	part := fs.String("partition", "4MiB", "BYTEPS_PARTITION_BYTES")
+	credit := fs.String("credit", "", "BYTEPS_SCHEDULING_CREDIT in bytes (64MiB); empty: 4 partitions, gobps's default")
 	threads := fs.Int("engine-threads", 0, "BYTEPS_SERVER_ENGINE_THREAD (0: gobps's default, 4)")
 	bucket := fs.String("bucket", "25MiB", "all-reduce fusion bucket (PyTorch DDP's default 25 MiB)")
 	grouped := fs.Bool("grouped", false, "simulate the worker machines in lockstep even where there are 16 or fewer")
@@ -128,6 +129,14 @@ func modelPredict(args []string) error {
 	if err != nil {
 		return err
 	}
+	creditBytes := 0
+	if *credit != "" {
+		cb, err := parseSizes(*credit)
+		if err != nil {
+			return err
+		}
+		creditBytes = cb[0]
+	}
 	var rows []predRow
 	for _, mod := range mods {
 		for _, g := range gpus {
@@ -135,7 +144,7 @@ func modelPredict(args []string) error {
 				for _, pl := range pls {
 					c := scalemodel.Cluster{GPUs: g, GPUsPerMachine: *perMachine, Placement: pl, Servers: *servers,
 						LinkBits: r, Latency: latency.Seconds(), PCIe: *pcie * 1e9, Intra: *intra * 1e9, Profile: prof,
-						PartitionBytes: pb[0], EngineThreads: *threads, BucketBytes: bb[0], Grouped: *grouped, Exact: *exact,
+						PartitionBytes: pb[0], CreditBytes: creditBytes, EngineThreads: *threads, BucketBytes: bb[0], Grouped: *grouped, Exact: *exact,
 						Jitter: *jitterF, Seed: *seed, Iterations: *iters}
 					if *tcp {
 						c.EngineCap = prof.Loopback
