@@ -130,9 +130,12 @@ func magKey(x float32) uint32 { return math.Float32bits(x) << 1 >> 1 }
 
 // topScratch is the working memory of selectTop, pooled.
 type topScratch struct {
-	hist    [2048]uint32
-	cand    []uint32 // indices of the elements at or above the bound
-	refined []uint32
+	hist [2048]uint32
+	// The candidates, the elements at or above the bound: their indices
+	// and their bits, kept together so that selecting among them does not
+	// go back to the tensor (one cache miss per candidate per pass).
+	cand, bits []uint32
+	refined    []uint32 // keys of the candidates still in the running
 }
 
 var topPool = sync.Pool{New: func() any { return new(topScratch) }}
@@ -203,9 +206,9 @@ func selectTop(idx, val []byte, src []float32, k int) {
 			bound = uint32(bin) << 20
 		}
 	}
-	cand := s.cand[:0]
+	cand, bits := s.cand[:0], s.bits[:0]
 	if bound > 0 {
-		cand = collect(cand, src, bound)
+		cand, bits = collect(cand, bits, src, bound)
 	}
 	if len(cand) < k {
 		// No sample, or one that missed: the bound is the lower edge of
@@ -230,13 +233,15 @@ func selectTop(idx, val []byte, src []float32, k int) {
 			h[b] += h1[b] + h2[b] + h3[b]
 		}
 		bin, _ := findBin(h, k)
-		cand = collect(cand[:0], src, uint32(bin)<<20)
+		cand, bits = collect(cand[:0], bits[:0], src, uint32(bin)<<20)
 	}
-	s.cand = cand
+	s.cand, s.bits = cand, bits
 
 	// Radix select among the candidates: bits 30..20, 19..10, 9..0.
 	refined := grow(&s.refined, len(cand))
-	copy(refined, cand)
+	for i, b := range bits {
+		refined[i] = b << 1 >> 1
+	}
 	need := k
 	t := uint32(0)
 	for _, lv := range [3]struct {
@@ -246,16 +251,16 @@ func selectTop(idx, val []byte, src []float32, k int) {
 		hist := h[:lv.bins]
 		clear(hist)
 		mask := uint32(lv.bins - 1)
-		for _, c := range refined {
-			hist[magKey(src[c])>>lv.shift&mask]++
+		for _, key := range refined {
+			hist[key>>lv.shift&mask]++
 		}
 		var b int
 		b, need = findBin(hist, need)
 		t |= uint32(b) << lv.shift
 		m := 0
-		for _, c := range refined {
-			if magKey(src[c])>>lv.shift&mask == uint32(b) {
-				refined[m] = c
+		for _, key := range refined {
+			if key>>lv.shift&mask == uint32(b) {
+				refined[m] = key
 				m++
 			}
 		}
@@ -264,15 +269,16 @@ func selectTop(idx, val []byte, src []float32, k int) {
 
 	// Keep every candidate above t and the first need equal to it.
 	o := 0
-	for _, c := range cand {
-		key := magKey(src[c])
+	for j, c := range cand {
+		key := bits[j] << 1 >> 1
 		if key < t || key == t && need == 0 {
 			continue
 		}
 		if key == t {
 			need--
 		}
-		put(o, c)
+		binary.LittleEndian.PutUint32(idx[4*o:], c)
+		binary.LittleEndian.PutUint32(val[4*o:], bits[j])
 		o++
 	}
 	if o != k {
@@ -280,15 +286,16 @@ func selectTop(idx, val []byte, src []float32, k int) {
 	}
 }
 
-// collect appends to cand the indices of the elements of src whose magKey
-// is at least bound, in order.
-func collect(cand []uint32, src []float32, bound uint32) []uint32 {
+// collect appends to cand the indices and to bits the bits of the elements
+// of src whose magKey is at least bound, in order.
+func collect(cand, bits []uint32, src []float32, bound uint32) ([]uint32, []uint32) {
 	for i, x := range src {
-		if magKey(x) >= bound {
+		if b := math.Float32bits(x); b<<1>>1 >= bound {
 			cand = append(cand, uint32(i))
+			bits = append(bits, b)
 		}
 	}
-	return cand
+	return cand, bits
 }
 
 // grow returns (*p)[:n], reallocating *p if it is shorter.
