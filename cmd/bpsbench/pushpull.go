@@ -210,15 +210,22 @@ type result struct {
 // measure runs a coordinator, k servers and w workers in this process, over
 // loopback TCP, and times PushPull of one tensor of size bytes.
 func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, authEnv map[string]string, metricsOn bool) (result, error) {
-	port, err := roles.FreePort()
+	// The coordinator's socket is bound here and handed to it: a port
+	// found free and released could go to a server's listener first.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return result{}, err
 	}
+	defer ln.Close() // the coordinator closes it too; a second Close is harmless
+	port := ln.Addr().(*net.TCPAddr).Port
 	env := map[string]string{
 		"DMLC_NUM_WORKER": "1", "BYTEPS_LOCAL_SIZE": strconv.Itoa(w), "DMLC_NUM_SERVER": strconv.Itoa(k),
 		"DMLC_PS_ROOT_URI": "127.0.0.1", "DMLC_PS_ROOT_PORT": strconv.Itoa(port), "DMLC_NODE_HOST": "127.0.0.1",
 		"BYTEPS_PARTITION_BYTES": strconv.Itoa(partBytes), "GOBPS_TCP_LANES": strconv.Itoa(lanes),
 		"GOBPS_LOCAL_AGGREGATION": "0",
+		// This measures the server path: with local aggregation on one
+		// machine, the sums would otherwise end in shared memory.
+		"BYTEPS_FORCE_DISTRIBUTED": "1",
 	}
 	if localAgg {
 		env["GOBPS_LOCAL_AGGREGATION"] = "1"
@@ -252,7 +259,7 @@ func measure(size, w, k, partBytes, lanes int, localAgg bool, d time.Duration, a
 		return result{}, err
 	}
 	bg.Add(1)
-	go func() { defer bg.Done(); bgErr <- roles.RunScheduler(ctx, sc, quiet) }()
+	go func() { defer bg.Done(); bgErr <- roles.RunScheduler(roles.WithListener(ctx, ln), sc, quiet) }()
 	for i := 0; i < k; i++ {
 		mxEnv, err := mx.env()
 		if err != nil {

@@ -357,7 +357,7 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	job, code := prepareJob(f, env, stderr)
+	job, code := prepareJob(f, env, stderr, false)
 	if code != 0 {
 		return code
 	}

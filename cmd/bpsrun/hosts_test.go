@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -193,4 +194,34 @@ func TestAgent(t *testing.T) {
 			t.Errorf("exit %d, %q", c, errb.String())
 		}
 	})
+}
+
+// TestLocalPortTaken: bpsrun --local binds the coordinator's port itself
+// before starting anything (and hands the socket to the scheduler), so a
+// port in use is a clear error at once, with no process started.
+func TestLocalPortTaken(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+	var out, errb bytes.Buffer
+	code := run([]string{"--local", "--port", port, "--", "true"}, os.Environ(), &out, &errb)
+	if code != 1 || !strings.Contains(errb.String(), "the coordinator's port") || !strings.Contains(errb.String(), "address already in use") ||
+		strings.Contains(errb.String(), "started") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
+	}
+}
+
+func TestRemotePort(t *testing.T) {
+	for range 20 {
+		p, err := remotePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p < 20000 || p >= 32000 {
+			t.Fatalf("port %d: outside 20000-31999", p)
+		}
+	}
 }

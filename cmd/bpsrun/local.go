@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -17,7 +18,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gobps/gobps/cmd/internal/roles"
 	"github.com/gobps/gobps/config"
 	"github.com/gobps/gobps/internal/logging"
 )
@@ -180,21 +180,39 @@ func jobSecret(f *flags, env []string) (string, error) {
 // that every process gets.
 type jobPlan struct {
 	port      int
+	ln        *os.File // --local: the coordinator's listening socket, bound here
 	workerEnv []string // env, with the byteps shim for --byteps-compat
 	secret    string   // "": the environment names the job's own, or none
 	progress  bool     // set GOBPS_PROGRESS (--progress, not set already)
 }
 
 // prepareJob makes the plan, or says why not on stderr and returns the
-// exit status.
-func prepareJob(f *flags, env []string, stderr io.Writer) (*jobPlan, int) {
+// exit status. With listen (--local), bpsrun binds the coordinator's port
+// itself, on loopback, and hands the socket to the scheduler (listenFD):
+// a port found free and released could be taken, before the scheduler
+// binds it, by any process that asks for a free port, such as the job's
+// own servers.
+func prepareJob(f *flags, env []string, stderr io.Writer, listen bool) (*jobPlan, int) {
 	j := &jobPlan{port: f.port, workerEnv: env}
 	var err error
-	if j.port == 0 {
+	if listen {
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(f.port)))
+		if err != nil {
+			fmt.Fprintf(stderr, "bpsrun: the coordinator's port: %v\n", err)
+			return nil, 1
+		}
+		j.port = ln.Addr().(*net.TCPAddr).Port
+		j.ln, err = ln.(*net.TCPListener).File()
+		ln.Close() // j.ln is a duplicate, which the scheduler inherits
+		if err != nil {
+			fmt.Fprintf(stderr, "bpsrun: the coordinator's port: %v\n", err)
+			return nil, 1
+		}
+	} else if j.port == 0 {
 		// -H: free here; bpsrun usually runs on the first host, where the
 		// coordinator will listen. If it is taken there, the coordinator
 		// fails with a clear error, and --port chooses another.
-		if j.port, err = roles.FreePort(); err != nil {
+		if j.port, err = remotePort(); err != nil {
 			fmt.Fprintf(stderr, "bpsrun: find a free port: %v\n", err)
 			return nil, 1
 		}
@@ -356,10 +374,11 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "bpsrun: %v\n", err)
 		return 1
 	}
-	job, code := prepareJob(f, env, stderr)
+	job, code := prepareJob(f, env, stderr, true)
 	if code != 0 {
 		return code
 	}
+	defer job.ln.Close()
 	workerEnv := job.workerEnv
 	common := job.common(f.np/local, local, f.servers, "127.0.0.1")
 	common["DMLC_NODE_HOST"] = "127.0.0.1"
@@ -379,7 +398,8 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		roleArgs = append(roleArgs, "-v")
 	}
 	procs = append(procs, &proc{name: "scheduler", cmd: exec.Command(self, roleArgs...)})
-	procs[0].cmd.Env = jobEnv(env, with("DMLC_ROLE", "scheduler"))
+	procs[0].cmd.Env = jobEnv(env, with("DMLC_ROLE", "scheduler", listenFDVar, "3"))
+	procs[0].cmd.ExtraFiles = []*os.File{job.ln} // fd 3
 	for i := 0; i < f.servers; i++ {
 		p := &proc{name: fmt.Sprintf("server %d", i), cmd: exec.Command(self, roleArgs...)}
 		p.cmd.Env = jobEnv(env, with("DMLC_ROLE", "server", "GOBPS_SERVER_ID", strconv.Itoa(i)))
@@ -635,4 +655,22 @@ func exitCode(err error) int {
 		}
 	}
 	return 1
+}
+
+// remotePort picks -H's coordinator port: one free here, below Linux's
+// ephemeral range (32768 and up by default), so that no process of the
+// job asking the kernel for a free port (the servers do) can be given it
+// before the coordinator binds it, as Slurm mode's ports are.
+func remotePort() (int, error) {
+	var last error
+	for range 50 {
+		p := 20000 + mathrand.IntN(12000)
+		ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(p)))
+		if err == nil {
+			ln.Close()
+			return p, nil
+		}
+		last = err
+	}
+	return 0, fmt.Errorf("no free port in 20000-31999: %v", last)
 }

@@ -17,8 +17,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -266,6 +268,14 @@ func runRole(cfg *config.Config, f *flags, env []string, stderr io.Writer) int {
 	lg := newLogger(stderr, cfg, f.verbose)
 	logf := roles.Logf(lg.Logf)
 	ctx = roles.WithLogger(ctx, lg)
+	if fd := envValue(env, listenFDVar); fd != "" && cfg.Role == config.Scheduler {
+		ln, err := inheritedListener(fd)
+		if err != nil {
+			fmt.Fprintf(stderr, "bpsrun: scheduler: %v\n", err)
+			return 1
+		}
+		ctx = roles.WithListener(ctx, ln)
+	}
 	var err error
 	switch cfg.Role {
 	case config.Scheduler:
@@ -290,4 +300,25 @@ func runRole(cfg *config.Config, f *flags, env []string, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// listenFDVar names the descriptor of the coordinator's listening socket
+// that bpsrun --local binds and hands to its scheduler (see prepareJob):
+// bpsrun's own, between it and its child, not part of the job's
+// environment contract.
+const listenFDVar = "BPSRUN_LISTEN_FD"
+
+// inheritedListener is the listening socket at descriptor fd.
+func inheritedListener(fd string) (net.Listener, error) {
+	n, err := strconv.Atoi(fd)
+	if err != nil || n < 3 {
+		return nil, fmt.Errorf("%s=%q: want a descriptor number of at least 3", listenFDVar, fd)
+	}
+	f := os.NewFile(uintptr(n), "coordinator listener")
+	defer f.Close() // FileListener dups it
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s=%s: not a listening socket: %v", listenFDVar, fd, err)
+	}
+	return ln, nil
 }

@@ -53,6 +53,15 @@ func structured(ctx context.Context) Structured {
 	return l
 }
 
+type listenerKey struct{}
+
+// WithListener returns ctx carrying ln, on which RunScheduler's coordinator
+// accepts instead of listening itself (bpsrun --local binds the port and
+// hands the socket down, so that nothing can take the port meanwhile).
+func WithListener(ctx context.Context, ln net.Listener) context.Context {
+	return context.WithValue(ctx, listenerKey{}, ln)
+}
+
 func rankHook(ctx context.Context, rank int) {
 	if l := structured(ctx); l != nil {
 		l.SetRank(rank)
@@ -75,8 +84,10 @@ func RunScheduler(ctx context.Context, cfg *config.Config, logf Logf) error {
 		return err
 	}
 	defer ep.Close()
+	ln, _ := ctx.Value(listenerKey{}).(net.Listener)
 	c, err := cluster.NewCoordinator(cluster.CoordinatorConfig{
 		Addr:             addr,
+		Listener:         ln,
 		Auth:             au,
 		NumWorkers:       cfg.NumWorkerProcs(),
 		NumServers:       cfg.NumServer,
