@@ -15,7 +15,9 @@ import (
 // rank, whose counters match the bytes the workers moved; shutdown stops
 // the endpoint. Without the variable a library serves nothing.
 func TestMetrics(t *testing.T) {
-	libs := job(t, 2, 1, "GOBPS_METRICS_ADDR", "127.0.0.1:0")
+	// One machine: without BYTEPS_FORCE_DISTRIBUTED its sums would end in
+	// shared memory and the counters of server traffic stay at 0.
+	libs := job(t, 2, 1, "GOBPS_METRICS_ADDR", "127.0.0.1:0", "BYTEPS_FORCE_DISTRIBUTED", "1")
 	const n, rounds = 3000, 4 // 24000 bytes: 3 partitions of 8192 bytes
 	for range rounds {
 		ids := make([]int64, len(libs))

@@ -68,6 +68,7 @@ type Config struct {
 	StallWarning      time.Duration // GOBPS_STALL_WARNING: a round waiting this long without a push is reported; 0 = never
 	StallShutdown     time.Duration // GOBPS_STALL_SHUTDOWN: a round stalled this long ends the job; 0 = never
 	LocalAggregation  bool          // GOBPS_LOCAL_AGGREGATION: one push per machine per key
+	ForceDistributed  bool          // BYTEPS_FORCE_DISTRIBUTED: sums go through the servers even when one machine holds every worker
 	MixedMode         bool          // BYTEPS_ENABLE_MIXED_MODE: weigh co-located and dedicated servers
 	GPU               string        // GOBPS_GPU: auto or off (lower-case)
 	GPUTimeout        time.Duration // GOBPS_GPU_TIMEOUT: bound of each wait on a device copy
@@ -132,6 +133,7 @@ const (
 	envStallShut     = "GOBPS_STALL_SHUTDOWN"
 	envProgress      = "GOBPS_PROGRESS"
 	envLocalAgg      = "GOBPS_LOCAL_AGGREGATION"
+	envForceDist     = "BYTEPS_FORCE_DISTRIBUTED"
 	envMixedMode     = "BYTEPS_ENABLE_MIXED_MODE"
 	envGPU           = "GOBPS_GPU"
 	envGPUTimeout    = "GOBPS_GPU_TIMEOUT"
@@ -404,6 +406,11 @@ var table = []spec{
 		Variable: Variable{Name: envLocalAgg, Default: "1", Roles: serverWorker,
 			Doc: "Sum the workers of one machine in shared memory first, so that one push per machine reaches the servers (as BytePS does); 0 makes every worker push."},
 		field: func(c *Config) any { return &c.LocalAggregation },
+	},
+	{
+		Variable: Variable{Name: envForceDist, Default: "0", Roles: workerOnly,
+			Doc: "When every worker is on one machine (DMLC_NUM_WORKER 1, BYTEPS_LOCAL_SIZE at least 2, local aggregation on), a push_pull's sum is complete in shared memory and is handed back from there with no server round trip, as BytePS does; 1 sends it through the servers all the same (for tests and benchmarks)."},
+		field: func(c *Config) any { return &c.ForceDistributed },
 	},
 	{
 		Variable: Variable{Name: envMixedMode, Default: "0", Roles: workerOnly,
@@ -1031,4 +1038,12 @@ func (p *problems) err() error {
 		errs[i] = q.err
 	}
 	return errors.Join(errs...)
+}
+
+// LocalOnly reports whether a push_pull's sum is complete after this
+// machine's local aggregation: every worker of the job is on this machine
+// (one machine of several workers, local aggregation on), and
+// BYTEPS_FORCE_DISTRIBUTED does not ask for the servers.
+func (c *Config) LocalOnly() bool {
+	return c.NumWorker == 1 && c.LocalSize >= 2 && c.LocalAggregation && !c.ForceDistributed
 }

@@ -98,6 +98,7 @@ type Engine struct {
 	names  sync.Map     // tensor index (uint32) -> name, for the local stall report
 
 	causeGrace time.Duration // Options.CauseGrace
+	localOnly  bool          // push_pull sums end in local aggregation (config.LocalOnly)
 	// serverDown is closed when the first server fails (failServer),
 	// with serverDownErr set before; serverFailure waits on it.
 	serverDown     chan struct{}
@@ -304,6 +305,15 @@ func start(ctx context.Context, cfg *config.Config, opt Options, m membership, s
 	if err := e.joinLocal(ctx); err != nil {
 		e.close()
 		return nil, err
+	}
+	switch {
+	case e.local != nil && cfg.LocalOnly():
+		e.localOnly = true
+		e.logf("gobps: every worker is on this machine: push_pull sums come from shared memory, with no server round trip (BYTEPS_FORCE_DISTRIBUTED=1 sends them through the servers)")
+	case e.local != nil:
+		e.logf("gobps: push_pull sums: %d machines of %d workers; each machine's sum in shared memory, then through the servers", cfg.NumWorker, cfg.LocalSize)
+	default:
+		e.logf("gobps: push_pull sums: every worker pushes to the servers")
 	}
 	e.discoverGPUs()
 	e.wg.Add(1)
@@ -734,6 +744,7 @@ func (e *Engine) start(t *Tensor, buf []byte, op ReduceOp, push bool, st stage) 
 	}
 	if t.local != nil && push {
 		spec.Local = t.owners
+		spec.LocalOnly = e.localOnly
 	}
 	e.mu.Lock()
 	if err := e.startableLocked(t); err != nil {

@@ -185,16 +185,23 @@ func TestPushPullSumAverageBroadcast(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		localAgg string
+		force    string
 		pushers  int
-	}{{"every worker pushes", "0", 3}, {"local aggregation", "1", 1}} {
-		t.Run(tc.name, func(t *testing.T) { testPushPullSumAverageBroadcast(t, tc.localAgg, tc.pushers) })
+	}{
+		{"every worker pushes", "0", "0", 3},
+		{"local aggregation", "1", "1", 1},
+		// The 3 workers are the whole job: sums end in shared memory.
+		{"one machine, no server round trip", "1", "0", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testPushPullSumAverageBroadcast(t, tc.localAgg, tc.force, tc.pushers) })
 	}
 }
 
 // testPushPullSumAverageBroadcast runs 3 workers and 2 servers; with local
-// aggregation the 3 workers are one machine and push once per key.
-func testPushPullSumAverageBroadcast(t *testing.T, localAgg string, pushers int) {
-	tc := startCluster(t, 3, 2, "GOBPS_LOCAL_AGGREGATION", localAgg)
+// aggregation the 3 workers are one machine and push once per key through
+// the servers (BYTEPS_FORCE_DISTRIBUTED=1), or not at all.
+func testPushPullSumAverageBroadcast(t *testing.T, localAgg, force string, pushers int) {
+	tc := startCluster(t, 3, 2, "GOBPS_LOCAL_AGGREGATION", localAgg, "BYTEPS_FORCE_DISTRIBUTED", force)
 	const n = 10000 // 40000 bytes: 5 partitions of 8 KiB over 2 servers
 	tc.each(t, func(rank int, e *Engine) error {
 		if e.Size() != 3 || e.NumServers() != 2 {

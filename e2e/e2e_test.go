@@ -274,21 +274,26 @@ func TestExactSums(t *testing.T) {
 // TestLocalAggregation emulates 2 machines of 2 workers each: the workers
 // of a machine sum in shared memory, and the servers must count exactly
 // one push per machine per key per round, with every sum still exact. With
-// GOBPS_LOCAL_AGGREGATION=0 every worker pushes.
+// GOBPS_LOCAL_AGGREGATION=0 every worker pushes. When the 4 workers are
+// one machine, the job's sums end in shared memory: no push reaches a
+// server, unless BYTEPS_FORCE_DISTRIBUTED=1.
 func TestLocalAggregation(t *testing.T) {
 	const rounds = 3
 	for _, tc := range []struct {
 		name      string
 		env       []string
+		localSize string
 		perMember int // pushes per key per round
 	}{
-		{"on", nil, 2},
-		{"off", []string{"GOBPS_LOCAL_AGGREGATION=0"}, 4},
+		{"on", nil, "2", 2},
+		{"off", []string{"GOBPS_LOCAL_AGGREGATION=0"}, "2", 4},
+		{"one machine", nil, "4", 0},
+		{"one machine forced through the servers", []string{"BYTEPS_FORCE_DISTRIBUTED=1"}, "4", 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			j := start(t, ctx, tc.env, "--local", "-v", "-np", "4", "--local-size", "2", "--servers", "2", "--",
+			j := start(t, ctx, tc.env, "--local", "-v", "-np", "4", "--local-size", tc.localSize, "--servers", "2", "--",
 				filepath.Join(bin, "testjob"), "-tensors", "30", "-rounds", strconv.Itoa(rounds), "-max", "1048576")
 			if code := j.wait(3 * time.Minute); code != 0 {
 				t.Fatalf("bpsrun exited %d:\n%s", code, j.output())

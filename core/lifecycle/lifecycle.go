@@ -50,6 +50,10 @@ type OpSpec struct {
 	// Local, when not nil, sends the op through local aggregation: Local[i]
 	// says whether this rank owns part i (pushes the machine's sum).
 	Local []bool
+	// LocalOnly, with Local, says the machine's sum is the job's (every
+	// worker is on this machine): an owner publishes it straight after
+	// LocalReduce, with no server round trip.
+	LocalOnly bool
 	// StageIn makes every task wait for StagedIn (the engine fills Buf:
 	// a device-to-host copy); StageOut asks for StageOut once every task has
 	// finished, before the op completes (copy the result back, or abort the
@@ -411,6 +415,11 @@ func (m *Machine) advance(t *Task) {
 			}
 			return
 		case stLocalReduce:
+			if t.Op.Spec.LocalOnly {
+				t.stage = stLocalPublish
+				m.issue(t, LocalPublish, false)
+				return
+			}
 			t.stage = stQueued
 			m.enqueue(t)
 			return
@@ -506,7 +515,8 @@ func (m *Machine) LocalInDone(t *Task, err error) {
 }
 
 // Reduced reports that the owner's LocalReduce has returned the machine's
-// sum (in shared memory), which it now pushes and pulls.
+// sum (in shared memory), which it now pushes and pulls (or, LocalOnly,
+// publishes).
 func (m *Machine) Reduced(t *Task, sum []byte, err error) {
 	m.end(t, LocalReduce, err)
 	if err == nil {

@@ -139,6 +139,7 @@ func (s *sim) start(round map[proto.Key]uint64, servers int) {
 	}
 	if local {
 		spec.Push = true
+		spec.LocalOnly = r.IntN(2) == 0
 		round[base]++
 		spec.Round = round[base]
 	}

@@ -18,7 +18,7 @@ import (
 // joined by "; " ("none" for none):
 //
 //	config credit=B servers=S         start over with a new Machine
-//	start OP parts=K@S[/L],... [bytes=N] [pull] [avg] [local=1,0,...]
+//	start OP parts=K@S[/L],... [bytes=N] [pull] [avg] [localonly] [local=1,0,...]
 //	      [stagein] [stageout] [round=R] [prio=P]
 //	                                  Start; part i has key K on server S
 //	                                  (lane L, default 0), N bytes each (8)
@@ -359,6 +359,8 @@ func (sc *script) spec(name string, flags []string, kv map[string]string) (OpSpe
 			spec.Push = false
 		case "avg":
 			spec.Average = true
+		case "localonly":
+			spec.LocalOnly = true
 		case "stagein":
 			spec.StageIn = true
 		case "stageout":
