@@ -521,7 +521,7 @@ func modelValidate(args []string) error {
 		}
 		c := scalemodel.Cluster{GPUs: k.n, GPUsPerMachine: 1, Placement: pl, Servers: k.k, LinkBits: good,
 			Latency: latency.Seconds(), Profile: prof, PartitionBytes: k.part}
-		pred, err := scalemodel.SimulatePS(c, scalemodel.Tensor(k.bytes))
+		pred, err := scalemodel.SimulatePS(c, scalemodel.PSWorker(k.bytes))
 		if err != nil {
 			return err
 		}

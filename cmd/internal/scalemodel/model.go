@@ -76,6 +76,16 @@ func Tensor(bytes int) Model {
 		Layers: []Layer{{Name: "tensor", Bytes: bytes}}}
 }
 
+// PSWorker is what bpsbench psworker declares: a one-element barrier
+// tensor first, then the tensor of bytes it times, with no compute. The
+// barrier matters only for where the balancer puts the tensor's
+// partitions (its 4 bytes go to the first server first); its own 4-byte
+// push is in the simulated iteration too, a few microseconds.
+func PSWorker(bytes int) Model {
+	return Model{Name: fmt.Sprintf("psworker %d B", bytes), Source: "bpsbench psworker: a 4-byte barrier tensor, then one float32 tensor, no compute",
+		Layers: []Layer{{Name: "barrier", Bytes: 4}, {Name: "tensor", Bytes: bytes}}}
+}
+
 // flopLayer is a tensor with the forward FLOPs of its operation, before
 // they are turned into seconds.
 type flopLayer struct {
