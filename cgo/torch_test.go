@@ -249,7 +249,7 @@ func TestTorchBytepsCompat(t *testing.T) {
 }
 
 // TestTorchExamples runs examples/pytorch briefly: train_digits must learn,
-// and benchmark.py must report throughput in both of its modes.
+// and benchmark.py must report throughput in each of its modes.
 func TestTorchExamples(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts multi-process jobs")
@@ -272,6 +272,12 @@ func TestTorchExamples(t *testing.T) {
 		out := bpsrun(t, 2*time.Minute, pyEnv(t), 2, 2, append([]string{python, "examples/pytorch/benchmark.py"}, quick...)...)
 		if m := result.FindStringSubmatch(out); m == nil || m[1] != "gobps" {
 			t.Fatalf("no gobps RESULT line:\n%s", out)
+		}
+	})
+	t.Run("benchmark_compute", func(t *testing.T) {
+		out, err := run(t, 2*time.Minute, pyEnv(t), python, append([]string{"examples/pytorch/benchmark.py", "--mode", "compute", "--np", "2"}, quick...)...)
+		if m := result.FindStringSubmatch(out); err != nil || m == nil || m[1] != "compute" {
+			t.Fatalf("benchmark.py --mode compute: %v\n%s", err, out)
 		}
 	})
 	t.Run("benchmark_ddp", func(t *testing.T) {

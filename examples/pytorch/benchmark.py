@@ -38,9 +38,11 @@ MODELS = ("cnn", "mlp")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Synthetic training throughput of gobps and torch DDP",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--mode", choices=("gobps", "ddp", "compare"), default="gobps",
+    p.add_argument("--mode", choices=("gobps", "ddp", "compute", "compare"), default="gobps",
                    help="gobps: run as a worker of a bpsrun job; ddp: start --np processes running torch "
-                        "DistributedDataParallel over gloo; compare: run ddp, then gobps under bpsrun")
+                        "DistributedDataParallel over gloo; compute: the same training step in one process "
+                        "with no communication (the limit, per worker); compare: run compute, ddp and gobps "
+                        "under bpsrun in turn")
     p.add_argument("--model", choices=MODELS, default="cnn",
                    help="cnn: a small ResNet-style network on 3x32x32 images (0.3M parameters); "
                         "mlp: 1024-4096-4096-1024-10 (25M parameters, communication-heavy)")
@@ -241,6 +243,16 @@ def ddp_worker(rank, args, port):
     dist.destroy_process_group()
 
 
+def compute_main(args):
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, _ = make_model(args.model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    mean = run_benchmark(args, model, optimizer, 0, 1, "compute only, no communication", lambda s: print(s, flush=True))
+    # As if --np such processes ran side by side, each on a core of its own.
+    print("RESULT mode=compute model=%s workers=%d samples_per_sec=%.1f" % (args.model, args.np, args.np * mean), flush=True)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -277,12 +289,13 @@ def compare_main(args, argv):
             continue
         rest.append(a)
     me = [sys.executable, os.path.abspath(__file__)]
-    cmds = {"ddp": me + ["--mode", "ddp", "--np", str(args.np)] + rest,
+    cmds = {"compute": me + ["--mode", "compute", "--np", str(args.np)] + rest,
+            "ddp": me + ["--mode", "ddp", "--np", str(args.np)] + rest,
             "gobps": [find_bpsrun(args), "--local", "-np", str(args.np), "--servers", str(args.servers), "--"]
             + me + ["--mode", "gobps"] + rest}
-    results = {"ddp": [], "gobps": []}
+    results = {"compute": [], "ddp": [], "gobps": []}
     for i in range(args.repeats):
-        for name in ("ddp", "gobps"):
+        for name in ("compute", "ddp", "gobps"):
             print("benchmark: run %d of %d, %s: %s" % (i + 1, args.repeats, name, " ".join(cmds[name])), flush=True)
             out = subprocess.run(cmds[name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             sys.stdout.write(out.stdout)
@@ -294,12 +307,12 @@ def compare_main(args, argv):
     def median(xs):
         xs = sorted(xs)
         return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-    g, d = median(results["gobps"]), median(results["ddp"])
-    print("benchmark: runs: gobps %s, ddp %s samples/s" % (
-        " ".join("%.1f" % x for x in results["gobps"]), " ".join("%.1f" % x for x in results["ddp"])))
+    g, d, c = median(results["gobps"]), median(results["ddp"]), median(results["compute"])
+    print("benchmark: runs: gobps %s, ddp %s, compute-only %s samples/s" % tuple(
+        " ".join("%.1f" % x for x in results[k]) for k in ("gobps", "ddp", "compute")))
     print("benchmark: %s, %d workers, batch %d per worker: gobps (%d servers) %.1f samples/s, "
-          "torch DDP (gloo) %.1f samples/s: %.2fx" % (
-              args.model, args.np, args.batch_size, args.servers, g, d, g / d))
+          "torch DDP (gloo) %.1f samples/s: %.2fx; compute-only %.1f samples/s: gobps %.2f of it, DDP %.2f" % (
+              args.model, args.np, args.batch_size, args.servers, g, d, g / d, c, g / c, d / c))
 
 
 def main():
@@ -309,6 +322,8 @@ def main():
         gobps_main(args)
     elif args.mode == "ddp":
         ddp_main(args)
+    elif args.mode == "compute":
+        compute_main(args)
     else:
         compare_main(args, argv)
 
