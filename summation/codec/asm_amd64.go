@@ -31,3 +31,21 @@ func onebitUnpackAVX2(dst *float32, words *byte, n int, scale uint32)
 //
 //go:noescape
 func onebitUnpackAddAVX2(dst *float32, words *byte, n int, scale uint32)
+
+// narrowF16F16C rounds n floats at src to IEEE halves at dst (2n bytes).
+// n must be a multiple of 32.
+//
+//go:noescape
+func narrowF16F16C(dst *byte, src *float32, n int)
+
+// widenF16F16C widens n IEEE halves at src to floats at dst.
+// n must be a multiple of 32.
+//
+//go:noescape
+func widenF16F16C(dst *float32, src *byte, n int)
+
+// widenAddF16F16C adds n IEEE halves at src, widened, to the floats at dst.
+// n must be a multiple of 32.
+//
+//go:noescape
+func widenAddF16F16C(dst *float32, src *byte, n int)

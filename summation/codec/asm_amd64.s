@@ -339,3 +339,92 @@ onebitUnpackAddAVX2_loop:
 onebitUnpackAddAVX2_done:
 	VZEROUPPER
 	RET
+
+// func narrowF16F16C(dst *byte, src *float32, n int)
+// Requires: AVX, F16C
+TEXT ·narrowF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+narrowF16F16C_loop:
+	TESTQ     DX, DX
+	JZ        narrowF16F16C_done
+	VMOVUPS   (CX), Y0
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVDQU   X0, (AX)
+	VMOVUPS   32(CX), Y0
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVDQU   X0, 16(AX)
+	VMOVUPS   64(CX), Y0
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVDQU   X0, 32(AX)
+	VMOVUPS   96(CX), Y0
+	VCVTPS2PH $0x00, Y0, X0
+	VMOVDQU   X0, 48(AX)
+	ADDQ      $0x00000080, CX
+	ADDQ      $0x00000040, AX
+	SUBQ      $0x00000020, DX
+	JMP       narrowF16F16C_loop
+
+narrowF16F16C_done:
+	VZEROUPPER
+	RET
+
+// func widenF16F16C(dst *float32, src *byte, n int)
+// Requires: AVX, F16C
+TEXT ·widenF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+widenF16F16C_loop:
+	TESTQ     DX, DX
+	JZ        widenF16F16C_done
+	VCVTPH2PS (CX), Y0
+	VMOVUPS   Y0, (AX)
+	VCVTPH2PS 16(CX), Y0
+	VMOVUPS   Y0, 32(AX)
+	VCVTPH2PS 32(CX), Y0
+	VMOVUPS   Y0, 64(AX)
+	VCVTPH2PS 48(CX), Y0
+	VMOVUPS   Y0, 96(AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000080, AX
+	SUBQ      $0x00000020, DX
+	JMP       widenF16F16C_loop
+
+widenF16F16C_done:
+	VZEROUPPER
+	RET
+
+// func widenAddF16F16C(dst *float32, src *byte, n int)
+// Requires: AVX, F16C
+TEXT ·widenAddF16F16C(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+widenAddF16F16C_loop:
+	TESTQ     DX, DX
+	JZ        widenAddF16F16C_done
+	VCVTPH2PS (CX), Y0
+	VADDPS    (AX), Y0, Y0
+	VMOVUPS   Y0, (AX)
+	VCVTPH2PS 16(CX), Y0
+	VADDPS    32(AX), Y0, Y0
+	VMOVUPS   Y0, 32(AX)
+	VCVTPH2PS 32(CX), Y0
+	VADDPS    64(AX), Y0, Y0
+	VMOVUPS   Y0, 64(AX)
+	VCVTPH2PS 48(CX), Y0
+	VADDPS    96(AX), Y0, Y0
+	VMOVUPS   Y0, 96(AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000080, AX
+	SUBQ      $0x00000020, DX
+	JMP       widenAddF16F16C_loop
+
+widenAddF16F16C_done:
+	VZEROUPPER
+	RET

@@ -412,8 +412,8 @@ func TestImplsAgree(t *testing.T) {
 		t.Skipf("only %v here: nothing to compare", Impls())
 	}
 	r := rand.New(rand.NewSource(2))
-	for _, sc := range []bool{false, true} {
-		c := onebit{scaling: sc}
+	for _, c := range []Compressor{onebit{}, onebit{scaling: true}, cast{id: FP16}} {
+		sc := fmt.Sprint(c)
 		for iter := 0; iter < 150; iter++ {
 			n := r.Intn(5000)
 			if iter%50 == 0 {
@@ -447,14 +447,49 @@ func TestImplsAgree(t *testing.T) {
 			}
 			for i := 1; i < len(payloads); i++ {
 				if string(payloads[i]) != string(payloads[0]) {
-					t.Fatalf("scaling=%v n=%d: %s payload differs from %s", sc, n, Impls()[i], Impls()[0])
+					t.Fatalf("%s n=%d: %s payload differs from %s", sc, n, Impls()[i], Impls()[0])
 				}
 				if j, ok := sameBits(outs[i], outs[0]); !ok {
-					t.Fatalf("scaling=%v n=%d: %s decompresses element %d differently", sc, n, Impls()[i], j)
+					t.Fatalf("%s n=%d: %s decompresses element %d differently", sc, n, Impls()[i], j)
 				}
 				if j, ok := sameBits(sums[i], sums[0]); !ok {
-					t.Fatalf("scaling=%v n=%d: %s DecompressAdd element %d differs", sc, n, Impls()[i], j)
+					t.Fatalf("%s n=%d: %s DecompressAdd element %d differs", sc, n, Impls()[i], j)
 				}
+			}
+		}
+	}
+}
+
+// TestF16AllHalves decodes a payload holding every half, signalling NaNs
+// included (which Compress never writes), under every implementation: the
+// same bits everywhere, F16ToF32's except that NaNs come out quiet.
+func TestF16AllHalves(t *testing.T) {
+	n := 1 << 16
+	p := make([]byte, castSize(n))
+	putHeader(p, FP16, 0, 0, n)
+	for i := 0; i < n; i++ {
+		binary.LittleEndian.PutUint16(p[headerSize+2*i:], uint16(i))
+	}
+	for _, name := range Impls() {
+		restore, _ := SetImpl(name)
+		out := make([]float32, n)
+		err := cast{id: FP16}.Decompress(out, p)
+		sum := make([]float32, n)
+		errAdd := cast{id: FP16}.DecompressAdd(sum, p)
+		restore()
+		if err != nil || errAdd != nil {
+			t.Fatal(err, errAdd)
+		}
+		for i, v := range out {
+			want := kernel.F16ToF32(uint16(i))
+			if want != want {
+				want = math.Float32frombits(math.Float32bits(want) | 0x00400000)
+			}
+			if math.Float32bits(v) != math.Float32bits(want) {
+				t.Fatalf("%s: half %#04x decodes to %#08x, want %#08x", name, i, math.Float32bits(v), math.Float32bits(want))
+			}
+			if a := sum[i]; a != want && !(a != a && want != want) {
+				t.Fatalf("%s: half %#04x added to 0 gives %v, want %v", name, i, a, want)
 			}
 		}
 	}

@@ -64,7 +64,9 @@
 //	           size 12 + 8·ceil(n·w/64). Code l decompresses to
 //	           ±float32(scale·l/s) (linear) or ±float32(scale·2^(l-1)/2^(s-1))
 //	           and 0 for l = 0 (natural), computed in float64.
-//	fp16       8-    n IEEE 754 halves (uint16); size 8 + 2n
+//	fp16       8-    n IEEE 754 halves (uint16); size 8 + 2n. Rounded to
+//	                 nearest even, overflow to Inf, NaNs quiet; a
+//	                 signalling NaN (never written) decodes quiet
 //	bf16       8-    n bfloat16 (uint16); size 8 + 2n
 //
 // # What each codec computes
@@ -97,11 +99,11 @@
 // # Implementations
 //
 // Each codec is pure Go. onebit's bit packing and unpacking, the part that
-// must keep up with memory, also has AVX2 kernels generated with avo by
-// ./asmgen (go generate) into asm_amd64.s, chosen at start when the CPU
-// has AVX2 (Impl, SetImpl); they give the same payloads and tensors bit for
-// bit, including the scale, whose partial sums they keep in vector lanes in
-// the same order. The noasm build tag, and any platform but amd64 with gc,
+// must keep up with memory, and the fp16 cast's conversions also have AVX2
+// (and F16C) kernels generated with avo by ./asmgen (go generate) into
+// asm_amd64.s, chosen at start when the CPU has them (Impl, SetImpl); they
+// give the same payloads and tensors bit for bit, including onebit's scale,
+// whose partial sums they keep in vector lanes in the same order. The noasm build tag, and any platform but amd64 with gc,
 // leaves only the Go code ("generic"). Top-k is a radix select that bounds
 // the k-th largest magnitude from a sample of the tensor, collects the
 // elements above the bound in one pass and selects among them alone (the

@@ -13,9 +13,10 @@ import (
 var avx2 = &impl{name: "avx2", simd: true}
 
 // available lists the implementations this CPU runs, best last. x/sys/cpu
-// reports AVX2 only where the OS saves the YMM registers.
+// reports AVX2 only where the OS saves the YMM registers. (Every CPU with
+// AVX2 has F16C, which the fp16 kernels use.)
 func available() []*impl {
-	if cpu.X86.HasAVX2 {
+	if cpu.X86.HasAVX2 && cpu.X86.HasF16C {
 		return []*impl{generic, avx2}
 	}
 	return []*impl{generic}
@@ -47,4 +48,26 @@ func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
 		return
 	}
 	onebitUnpackAVX2(unsafe.SliceData(dst), &words[0], len(dst), scale)
+}
+
+// narrowF16SIMD is narrowF16 over a multiple of 32 elements with F16C.
+func narrowF16SIMD(dst []byte, src []float32) {
+	if len(src) == 0 {
+		return
+	}
+	_ = dst[2*len(src)-1]
+	narrowF16F16C(&dst[0], &src[0], len(src))
+}
+
+// widenF16SIMD is widenF16 over a multiple of 32 elements with F16C.
+func widenF16SIMD(dst []float32, src []byte, add bool) {
+	if len(dst) == 0 {
+		return
+	}
+	_ = src[2*len(dst)-1]
+	if add {
+		widenAddF16F16C(&dst[0], &src[0], len(dst))
+		return
+	}
+	widenF16F16C(&dst[0], &src[0], len(dst))
 }

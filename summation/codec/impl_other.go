@@ -11,3 +11,7 @@ func packSIMD(words []byte, src []float32, acc *[lanes]float64) { panic("codec: 
 func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
 	panic("codec: no SIMD kernels")
 }
+
+func narrowF16SIMD(dst []byte, src []float32) { panic("codec: no SIMD kernels") }
+
+func widenF16SIMD(dst []float32, src []byte, add bool) { panic("codec: no SIMD kernels") }

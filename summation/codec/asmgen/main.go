@@ -1,5 +1,6 @@
 // Command asmgen generates, with avo, the amd64 kernels of package codec:
-// onebit's sign-bit packing and unpacking. Run it through go generate:
+// onebit's sign-bit packing and unpacking, and the fp16 cast's conversions
+// (F16C). Run it through go generate:
 //
 //	go generate ./summation/codec
 //
@@ -7,10 +8,11 @@
 //
 //	go run ./asmgen -out asm_amd64.s -stubs asm_amd64.go -pkg codec
 //
-// Every kernel works on n elements, n a multiple of 64 (one 64-bit word of
-// sign bits); the caller does a shorter tail with the Go reference code
-// (codec's packRef and unpackRef), which the kernels match bit for bit. No
-// alignment is required. They use AVX2 only: at the tensor sizes that
+// Every onebit kernel works on n elements, n a multiple of 64 (one 64-bit
+// word of sign bits), every fp16 kernel on a multiple of 32; the caller does
+// a shorter tail with the Go reference code (codec's packRef and unpackRef,
+// summation/kernel's F32ToF16 and F16ToF32), which the kernels match bit for
+// bit. No alignment is required. They use AVX2 only: at the tensor sizes that
 // matter they are bound by memory, and AVX2 runs them as fast as AVX-512
 // would on the CPUs at hand, with one kernel fewer to check.
 package main
@@ -31,6 +33,9 @@ func main() {
 	shifts := genShifts()
 	genUnpack(false, shifts)
 	genUnpack(true, shifts)
+	genNarrowF16()
+	genWidenF16(false)
+	genWidenF16(true)
 	Generate()
 }
 
@@ -206,6 +211,72 @@ func genUnpack(add bool, shifts Mem) {
 	SUBQ(U32(64), n)
 	JMP(LabelRef(name + "_loop"))
 
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genNarrowF16 emits narrowF16F16C: 32 floats an iteration, rounded to
+// IEEE half by VCVTPS2PH with imm 0 (round to nearest even; overflow to
+// Inf; a NaN quieted, keeping the top of its payload), which is what
+// summation/kernel's F32ToF16 does (summation/kernel's tests check its F16C
+// sums against it bit for bit).
+func genNarrowF16() {
+	text("narrowF16F16C", "func(dst *byte, src *float32, n int)")
+	Doc("narrowF16F16C rounds n floats at src to IEEE halves at dst (2n bytes).",
+		"n must be a multiple of 32.")
+	d := Load(Param("dst"), GP64())
+	s := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	Label("narrowF16F16C_loop")
+	TESTQ(n, n)
+	JZ(LabelRef("narrowF16F16C_done"))
+	for m := 0; m < 4; m++ {
+		v := YMM()
+		VMOVUPS(Mem{Base: s, Disp: 32 * m}, v)
+		h := XMM()
+		VCVTPS2PH(U8(0), v, h)
+		VMOVDQU(h, Mem{Base: d, Disp: 16 * m})
+	}
+	ADDQ(U32(128), s)
+	ADDQ(U32(64), d)
+	SUBQ(U32(32), n)
+	JMP(LabelRef("narrowF16F16C_loop"))
+	Label("narrowF16F16C_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genWidenF16 emits widenF16F16C or, with add, widenAddF16F16C: 32 halves
+// an iteration widened by VCVTPH2PS (exact); with add, added to dst
+// (VADDPS, the widened value first, as dst[i] += v).
+func genWidenF16(add bool) {
+	name := "widenF16F16C"
+	doc := "widenF16F16C widens n IEEE halves at src to floats at dst."
+	if add {
+		name = "widenAddF16F16C"
+		doc = "widenAddF16F16C adds n IEEE halves at src, widened, to the floats at dst."
+	}
+	text(name, "func(dst *float32, src *byte, n int)")
+	Doc(doc, "n must be a multiple of 32.")
+	d := Load(Param("dst"), GP64())
+	s := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	Label(name + "_loop")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	for m := 0; m < 4; m++ {
+		v := YMM()
+		VCVTPH2PS(Mem{Base: s, Disp: 16 * m}, v)
+		if add {
+			VADDPS(Mem{Base: d, Disp: 32 * m}, v, v)
+		}
+		VMOVUPS(v, Mem{Base: d, Disp: 32 * m})
+	}
+	ADDQ(U32(64), s)
+	ADDQ(U32(128), d)
+	SUBQ(U32(32), n)
+	JMP(LabelRef(name + "_loop"))
 	Label(name + "_done")
 	VZEROUPPER()
 	RET()
