@@ -12,7 +12,10 @@ import "github.com/gobps/gobps/proto"
 // mixed 2n(n−1)/(n²+k(n−2))·M/B at BytePS's split.
 func PSBound(c Cluster, m int) float64 {
 	c = c.withDefaults()
-	n, _ := c.machines()
+	n, local := c.machines()
+	if n == 1 && local > 1 && !c.ForceDistributed {
+		return 0 // summed in shared memory, no network
+	}
 	M := float64(m)
 	var load float64
 	switch c.Placement {

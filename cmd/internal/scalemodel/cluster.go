@@ -81,6 +81,11 @@ type Cluster struct {
 	// last byte is delivered, as with RDMA writes).
 	SendBuffer int
 
+	// ForceDistributed is BYTEPS_FORCE_DISTRIBUTED: without it a job of one
+	// machine with several GPUs sums in shared memory alone and never
+	// reaches the servers (core's LocalOnly path).
+	ForceDistributed bool
+
 	// Jitter spreads each iteration's backprop time: every worker machine's
 	// compute is scaled by 1+u, u uniform in [0, Jitter), and a partition
 	// can go only when the slowest machine has it. Seed makes it

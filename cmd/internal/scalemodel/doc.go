@@ -27,6 +27,10 @@
 //     push of one partition overlaps the answers of the ones before;
 //   - the sum is copied back to the GPUs over PCIe.
 //
+// A job of one machine with several GPUs stops after local aggregation:
+// the owner's sum is the whole sum (Cluster.ForceDistributed sends it
+// through the servers all the same, as BYTEPS_FORCE_DISTRIBUTED does).
+//
 // Up to 16 worker machines each have a pipeline of their own; beyond
 // that (or with Cluster.Grouped) one pipeline stands for all of them,
 // its flows each standing for one transfer per machine in lockstep:

@@ -384,6 +384,7 @@ func (p *psPlan) iteration(mod Model, scale float64) (float64, error) {
 	}
 	// the last layer's gradient first; a tensor's partitions in order
 	slices.SortStableFunc(order, func(a, b int) int { return keys[b].tensor - keys[a].tensor })
+	localOnly := p.m == 1 && p.local > 1 && !c.ForceDistributed
 	for _, pl := range pls {
 		for _, i := range order {
 			k := &keys[i]
@@ -395,6 +396,18 @@ func (p *psPlan) iteration(mod Model, scale float64) (float64, error) {
 			}
 			if p.local > 1 && c.Profile.SumBytes > 0 {
 				at = pl.owners[k.owner].take(at, float64(p.local-1)*float64(k.bytes)/c.Profile.SumBytes)
+			}
+			if localOnly {
+				// one machine: the owner's sum is the whole sum, published
+				// from shared memory (issue 19), no server round trip
+				if c.PCIe > 0 {
+					at = pl.h2d.take(at, float64(k.bytes)/c.PCIe)
+				}
+				s.at(at, func() {
+					end = max(end, s.now)
+					pl.done++
+				})
+				continue
 			}
 			j := &job{k: k, pl: pl}
 			s.at(at, func() {

@@ -264,3 +264,40 @@ func TestMaxMin(t *testing.T) {
 		t.Errorf("rates %v %v %v, want 4 6 2", a.rate, b.rate, c.rate)
 	}
 }
+
+// One machine of 8 GPUs sums in shared memory and never reaches the
+// servers: the link rate and the placement do not matter, unless
+// ForceDistributed sends the sums through the servers.
+func TestOneMachineIsLocal(t *testing.T) {
+	mod, err := Preset("bert-large")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first float64
+	for i, tc := range []struct {
+		link float64
+		pl   Placement
+	}{{gbit(1), Dedicated}, {gbit(100), Dedicated}, {gbit(1), Colocated}} {
+		c := Cluster{GPUs: 8, GPUsPerMachine: 8, Placement: tc.pl, LinkBits: tc.link, PCIe: 12e9, Profile: Profile{SumBytes: 10e9}}
+		r, err := SimulatePS(c, mod)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = r.Iteration
+		} else if r.Iteration != first {
+			t.Errorf("%v at %v bit/s: %v, want %v as at 1 Gbit/s dedicated", tc.pl, tc.link, r.Iteration, first)
+		}
+		if r.Iteration <= mod.Compute() {
+			t.Errorf("%v: %v, want more than the compute %v (the PCIe copies and the local sums)", tc.pl, r.Iteration, mod.Compute())
+		}
+	}
+	c := Cluster{GPUs: 8, GPUsPerMachine: 8, Placement: Dedicated, LinkBits: gbit(1), PCIe: 12e9, Profile: Profile{SumBytes: 10e9}, ForceDistributed: true}
+	r, err := SimulatePS(c, mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := float64(mod.Bytes()) / (gbit(1) / 8); r.Iteration < want {
+		t.Errorf("forced through one dedicated server at 1 Gbit/s: %v, want at least M/B = %v", r.Iteration, want)
+	}
+}
