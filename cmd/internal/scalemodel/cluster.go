@@ -99,7 +99,7 @@ type Cluster struct {
 	// finishes at once and lets it move ahead; in lockstep it waits, and
 	// the whole group waits for its most congested member: at 16 machines
 	// that made BERT-large on 25 Gbit/s links 16% slower than one pipeline
-	// per machine, at 32 machines 34%). It is the default beyond 16 worker
+	// per machine, at 32 machines 21%). It is the default beyond 16 worker
 	// machines, where one pipeline per machine takes minutes; see Exact.
 	Grouped bool
 	// Exact gives every worker machine a pipeline of its own at any size
