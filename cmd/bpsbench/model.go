@@ -55,7 +55,7 @@ func modelPredict(args []string) error {
 	perMachine := fs.Int("per-machine", 8, "GPUs per machine (summed locally before the network)")
 	placements := fs.String("placement", "dedicated,colocated", "server placement: dedicated, colocated, mixed")
 	servers := fs.Int("servers", 0, "dedicated server machines (0: as many as worker machines)")
-	links := fs.String("link", "25,100,200", "NIC goodput each way, Gbit/s")
+	links := fs.String("link", "25,100,200", "NIC goodput each way, Gbit/s; profile: the link goodput calibrate measured on the emulated cluster")
 	latency := fs.Duration("latency", 10*time.Microsecond, "one-way latency of a message between machines")
 	pcie := fs.Float64("pcie", 12, "GB/s between a GPU and host memory (0: no copy, as for CPU tensors)")
 	intra := fs.Float64("intra", 130, "GB/s between the GPUs of a machine for all-reduce (NVLink); 0: unlimited")
@@ -90,6 +90,12 @@ func modelPredict(args []string) error {
 		return err
 	}
 	var rates []float64
+	if *links == "profile" {
+		if prof.LinkBits <= 0 {
+			return errors.New("model: -link profile, but the profile has no link goodput (calibrate with -netcluster)")
+		}
+		*links = strconv.FormatFloat(prof.LinkBits/1e9, 'g', -1, 64)
+	}
 	for _, f := range strings.Split(*links, ",") {
 		v, err := strconv.ParseFloat(strings.TrimSpace(f), 64)
 		if err != nil || v <= 0 {
@@ -389,6 +395,13 @@ func modelCalibrate(args []string) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, *nc, "verify", "6s")
+		cmd.Env = os.Environ()
+		if os.Getenv("BPSBENCH") == "" {
+			// verify runs bpsbench netperf on the hosts: this binary
+			if self, err := os.Executable(); err == nil {
+				cmd.Env = append(cmd.Env, "BPSBENCH="+self)
+			}
+		}
 		var so bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &so, os.Stderr
 		if err := cmd.Run(); err != nil {
