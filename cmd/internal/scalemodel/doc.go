@@ -34,7 +34,15 @@
 // Up to 16 worker machines each have a pipeline of their own; beyond
 // that (or with Cluster.Grouped) one pipeline stands for all of them,
 // its flows each standing for one transfer per machine in lockstep:
-// exact for dedicated servers, slightly pessimistic for co-located ones.
+// exact for dedicated servers, pessimistic for co-located ones where the
+// network is the bottleneck (Cluster.Exact keeps one pipeline per
+// machine at any size, at a cost of minutes beyond 16 machines).
+//
+// What it leaves out: TCP's loss and window dynamics and its unfairness
+// among flows in one FIFO (the model shares max-min fairly between
+// flows), the CPU cost of the transport beyond Cluster.EngineCap, PCIe
+// switch contention, compression, and the overlap of the next forward
+// pass with the last sums.
 //
 // SimulateRing and SimulateTree model the all-reduce baselines: gradients
 // fused into buckets in backprop order, each all-reduced step by step
