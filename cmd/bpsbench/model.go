@@ -465,6 +465,7 @@ func modelValidate(args []string) error {
 	profileF := fs.String("profile", "", "profile from bpsbench model calibrate")
 	md := fs.String("md", "", "also write the table here")
 	latency := fs.Duration("latency", 50*time.Microsecond, "one-way latency between the emulated hosts")
+	lanes := fs.Int("lanes", 0, "GOBPS_TCP_LANES the runs used (0: gobps's default, 2)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -533,7 +534,7 @@ func modelValidate(args []string) error {
 			return err
 		}
 		c := scalemodel.Cluster{GPUs: k.n, GPUsPerMachine: 1, Placement: pl, Servers: k.k, LinkBits: good,
-			Latency: latency.Seconds(), Profile: prof, PartitionBytes: k.part}
+			Latency: latency.Seconds(), Profile: prof, PartitionBytes: k.part, Lanes: *lanes}
 		pred, err := scalemodel.SimulatePS(c, scalemodel.PSWorker(k.bytes))
 		if err != nil {
 			return err
