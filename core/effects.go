@@ -146,8 +146,10 @@ func (e *Engine) run(effs []lifecycle.Effect) {
 			e.trace.finished(t, ef.Err)
 			e.finishedTask(t, ef.Err)
 		case lifecycle.Complete:
-			refOf(ef.Op).h.complete(ef.Err)
+			// Counted as ended before its handle completes, so that a
+			// caller whose Wait returned sees no operation in flight.
 			e.opEnded()
+			refOf(ef.Op).h.complete(ef.Err)
 		}
 	}
 }
