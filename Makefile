@@ -156,9 +156,13 @@ bench: build
 	$(BIN)/bpsbench pushpull
 	$(BIN)/bpsbench sum
 
-# gobps (2 workers, 2 servers) against torch DDP over gloo, same model, same run.
+# gobps (2 workers on this machine) against torch DDP over gloo and against
+# the same training step with no communication (the limit), same model,
+# interleaved runs: a 4-layer 2048-wide MLP (batch 16) and ResNet-18 (64x64,
+# batch 8), one torch thread per worker.
 bench-torch: build pydeps
-	$(PY) examples/pytorch/benchmark.py --mode compare --np 2 --servers 2 --repeats 3 --bpsrun $(BIN)/bpsrun
+	$(PY) examples/pytorch/benchmark.py --mode compare --model mlp2048 --batch-size 16 --np 2 --servers 1 --repeats 5 --bpsrun $(BIN)/bpsrun
+	$(PY) examples/pytorch/benchmark.py --mode compare --model resnet18 --batch-size 8 --np 2 --servers 1 --repeats 5 --bpsrun $(BIN)/bpsrun
 
 # Ring all-reduce (and gloo) against gobps on an emulated cluster of network
 # namespaces with rate-limited links (needs root; see docs/benchmarks.md).

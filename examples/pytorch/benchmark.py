@@ -32,7 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-MODELS = ("cnn", "mlp")
+MODELS = ("cnn", "mlp", "mlp2048", "resnet18")
 
 
 def parse_args(argv=None):
@@ -45,7 +45,9 @@ def parse_args(argv=None):
                         "under bpsrun in turn")
     p.add_argument("--model", choices=MODELS, default="cnn",
                    help="cnn: a small ResNet-style network on 3x32x32 images (0.3M parameters); "
-                        "mlp: 1024-4096-4096-1024-10 (25M parameters, communication-heavy)")
+                        "mlp: 1024-4096-4096-1024-10 (25M parameters, communication-heavy); "
+                        "mlp2048: 4 layers 2048 wide, 2048-2048-2048-2048-10 (12.6M parameters); "
+                        "resnet18: torchvision's ResNet-18 on 3x64x64 images (11.2M parameters)")
     p.add_argument("--batch-size", type=int, default=32, help="batch size per worker")
     p.add_argument("--num-warmup-batches", type=int, default=5, help="batches before timing starts")
     p.add_argument("--num-batches-per-iter", type=int, default=10, help="batches per timed iteration")
@@ -92,6 +94,15 @@ def make_model(name):
             Block(32, 32, 1), Block(32, 64, 2), Block(64, 128, 2),
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 10))
         shape = (3, 32, 32)
+    elif name == "mlp2048":
+        model = torch.nn.Sequential(
+            torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 2048), torch.nn.ReLU(),
+            torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 10))
+        shape = (2048,)
+    elif name == "resnet18":
+        import torchvision
+        model = torchvision.models.resnet18(num_classes=10)
+        shape = (3, 64, 64)
     else:
         model = torch.nn.Sequential(
             torch.nn.Linear(1024, 4096), torch.nn.ReLU(), torch.nn.Linear(4096, 4096), torch.nn.ReLU(),
