@@ -49,3 +49,21 @@ func widenF16F16C(dst *float32, src *byte, n int)
 //
 //go:noescape
 func widenAddF16F16C(dst *float32, src *byte, n int)
+
+// narrowBF16AVX2 rounds n floats at src to bfloat16 at dst (2n bytes).
+// n must be a multiple of 32.
+//
+//go:noescape
+func narrowBF16AVX2(dst *byte, src *float32, n int)
+
+// widenBF16AVX2 widens n bfloat16 at src to floats at dst.
+// n must be a multiple of 32.
+//
+//go:noescape
+func widenBF16AVX2(dst *float32, src *byte, n int)
+
+// widenAddBF16AVX2 adds n bfloat16 at src, widened, to the floats at dst.
+// n must be a multiple of 32.
+//
+//go:noescape
+func widenAddBF16AVX2(dst *float32, src *byte, n int)

@@ -428,3 +428,139 @@ widenAddF16F16C_loop:
 widenAddF16F16C_done:
 	VZEROUPPER
 	RET
+
+// func narrowBF16AVX2(dst *byte, src *float32, n int)
+// Requires: AVX, AVX2
+TEXT ·narrowBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ         dst+0(FP), AX
+	MOVQ         src+8(FP), CX
+	MOVQ         n+16(FP), DX
+	MOVL         $0x00000001, BX
+	VMOVD        BX, X0
+	VPBROADCASTD X0, Y0
+	MOVL         $0x00007fff, BX
+	VMOVD        BX, X1
+	VPBROADCASTD X1, Y1
+	MOVL         $0x00000040, BX
+	VMOVD        BX, X2
+	VPBROADCASTD X2, Y2
+
+narrowBF16AVX2_loop:
+	TESTQ     DX, DX
+	JZ        narrowBF16AVX2_done
+	VMOVDQU   (CX), Y3
+	VCMPPS    $0x03, Y3, Y3, Y4
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y6
+	VPADDD    Y1, Y6, Y6
+	VPADDD    Y3, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VPOR      Y2, Y5, Y5
+	VPBLENDVB Y4, Y5, Y6, Y6
+	VMOVDQU   32(CX), Y3
+	VCMPPS    $0x03, Y3, Y3, Y4
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y7
+	VPADDD    Y1, Y7, Y7
+	VPADDD    Y3, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VPOR      Y2, Y5, Y5
+	VPBLENDVB Y4, Y5, Y7, Y7
+	VPACKUSDW Y7, Y6, Y6
+	VPERMQ    $0xd8, Y6, Y6
+	VMOVDQU   Y6, (AX)
+	VMOVDQU   64(CX), Y3
+	VCMPPS    $0x03, Y3, Y3, Y4
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y6
+	VPADDD    Y1, Y6, Y6
+	VPADDD    Y3, Y6, Y6
+	VPSRLD    $0x10, Y6, Y6
+	VPOR      Y2, Y5, Y5
+	VPBLENDVB Y4, Y5, Y6, Y6
+	VMOVDQU   96(CX), Y3
+	VCMPPS    $0x03, Y3, Y3, Y4
+	VPSRLD    $0x10, Y3, Y5
+	VPAND     Y0, Y5, Y7
+	VPADDD    Y1, Y7, Y7
+	VPADDD    Y3, Y7, Y7
+	VPSRLD    $0x10, Y7, Y7
+	VPOR      Y2, Y5, Y5
+	VPBLENDVB Y4, Y5, Y7, Y7
+	VPACKUSDW Y7, Y6, Y6
+	VPERMQ    $0xd8, Y6, Y6
+	VMOVDQU   Y6, 32(AX)
+	ADDQ      $0x00000080, CX
+	ADDQ      $0x00000040, AX
+	SUBQ      $0x00000020, DX
+	JMP       narrowBF16AVX2_loop
+
+narrowBF16AVX2_done:
+	VZEROUPPER
+	RET
+
+// func widenBF16AVX2(dst *float32, src *byte, n int)
+// Requires: AVX, AVX2
+TEXT ·widenBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+widenBF16AVX2_loop:
+	TESTQ     DX, DX
+	JZ        widenBF16AVX2_done
+	VPMOVZXWD (CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VMOVUPS   Y0, (AX)
+	VPMOVZXWD 16(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VMOVUPS   Y0, 32(AX)
+	VPMOVZXWD 32(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VMOVUPS   Y0, 64(AX)
+	VPMOVZXWD 48(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VMOVUPS   Y0, 96(AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000080, AX
+	SUBQ      $0x00000020, DX
+	JMP       widenBF16AVX2_loop
+
+widenBF16AVX2_done:
+	VZEROUPPER
+	RET
+
+// func widenAddBF16AVX2(dst *float32, src *byte, n int)
+// Requires: AVX, AVX2
+TEXT ·widenAddBF16AVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+widenAddBF16AVX2_loop:
+	TESTQ     DX, DX
+	JZ        widenAddBF16AVX2_done
+	VPMOVZXWD (CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VADDPS    (AX), Y0, Y0
+	VMOVUPS   Y0, (AX)
+	VPMOVZXWD 16(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VADDPS    32(AX), Y0, Y0
+	VMOVUPS   Y0, 32(AX)
+	VPMOVZXWD 32(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VADDPS    64(AX), Y0, Y0
+	VMOVUPS   Y0, 64(AX)
+	VPMOVZXWD 48(CX), Y0
+	VPSLLD    $0x10, Y0, Y0
+	VADDPS    96(AX), Y0, Y0
+	VMOVUPS   Y0, 96(AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000080, AX
+	SUBQ      $0x00000020, DX
+	JMP       widenAddBF16AVX2_loop
+
+widenAddBF16AVX2_done:
+	VZEROUPPER
+	RET

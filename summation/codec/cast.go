@@ -30,14 +30,7 @@ func (c cast) Compress(dst []byte, src []float32, _ Step) ([]byte, error) {
 	}
 	dst = dst[:size]
 	putHeader(dst, c.id, 0, 0, n)
-	h := dst[headerSize:]
-	if c.id == FP16 {
-		narrowF16(h, src)
-	} else {
-		for i, x := range src {
-			binary.LittleEndian.PutUint16(h[2*i:], kernel.F32ToBF16(x))
-		}
-	}
+	narrow(c.id, dst[headerSize:], src)
 	return dst, nil
 }
 
@@ -60,57 +53,59 @@ func (c cast) decode(dst []float32, payload []byte, add bool) error {
 	if len(payload) != castSize(len(dst)) {
 		return corrupt("%s payload of %d elements is %d bytes, want %d", c.id, len(dst), len(payload), castSize(len(dst)))
 	}
-	h := payload[headerSize:]
-	switch {
-	case c.id == FP16:
-		widenF16(dst, h, add)
-	case add:
-		for i := range dst {
-			dst[i] += kernel.BF16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
-		}
-	default:
-		for i := range dst {
-			dst[i] = kernel.BF16ToF32(binary.LittleEndian.Uint16(h[2*i:]))
-		}
-	}
+	widen(c.id, dst, payload[headerSize:], add)
 	return nil
 }
 
-// narrowF16 writes src rounded to IEEE halves to dst (2 bytes each,
-// little-endian): kernel.F32ToF16, or F16C's VCVTPS2PH with rounding mode 0,
-// which gives the same bits for every float32 (checked over all 2^32 when
-// the kernel was written; TestImplsAgree checks random bit patterns).
-func narrowF16(dst []byte, src []float32) {
+// narrow writes src rounded to IEEE halves (id FP16) or bfloat16 (BF16)
+// to dst, 2 bytes each, little-endian: kernel.F32ToF16 or F32ToBF16, or
+// their AVX2 twins (F16C's VCVTPS2PH with rounding mode 0; integer rounding
+// as F32ToBF16 does), which give the same bits for every float32 (checked
+// over all 2^32 when the kernels were written; TestImplsAgree checks
+// random bit patterns).
+func narrow(id ID, dst []byte, src []float32) {
 	full := 0
 	if current.Load().simd {
 		full = len(src) &^ 31
 		for off := 0; off < full; off += chunkElems {
 			end := min(off+chunkElems, full)
-			narrowF16SIMD(dst[2*off:2*end], src[off:end])
+			narrowSIMD(id, dst[2*off:2*end], src[off:end])
 		}
 	}
+	if id == FP16 {
+		for i, x := range src[full:] {
+			binary.LittleEndian.PutUint16(dst[2*(full+i):], kernel.F32ToF16(x))
+		}
+		return
+	}
 	for i, x := range src[full:] {
-		binary.LittleEndian.PutUint16(dst[2*(full+i):], kernel.F32ToF16(x))
+		binary.LittleEndian.PutUint16(dst[2*(full+i):], kernel.F32ToBF16(x))
 	}
 }
 
-// widenF16 sets (or, if add, adds to) dst the halves of src widened: exact,
-// except that a signalling NaN comes out quiet, as F16C's VCVTPH2PS makes it
-// (kernel.F16ToF32 keeps it signalling). Compress never writes one.
-func widenF16(dst []float32, src []byte, add bool) {
+// widen sets (or, if add, adds to) dst the halves (FP16) or bfloat16 (BF16)
+// of src widened: exact, except that a signalling NaN half comes out quiet,
+// as F16C's VCVTPH2PS makes it (kernel.F16ToF32 keeps it signalling;
+// Compress never writes one).
+func widen(id ID, dst []float32, src []byte, add bool) {
 	full := 0
 	if current.Load().simd {
 		full = len(dst) &^ 31
 		for off := 0; off < full; off += chunkElems {
 			end := min(off+chunkElems, full)
-			widenF16SIMD(dst[off:end], src[2*off:2*end], add)
+			widenSIMD(id, dst[off:end], src[2*off:2*end], add)
 		}
 	}
 	for i := full; i < len(dst); i++ {
 		h := binary.LittleEndian.Uint16(src[2*i:])
-		v := kernel.F16ToF32(h)
-		if h&0x7c00 == 0x7c00 && h&0x3ff != 0 {
-			v = math.Float32frombits(math.Float32bits(v) | 0x00400000) // quiet
+		var v float32
+		if id == FP16 {
+			v = kernel.F16ToF32(h)
+			if h&0x7c00 == 0x7c00 && h&0x3ff != 0 {
+				v = math.Float32frombits(math.Float32bits(v) | 0x00400000) // quiet
+			}
+		} else {
+			v = kernel.BF16ToF32(h)
 		}
 		if add {
 			dst[i] += v

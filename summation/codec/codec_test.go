@@ -412,7 +412,7 @@ func TestImplsAgree(t *testing.T) {
 		t.Skipf("only %v here: nothing to compare", Impls())
 	}
 	r := rand.New(rand.NewSource(2))
-	for _, c := range []Compressor{onebit{}, onebit{scaling: true}, cast{id: FP16}} {
+	for _, c := range []Compressor{onebit{}, onebit{scaling: true}, cast{id: FP16}, cast{id: BF16}} {
 		sc := fmt.Sprint(c)
 		for iter := 0; iter < 150; iter++ {
 			n := r.Intn(5000)

@@ -7,8 +7,8 @@ import (
 )
 
 // impl is one implementation of onebit's bit packing and the fp16 cast: the
-// Go code, or the Go code for tails and packSIMD, unpackSIMD, narrowF16SIMD
-// and widenF16SIMD (impl_amd64.go) for whole vectors. (Direct calls rather than function values, so that the partial
+// Go code, or the Go code for tails and packSIMD, unpackSIMD, narrowSIMD
+// and widenSIMD (impl_amd64.go) for whole vectors. (Direct calls rather than function values, so that the partial
 // sums passed to the assembly can stay on the stack.)
 type impl struct {
 	name string
@@ -29,8 +29,8 @@ var (
 
 func init() { current.Store(impls[len(impls)-1]) }
 
-// Impl names the implementation of onebit's packing and the fp16 cast in
-// use: "avx2" (AVX2 and F16C) or "generic".
+// Impl names the implementation of onebit's packing and the fp16 and bf16
+// casts in use: "avx2" (AVX2 and F16C) or "generic".
 func Impl() string { return current.Load().name }
 
 // Impls names the implementations this CPU and build can run, from
@@ -43,7 +43,7 @@ func Impls() []string {
 	return names
 }
 
-// SetImpl makes onebit and fp16 use the named implementation, for tests and
+// SetImpl makes onebit and the casts use the named implementation, for tests and
 // benchmarks, and returns a function that restores the previous one. The
 // implementations give the same payloads and tensors bit for bit.
 func SetImpl(name string) (restore func(), err error) {

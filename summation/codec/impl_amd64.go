@@ -50,24 +50,35 @@ func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
 	onebitUnpackAVX2(unsafe.SliceData(dst), &words[0], len(dst), scale)
 }
 
-// narrowF16SIMD is narrowF16 over a multiple of 32 elements with F16C.
-func narrowF16SIMD(dst []byte, src []float32) {
+// narrowSIMD is narrow over a multiple of 32 elements with AVX2 (F16C for
+// FP16).
+func narrowSIMD(id ID, dst []byte, src []float32) {
 	if len(src) == 0 {
 		return
 	}
 	_ = dst[2*len(src)-1]
-	narrowF16F16C(&dst[0], &src[0], len(src))
+	if id == FP16 {
+		narrowF16F16C(&dst[0], &src[0], len(src))
+		return
+	}
+	narrowBF16AVX2(&dst[0], &src[0], len(src))
 }
 
-// widenF16SIMD is widenF16 over a multiple of 32 elements with F16C.
-func widenF16SIMD(dst []float32, src []byte, add bool) {
+// widenSIMD is widen over a multiple of 32 elements with AVX2 (F16C for
+// FP16).
+func widenSIMD(id ID, dst []float32, src []byte, add bool) {
 	if len(dst) == 0 {
 		return
 	}
 	_ = src[2*len(dst)-1]
-	if add {
+	switch {
+	case id == FP16 && add:
 		widenAddF16F16C(&dst[0], &src[0], len(dst))
-		return
+	case id == FP16:
+		widenF16F16C(&dst[0], &src[0], len(dst))
+	case add:
+		widenAddBF16AVX2(&dst[0], &src[0], len(dst))
+	default:
+		widenBF16AVX2(&dst[0], &src[0], len(dst))
 	}
-	widenF16F16C(&dst[0], &src[0], len(dst))
 }

@@ -12,6 +12,6 @@ func unpackSIMD(dst []float32, words []byte, scale uint32, add bool) {
 	panic("codec: no SIMD kernels")
 }
 
-func narrowF16SIMD(dst []byte, src []float32) { panic("codec: no SIMD kernels") }
+func narrowSIMD(id ID, dst []byte, src []float32) { panic("codec: no SIMD kernels") }
 
-func widenF16SIMD(dst []float32, src []byte, add bool) { panic("codec: no SIMD kernels") }
+func widenSIMD(id ID, dst []float32, src []byte, add bool) { panic("codec: no SIMD kernels") }

@@ -1,6 +1,6 @@
 // Command asmgen generates, with avo, the amd64 kernels of package codec:
-// onebit's sign-bit packing and unpacking, and the fp16 cast's conversions
-// (F16C). Run it through go generate:
+// onebit's sign-bit packing and unpacking, and the fp16 (F16C) and bf16
+// casts' conversions. Run it through go generate:
 //
 //	go generate ./summation/codec
 //
@@ -9,10 +9,10 @@
 //	go run ./asmgen -out asm_amd64.s -stubs asm_amd64.go -pkg codec
 //
 // Every onebit kernel works on n elements, n a multiple of 64 (one 64-bit
-// word of sign bits), every fp16 kernel on a multiple of 32; the caller does
+// word of sign bits), every cast kernel on a multiple of 32; the caller does
 // a shorter tail with the Go reference code (codec's packRef and unpackRef,
-// summation/kernel's F32ToF16 and F16ToF32), which the kernels match bit for
-// bit. No alignment is required. They use AVX2 only: at the tensor sizes that
+// summation/kernel's F32ToF16, F16ToF32, F32ToBF16 and BF16ToF32), which the
+// kernels match bit for bit. No alignment is required. They use AVX2 only: at the tensor sizes that
 // matter they are bound by memory, and AVX2 runs them as fast as AVX-512
 // would on the CPUs at hand, with one kernel fewer to check.
 package main
@@ -36,6 +36,9 @@ func main() {
 	genNarrowF16()
 	genWidenF16(false)
 	genWidenF16(true)
+	genNarrowBF16()
+	genWidenBF16(false)
+	genWidenBF16(true)
 	Generate()
 }
 
@@ -268,6 +271,103 @@ func genWidenF16(add bool) {
 	for m := 0; m < 4; m++ {
 		v := YMM()
 		VCVTPH2PS(Mem{Base: s, Disp: 16 * m}, v)
+		if add {
+			VADDPS(Mem{Base: d, Disp: 32 * m}, v, v)
+		}
+		VMOVUPS(v, Mem{Base: d, Disp: 32 * m})
+	}
+	ADDQ(U32(64), s)
+	ADDQ(U32(128), d)
+	SUBQ(U32(32), n)
+	JMP(LabelRef(name + "_loop"))
+	Label(name + "_done")
+	VZEROUPPER()
+	RET()
+}
+
+// bcst32 broadcasts the 32-bit constant v to a new YMM register.
+func bcst32(v uint32) reg.VecVirtual {
+	g := GP32()
+	MOVL(U32(v), g)
+	x := XMM()
+	VMOVD(g, x)
+	y := YMM()
+	VPBROADCASTD(x, y)
+	return y
+}
+
+// genNarrowBF16 emits narrowBF16AVX2: 32 floats an iteration rounded to
+// bfloat16 exactly as summation/kernel's F32ToBF16: b + 0x7fff + (b>>16 & 1),
+// the top half kept, except that a NaN (VCMPPS unordered) becomes
+// b>>16 | 0x40 (quiet, the top of its payload kept). The 32-bit results
+// are packed to 16 bits (VPACKUSDW, which works within 128-bit lanes, then
+// VPERMQ to put the quarters back in order).
+func genNarrowBF16() {
+	text("narrowBF16AVX2", "func(dst *byte, src *float32, n int)")
+	Doc("narrowBF16AVX2 rounds n floats at src to bfloat16 at dst (2n bytes).",
+		"n must be a multiple of 32.")
+	d := Load(Param("dst"), GP64())
+	s := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	one, bias, quiet := bcst32(1), bcst32(0x7fff), bcst32(0x40)
+	round := func(m Mem) reg.VecVirtual {
+		v := YMM()
+		VMOVDQU(m, v)
+		nan := YMM()
+		VCMPPS(U8(3), v, v, nan) // unordered: v is a NaN
+		hi := YMM()
+		VPSRLD(U8(16), v, hi)
+		t := YMM()
+		VPAND(one, hi, t)
+		VPADDD(bias, t, t)
+		VPADDD(v, t, t)
+		VPSRLD(U8(16), t, t) // rounded
+		VPOR(quiet, hi, hi)  // the NaN result
+		VPBLENDVB(nan, hi, t, t)
+		return t
+	}
+	Label("narrowBF16AVX2_loop")
+	TESTQ(n, n)
+	JZ(LabelRef("narrowBF16AVX2_done"))
+	for m := 0; m < 2; m++ {
+		a := round(Mem{Base: s, Disp: 64 * m})
+		b := round(Mem{Base: s, Disp: 64*m + 32})
+		VPACKUSDW(b, a, a)
+		VPERMQ(U8(0xd8), a, a)
+		VMOVDQU(a, Mem{Base: d, Disp: 32 * m})
+	}
+	ADDQ(U32(128), s)
+	ADDQ(U32(64), d)
+	SUBQ(U32(32), n)
+	JMP(LabelRef("narrowBF16AVX2_loop"))
+	Label("narrowBF16AVX2_done")
+	VZEROUPPER()
+	RET()
+}
+
+// genWidenBF16 emits widenBF16AVX2 or, with add, widenAddBF16AVX2: 32
+// bfloat16 an iteration, zero-extended to 32 bits (VPMOVZXWD) and shifted
+// into the top half, exactly BF16ToF32; with add, added to dst (VADDPS,
+// the widened value first).
+func genWidenBF16(add bool) {
+	name := "widenBF16AVX2"
+	doc := "widenBF16AVX2 widens n bfloat16 at src to floats at dst."
+	if add {
+		name = "widenAddBF16AVX2"
+		doc = "widenAddBF16AVX2 adds n bfloat16 at src, widened, to the floats at dst."
+	}
+	text(name, "func(dst *float32, src *byte, n int)")
+	Doc(doc, "n must be a multiple of 32.")
+	d := Load(Param("dst"), GP64())
+	s := Load(Param("src"), GP64())
+	n := Load(Param("n"), GP64())
+	Label(name + "_loop")
+	TESTQ(n, n)
+	JZ(LabelRef(name + "_done"))
+	for m := 0; m < 4; m++ {
+		v := YMM()
+		VPMOVZXWD(Mem{Base: s, Disp: 16 * m}, v)
+		VPSLLD(U8(16), v, v)
 		if add {
 			VADDPS(Mem{Base: d, Disp: 32 * m}, v, v)
 		}
