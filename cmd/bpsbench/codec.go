@@ -86,6 +86,7 @@ func codecBench(args []string) error {
 		{"randomk-1%", map[string]string{"compressor": "randomk", "k": "0.01", "seed": "1"}},
 		{"dithering-s8", map[string]string{"compressor": "dithering", "k": "8", "seed": "1"}},
 		{"fp16", map[string]string{"compressor": "fp16"}},
+		{"bf16", map[string]string{"compressor": "bf16"}},
 	} {
 		p, err := codec.Parse(c.kv)
 		if err != nil {
