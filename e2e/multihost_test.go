@@ -133,7 +133,7 @@ func (h *sshHosts) noneLeft() {
 // servers on the other 2, started over ssh; every sum exact, every output
 // line prefixed with host and role, and no process left on any host. Then
 // a remote worker is killed: the job ends naming it, and again nothing is
-// left.
+// left; and so after Ctrl-C.
 func TestMultiHostSSH(t *testing.T) {
 	h := newSSHHosts(t, 4)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -198,6 +198,20 @@ func TestMultiHostSSH(t *testing.T) {
 			t.Fatalf("exit %d, want a failure naming the killed worker on %s (%q):\n%s", code, h.ips[1], re, out)
 		}
 		t.Logf("killed worker %s on %s; bpsrun exited %d after %v", victim, h.ips[1], code, took.Round(time.Millisecond))
+		h.noneLeft()
+	})
+
+	t.Run("interrupt", func(t *testing.T) {
+		h.t = t
+		j := h.bpsrun(ctx, append(layout, "--", testjob, "-mode", "hold", "-rounds", "1000000", "-timeout", "90s")...)
+		j.waitFor(regexp.MustCompile(`first round started`), 4, time.Minute)
+		// ip netns exec execs bpsrun: this is bpsrun's pid.
+		if err := j.cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+		if code := j.wait(30 * time.Second); code != 130 || !strings.Contains(j.output(), "job failed: interrupted") {
+			t.Fatalf("exit %d after Ctrl-C, want 130 and the verdict:\n%s", code, j.output())
+		}
 		h.noneLeft()
 	})
 }
