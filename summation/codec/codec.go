@@ -80,7 +80,9 @@ type Step struct {
 // Decompress and DecompressAdd check the payload completely and return an
 // error wrapping ErrCorrupt for one that is malformed or that another codec
 // produced; they never read outside it and never panic on any input. On an
-// error the contents of dst are unspecified.
+// error they leave dst as it was: every check comes before the first write,
+// so that a server can refuse a bad push without losing the sum it was
+// adding into.
 //
 // Locking: the codecs of New are stateless and safe for concurrent use. The
 // decorators (ErrorFeedback, Momentum) keep per-key state: calls for

@@ -583,10 +583,27 @@ func TestCorrupt(t *testing.T) {
 				bad := slices.Clone(p)
 				bad[r.Intn(len(bad))] ^= byte(1 << r.Intn(8))
 				out := make([]float32, n+1)
-				out[n] = 7
-				_ = c.Decompress(out[:n], bad)
-				_ = c.DecompressAdd(out[:n], bad)
-				if out[n] != 7 {
+				for i := range out {
+					out[i] = float32(i) + 0.5
+				}
+				before := slices.Clone(out)
+				err1 := c.Decompress(out[:n], bad)
+				if err1 != nil {
+					if i, ok := sameBits(out, before); !ok {
+						t.Fatalf("%s: Decompress failed (%v) after writing element %d", tc.name, err1, i)
+					}
+				}
+				copy(out, before)
+				err2 := c.DecompressAdd(out[:n], bad)
+				if err2 != nil {
+					if i, ok := sameBits(out, before); !ok {
+						t.Fatalf("%s: DecompressAdd failed (%v) after writing element %d", tc.name, err2, i)
+					}
+				}
+				if (err1 == nil) != (err2 == nil) {
+					t.Fatalf("%s: Decompress says %v, DecompressAdd %v", tc.name, err1, err2)
+				}
+				if out[n] != before[n] {
 					t.Fatalf("%s: a damaged payload wrote past the tensor", tc.name)
 				}
 			}

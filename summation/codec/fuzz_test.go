@@ -45,12 +45,19 @@ func FuzzDecompress(f *testing.F) {
 		for _, c := range decoders() {
 			for _, m := range []int{n, n + 1} {
 				out := make([]float32, m+1)
-				out[m] = 42
+				for i := range out {
+					out[i] = 42
+				}
 				err := c.Decompress(out[:m], data)
 				if out[m] != 42 {
 					t.Fatalf("%s: Decompress wrote past the tensor", c.ID())
 				}
 				if err != nil {
+					for i, v := range out {
+						if v != 42 {
+							t.Fatalf("%s: Decompress failed (%v) after writing element %d", c.ID(), err, i)
+						}
+					}
 					continue
 				}
 				again := make([]float32, m)
