@@ -100,12 +100,14 @@
 //
 // Each codec is pure Go. onebit's bit packing and unpacking, the part that
 // must keep up with memory, and the fp16 and bf16 casts' conversions also
-// have AVX2 (and F16C) kernels generated with avo by ./asmgen (go generate) into
-// asm_amd64.s, chosen at start when the CPU has them (Impl, SetImpl); they
-// give the same payloads and tensors bit for bit, including onebit's scale,
-// whose partial sums they keep in vector lanes in the same order. The noasm build tag, and any platform but amd64 with gc,
-// leaves only the Go code ("generic"). Top-k is a radix select that bounds
-// the k-th largest magnitude from a sample of the tensor, collects the
-// elements above the bound in one pass and selects among them alone (the
-// result does not depend on the sample); the others are one pass.
+// have AVX2 (and F16C) kernels generated with avo by ./asmgen (go generate)
+// into asm_amd64.s, chosen at start when the CPU has them (Impl, SetImpl);
+// they give the same payloads and tensors bit for bit, including onebit's
+// scale, whose partial sums they keep in vector lanes in the same order.
+// The noasm build tag, and any platform but amd64 with gc, leaves only the
+// Go code ("generic"). Top-k is a radix select that bounds the k-th largest
+// magnitude from a sample of the tensor, collects the elements above the
+// bound in one pass and selects among them alone (the result does not
+// depend on the sample). Dithering makes two passes (the scale, then the
+// codes), the others one.
 package codec
