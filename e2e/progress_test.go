@@ -22,9 +22,9 @@ func TestProgress(t *testing.T) {
 	// Every worker pushes to the server (on one machine, local
 	// aggregation would keep the bytes in shared memory, which the line
 	// does not count, and end the job too soon).
-	j := start(t, ctx, []string{"GOBPS_PROGRESS=300ms", "BYTEPS_LOG_LEVEL=WARNING", "GOBPS_LOCAL_AGGREGATION=0"},
+	j := start(t, ctx, []string{"GOBPS_PROGRESS=200ms", "BYTEPS_LOG_LEVEL=WARNING", "GOBPS_LOCAL_AGGREGATION=0"},
 		"--local", "-np", "2", "--servers", "1", "--progress", "--",
-		bin+"/testjob", "-tensors", "8", "-rounds", "60", "-max", "4194304")
+		bin+"/testjob", "-tensors", "8", "-rounds", "400", "-max", "4194304")
 	re := regexp.MustCompile(`^\[scheduler\] .*progress: 2 of 2 workers reporting: ([0-9.]+) push_pulls/s and ([0-9.]+) GB/s per worker; slowest worker [01]: `)
 	got := j.waitFor(re, 2, time.Minute)
 	m := re.FindStringSubmatch(got[len(got)-1].text)
