@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=1,
                    help="compare: run ddp and gobps alternately this many times each and report the medians "
                         "(less sensitive to other load on the machine)")
+    p.add_argument("--with-servers", action="store_true",
+                   help="compare: also run gobps with BYTEPS_FORCE_DISTRIBUTED=1 (sums through the servers, "
+                        "as before the one-machine path), interleaved with the others")
     p.add_argument("--bpsrun", default=None, help="compare: the bpsrun binary (default: bin/bpsrun of this "
                                                   "source tree, then PATH)")
     return p.parse_args(argv)
@@ -295,6 +298,8 @@ def compare_main(args, argv):
             skip = False
             continue
         name = a.split("=", 1)[0]
+        if name == "--with-servers":
+            continue
         if name in ("--mode", "--np", "--servers", "--bpsrun", "--repeats"):
             skip = "=" not in a
             continue
@@ -304,11 +309,17 @@ def compare_main(args, argv):
             "ddp": me + ["--mode", "ddp", "--np", str(args.np)] + rest,
             "gobps": [find_bpsrun(args), "--local", "-np", str(args.np), "--servers", str(args.servers), "--"]
             + me + ["--mode", "gobps"] + rest}
-    results = {"compute": [], "ddp": [], "gobps": []}
+    names = ["compute", "ddp", "gobps"]
+    env = {name: None for name in names}
+    if args.with_servers:
+        cmds["gobps-servers"] = cmds["gobps"]
+        env["gobps-servers"] = dict(os.environ, BYTEPS_FORCE_DISTRIBUTED="1")
+        names.append("gobps-servers")
+    results = {name: [] for name in names}
     for i in range(args.repeats):
-        for name in ("compute", "ddp", "gobps"):
+        for name in names:
             print("benchmark: run %d of %d, %s: %s" % (i + 1, args.repeats, name, " ".join(cmds[name])), flush=True)
-            out = subprocess.run(cmds[name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            out = subprocess.run(cmds[name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env[name])
             sys.stdout.write(out.stdout)
             m = re.search(r"RESULT mode=\w+ model=\w+ workers=\d+ samples_per_sec=([0-9.]+)", out.stdout)
             if out.returncode != 0 or not m:
@@ -324,6 +335,11 @@ def compare_main(args, argv):
     print("benchmark: %s, %d workers, batch %d per worker: gobps (%d servers) %.1f samples/s, "
           "torch DDP (gloo) %.1f samples/s: %.2fx; compute-only %.1f samples/s: gobps %.2f of it, DDP %.2f" % (
               args.model, args.np, args.batch_size, args.servers, g, d, g / d, c, g / c, d / c))
+    if args.with_servers:
+        s = median(results["gobps-servers"])
+        print("benchmark: gobps through the servers (BYTEPS_FORCE_DISTRIBUTED=1) %.1f samples/s (runs %s): "
+              "%.2fx DDP, %.2f of compute-only; the one-machine path is %.2fx that" % (
+                  s, " ".join("%.1f" % x for x in results["gobps-servers"]), s / d, s / c, g / s))
 
 
 def main():
