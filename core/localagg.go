@@ -37,6 +37,21 @@ func shmDir() string {
 	return os.TempDir()
 }
 
+// localGroup names the local group of machine (DMLC_WORKER_ID) of the job
+// whose coordinator is at root.
+func localGroup(root string, machine int) string {
+	return strings.NewReplacer(":", "_", "/", "_", "[", "", "]", "").Replace(fmt.Sprintf("%s-m%d", root, machine))
+}
+
+// RemoveLocalFiles removes what local aggregation left in shared memory on
+// this machine for machine (DMLC_WORKER_ID) of the job whose coordinator
+// is at root (host:port), made by processes that no longer exist, and
+// returns the names removed. bpsrun calls it when the job's processes on a
+// host have ended: a worker killed with SIGKILL cannot clean up.
+func RemoveLocalFiles(root string, machine int) []string {
+	return local.RemoveDead(shmDir(), localGroup(root, machine))
+}
+
 // joinLocal joins this machine's group when local aggregation applies: more
 // than one worker per machine, and not turned off. The group is named after
 // the job (the coordinator's address) and the machine (DMLC_WORKER_ID).
@@ -48,9 +63,8 @@ func (e *Engine) joinLocal(ctx context.Context) error {
 	if cfg.WorkerID < 0 {
 		return errors.New("gobps: local aggregation needs DMLC_WORKER_ID (the machine's index) when BYTEPS_LOCAL_SIZE > 1; set it, or set GOBPS_LOCAL_AGGREGATION=0")
 	}
-	name := strings.NewReplacer(":", "_", "/", "_", "[", "", "]", "").Replace(fmt.Sprintf("%s-m%d", cfg.RootAddr(), cfg.WorkerID))
 	g, err := local.Join(ctx, local.Config{
-		Dir: shmDir(), Group: name, Size: cfg.LocalSize, Rank: cfg.LocalRank,
+		Dir: shmDir(), Group: localGroup(cfg.RootAddr(), cfg.WorkerID), Size: cfg.LocalSize, Rank: cfg.LocalRank,
 		JoinTimeout: localJoinTimeout, Logf: e.warnf, Behind: e.behind, Auth: e.auth,
 		StallWarning: cfg.StallWarning, StallShutdown: cfg.StallShutdown, Stalled: e.localStall,
 	})

@@ -916,3 +916,55 @@ func TestAcceptSurvivesDescriptorBurst(t *testing.T) {
 	}
 	p.srv.waitFor(regexp.MustCompile(`accept: accepting again after \d+ failed tries`), 1, time.Second)
 }
+
+// shmFiles lists the files in /dev/shm whose names hold the job's
+// coordinator address (host:port, or a host alone for any port) as local
+// aggregation writes it (dots and colon as underscores).
+func shmFiles(t *testing.T, root string) []string {
+	t.Helper()
+	entries, err := os.ReadDir("/dev/shm")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	tag := "gobps." + strings.NewReplacer(".", "_", ":", "_").Replace(root)
+	if strings.Contains(root, ":") {
+		tag += "-m"
+	} else {
+		tag += "_"
+	}
+	var out []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tag) {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+// TestKilledWorkerLeavesNoSharedMemory: a worker killed with SIGKILL in
+// its first round cannot remove its local-aggregation files; bpsrun
+// removes them once the job has ended, so /dev/shm holds nothing of the
+// job.
+func TestKilledWorkerLeavesNoSharedMemory(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	j := start(t, ctx, nil, "--local", "-v", "-np", "2", "--servers", "1", "--",
+		filepath.Join(bin, "testjob"), "-mode", "hold", "-rounds", "1000000", "-timeout", "50s")
+	m := regexp.MustCompile(`coordinator listening on (127\.0\.0\.1:\d+)`)
+	root := m.FindStringSubmatch(j.waitFor(m, 1, 30*time.Second)[0].text)[1]
+	j.waitFor(regexp.MustCompile(`\[worker 0\] first round started`), 1, 30*time.Second)
+	if err := syscall.Kill(pids(t, j)["worker 0"], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if code := j.wait(30 * time.Second); code == 0 {
+		t.Fatalf("exit 0 after a worker was killed:\n%s", j.output())
+	}
+	if left := shmFiles(t, root); len(left) > 0 {
+		t.Errorf("the job left %d files in /dev/shm: %v\n%s", len(left), left, j.output())
+	}
+	for _, l := range j.lines {
+		if strings.Contains(l.text, "shared-memory files") {
+			t.Log(l.text)
+		}
+	}
+}

@@ -199,6 +199,11 @@ func TestMultiHostSSH(t *testing.T) {
 		}
 		t.Logf("killed worker %s on %s; bpsrun exited %d after %v", victim, h.ips[1], code, took.Round(time.Millisecond))
 		h.noneLeft()
+		// The killed worker's local-aggregation files are gone too: its
+		// agent removed them (the hosts share this machine's /dev/shm).
+		if left := shmFiles(t, h.ips[0]); len(left) > 0 {
+			t.Errorf("the job left %d files in /dev/shm: %v", len(left), left)
+		}
 	})
 
 	t.Run("interrupt", func(t *testing.T) {

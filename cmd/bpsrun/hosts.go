@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/gobps/gobps/core"
 )
 
 // Multi-host mode (bpsrun -H host1:4,host2:4 -- CMD): bpsrun starts every
@@ -189,6 +192,15 @@ type agentSpec struct {
 	Argv []string `json:"argv"`
 	Env  []string `json:"env"` // NAME=VALUE, over the remote login's environment
 	Dir  string   `json:"dir"` // working directory, if it exists there
+	// Cleanup, for a worker: the job's coordinator (host:port) and the
+	// worker's machine (DMLC_WORKER_ID), whose shared-memory files left
+	// by dead processes the agent removes once the worker has ended.
+	Cleanup *agentCleanup `json:"cleanup,omitempty"`
+}
+
+type agentCleanup struct {
+	Root    string `json:"root"`
+	Machine int    `json:"machine"`
 }
 
 // forwarded reports whether bpsrun -H passes name from its environment to
@@ -371,6 +383,7 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 		roleArgv = append(roleArgv, "-v")
 	}
 	var procs []*proc
+	var cleanup *agentCleanup // set for each worker's add
 	add := func(name, host string, base []string, argv []string, kv ...string) error {
 		set := map[string]string{"DMLC_NODE_HOST": addr(host)}
 		for k, v := range common {
@@ -383,7 +396,7 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return err
 		}
-		r := &remote{host: host, spec: agentSpec{Name: name, Argv: argv, Env: renv, Dir: dir}}
+		r := &remote{host: host, spec: agentSpec{Name: name, Argv: argv, Env: renv, Dir: dir, Cleanup: cleanup}}
 		procs = append(procs, &proc{name: name, host: addr(host), remote: r,
 			cmd: exec.Command("ssh", sshArgs(f, host, agent)...)})
 		return nil
@@ -396,6 +409,7 @@ func runHosts(f *flags, env []string, stdout, stderr io.Writer) int {
 		}
 	}
 	for i, h := range plan.workers {
+		cleanup = &agentCleanup{Root: net.JoinHostPort(common["DMLC_PS_ROOT_URI"], common["DMLC_PS_ROOT_PORT"]), Machine: i}
 		for l := 0; l < local && err == nil; l++ {
 			err = add(fmt.Sprintf("worker %d", i*local+l), h.host, workerEnv, f.commands,
 				"DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i), "BYTEPS_LOCAL_RANK", strconv.Itoa(l))
@@ -484,8 +498,14 @@ func runAgent(stdin io.Reader, stderr io.Writer) int {
 		}
 	}()
 	err = cmd.Wait()
-	// Whatever the process left in its group goes with it.
+	// Whatever the process left in its group goes with it, and so do the
+	// shared-memory files of a worker that could not remove them.
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	if spec.Cleanup != nil {
+		if n := len(core.RemoveLocalFiles(spec.Cleanup.Root, spec.Cleanup.Machine)); n > 0 {
+			fmt.Fprintf(stderr, "bpsrun: removed %d shared-memory files that killed workers left\n", n)
+		}
+	}
 	if err == nil {
 		return 0
 	}

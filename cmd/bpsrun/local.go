@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/gobps/gobps/config"
+	"github.com/gobps/gobps/core"
 	"github.com/gobps/gobps/internal/logging"
 )
 
@@ -410,7 +411,17 @@ func runLocal(f *flags, env []string, stdout, stderr io.Writer) int {
 		p.cmd.Env = jobEnv(workerEnv, with("DMLC_ROLE", "worker", "DMLC_WORKER_ID", strconv.Itoa(i/local), "BYTEPS_LOCAL_RANK", strconv.Itoa(i%local)))
 		procs = append(procs, p)
 	}
-	return supervise(f, env, procs, stdout, stderr)
+	code = supervise(f, env, procs, stdout, stderr)
+	// Workers killed with SIGKILL leave their shared-memory files.
+	root := net.JoinHostPort("127.0.0.1", strconv.Itoa(job.port))
+	n := 0
+	for m := 0; m < f.np/local; m++ {
+		n += len(core.RemoveLocalFiles(root, m))
+	}
+	if n > 0 {
+		fmt.Fprintf(stderr, "bpsrun: removed %d shared-memory files that killed workers left\n", n)
+	}
+	return code
 }
 
 // supervise starts procs (their commands made, not started) and watches

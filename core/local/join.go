@@ -664,11 +664,36 @@ func parseRights(oob []byte) []int {
 // job are normally removed after its first round). It runs on rank 0 before
 // listening. Files of a job whose rank 0 is alive are left alone.
 func (g *Group) sweep() {
-	entries, err := os.ReadDir(g.cfg.Dir)
-	if err != nil {
-		return
+	removed := removeDead(g.cfg.Dir, g.base)
+	if len(removed) > 0 {
+		slices.Sort(removed)
+		g.logf("local: removed %d stale shared-memory files of dead jobs in %s (e.g. %s)", len(removed), g.cfg.Dir, removed[0])
 	}
-	prefix := g.base + "."
+}
+
+// processExists reports whether a process with this pid exists (EPERM: it
+// exists but belongs to someone else).
+func processExists(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
+}
+
+// RemoveDead removes the shared-memory files in dir of the group named
+// group (Config.Group) that were made by processes that no longer exist,
+// and returns their names. A launcher calls it once the job's processes
+// on this machine have ended, so that a job whose workers were killed
+// (SIGKILL leaves no chance to clean up) leaves nothing behind; files of a
+// process still alive are left alone.
+func RemoveDead(dir, group string) []string {
+	return removeDead(dir, baseName(group))
+}
+
+func removeDead(dir, base string) []string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil
+	}
+	prefix := base + "."
 	var removed []string
 	for _, e := range entries {
 		name := e.Name()
@@ -681,19 +706,9 @@ func (g *Group) sweep() {
 		if !ok || err != nil || pid <= 0 || processExists(pid) {
 			continue
 		}
-		if os.Remove(filepath.Join(g.cfg.Dir, name)) == nil {
+		if os.Remove(filepath.Join(dir, name)) == nil {
 			removed = append(removed, name)
 		}
 	}
-	if len(removed) > 0 {
-		slices.Sort(removed)
-		g.logf("local: removed %d stale shared-memory files of dead jobs in %s (e.g. %s)", len(removed), g.cfg.Dir, removed[0])
-	}
-}
-
-// processExists reports whether a process with this pid exists (EPERM: it
-// exists but belongs to someone else).
-func processExists(pid int) bool {
-	err := unix.Kill(pid, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
+	return removed
 }
