@@ -14,7 +14,7 @@ import (
 // coordinator logs one progress line for the job from them.
 type Progress struct {
 	Ops   uint64 // push_pulls (and broadcasts) completed
-	Bytes uint64 // bytes pushed plus bytes of answers pulled
+	Bytes uint64 // the tensor bytes of those operations
 }
 
 const progressSize = 16

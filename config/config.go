@@ -399,7 +399,7 @@ var table = []spec{
 	},
 	{
 		Variable: Variable{Name: envProgress, Default: "0s", Roles: []Role{Scheduler, Worker},
-			Doc: "How often each worker tells the coordinator its counts (push_pulls completed, bytes pushed and pulled) and the coordinator logs one progress line for the job, shown at every log level: push_pulls per second and GB/s per worker, and the slowest worker; 0 (the default) never, and bpsrun --progress sets 5s."},
+			Doc: "How often each worker tells the coordinator its counts (push_pulls completed and their tensor bytes) and the coordinator logs one progress line for the job, shown at every log level: push_pulls per second and GB/s per worker, and the slowest worker; 0 (the default) never, and bpsrun --progress sets 5s."},
 		field: func(c *Config) any { return &c.Progress },
 	},
 	{

@@ -340,10 +340,7 @@ func (e *Engine) reportProgress(p progressReporter, every time.Duration) {
 		select {
 		case <-t.C:
 			m := e.Metrics()
-			pr := cluster.Progress{Ops: m.OpsCompleted}
-			for _, s := range m.Servers {
-				pr.Bytes += s.PushBytes + s.AnswerBytes
-			}
+			pr := cluster.Progress{Ops: m.OpsCompleted, Bytes: m.BytesCompleted}
 			if err := p.Progress(pr); err != nil {
 				return // the membership is ending; watch reports why
 			}

@@ -267,6 +267,10 @@ func testPushPullSumAverageBroadcast(t *testing.T, localAgg, force string, pushe
 				return fmt.Errorf("rank %d round %d: broadcast differs from root 2", rank, round)
 			}
 		}
+		// Every operation's tensor bytes, whichever way its sum came.
+		if got, want := e.Metrics().BytesCompleted, uint64(5*(4*n+24+4*n)); got != want {
+			return fmt.Errorf("rank %d: %d bytes of operations completed, want %d", rank, got, want)
+		}
 		return nil
 	})
 	var pushes int64

@@ -19,6 +19,9 @@ type EngineMetrics struct {
 	// the number started and not yet complete.
 	OpsCompleted, OpsFailed uint64
 	OpsOpen                 int
+	// BytesCompleted is the tensor bytes of the operations completed
+	// without an error.
+	BytesCompleted uint64
 	// Queued is the number of partitions in the scheduler's queue,
 	// waiting for credit (a few may have failed there already).
 	Queued int
@@ -157,7 +160,7 @@ func (e *Engine) Metrics() EngineMetrics {
 	e.mu.Lock()
 	c := e.mu.m.Counts()
 	out := EngineMetrics{
-		OpsCompleted: c.OpsCompleted, OpsFailed: c.OpsFailed, OpsOpen: e.mu.open,
+		OpsCompleted: c.OpsCompleted, OpsFailed: c.OpsFailed, OpsOpen: e.mu.open, BytesCompleted: c.BytesCompleted,
 		Queued: e.mu.m.Queued(), CreditInUse: e.mu.m.InFlight(), Credit: e.cfg.SchedulingCredit,
 	}
 	e.mu.Unlock()

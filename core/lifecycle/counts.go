@@ -11,6 +11,9 @@ type Counts struct {
 	// OpsCompleted and OpsFailed count the ops (handles) that completed
 	// without an error and with one.
 	OpsCompleted, OpsFailed uint64
+	// BytesCompleted is the tensor bytes of the ops completed without an
+	// error, whichever way their sums came (servers or shared memory).
+	BytesCompleted uint64
 }
 
 // ServerCounts are the partitions a machine exchanged with one server.
@@ -42,5 +45,8 @@ func (m *Machine) completed(op *Op) {
 		m.counts.OpsFailed++
 	} else {
 		m.counts.OpsCompleted++
+		for _, p := range op.Spec.Parts {
+			m.counts.BytesCompleted += uint64(p.Len)
+		}
 	}
 }
