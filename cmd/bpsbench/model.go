@@ -24,7 +24,6 @@ import (
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
-	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // model is the scale model's front end (cmd/internal/scalemodel):
@@ -321,27 +320,7 @@ func writeSpeedupPlot(path string, rows []predRow) error {
 		}
 		panels = append(panels, p)
 	}
-	const pw, ph = 6 * vg.Inch, 4.5 * vg.Inch
-	img := vgimg.New(pw, vg.Length(len(panels))*ph)
-	dc := draw.New(img)
-	grid := make([][]*plot.Plot, len(panels))
-	for i := range panels {
-		grid[i] = []*plot.Plot{panels[i]}
-	}
-	canvases := plot.Align(grid, draw.Tiles{Rows: len(panels), Cols: 1, PadX: vg.Millimeter * 4, PadY: vg.Millimeter * 4,
-		PadTop: vg.Millimeter * 2, PadBottom: vg.Millimeter * 2, PadLeft: vg.Millimeter * 2, PadRight: vg.Millimeter * 2}, dc)
-	for i := range grid {
-		grid[i][0].Draw(canvases[i][0])
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return writePanels(path, panels, 1, 6*vg.Inch, 4.5*vg.Inch)
 }
 
 // modelCalibrate measures what the model cannot know from data sheets and

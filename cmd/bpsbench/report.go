@@ -435,9 +435,13 @@ func writePlot(path string, rows []run) error {
 		}
 		panels = append(panels, p)
 	}
-	cols := min(3, len(panels))
+	return writePanels(path, panels, min(3, len(panels)), 5*vg.Inch, 4*vg.Inch)
+}
+
+// writePanels writes panels to path as one PNG, cols a row, each pw by ph,
+// left to right and top to bottom.
+func writePanels(path string, panels []*plot.Plot, cols int, pw, ph vg.Length) error {
 	rowsN := (len(panels) + cols - 1) / cols
-	const pw, ph = 5 * vg.Inch, 4 * vg.Inch
 	img := vgimg.New(vg.Length(cols)*pw, vg.Length(rowsN)*ph)
 	dc := draw.New(img)
 	grid := make([][]*plot.Plot, rowsN)
