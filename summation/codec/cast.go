@@ -65,7 +65,7 @@ func (c cast) decode(dst []float32, payload []byte, add bool) error {
 // random bit patterns).
 func narrow(id ID, dst []byte, src []float32) {
 	full := 0
-	if current.Load().simd {
+	if chosen.Current().simd {
 		full = len(src) &^ 31
 		for off := 0; off < full; off += chunkElems {
 			end := min(off+chunkElems, full)
@@ -89,7 +89,7 @@ func narrow(id ID, dst []byte, src []float32) {
 // Compress never writes one).
 func widen(id ID, dst []float32, src []byte, add bool) {
 	full := 0
-	if current.Load().simd {
+	if chosen.Current().simd {
 		full = len(dst) &^ 31
 		for off := 0; off < full; off += chunkElems {
 			end := min(off+chunkElems, full)

@@ -1,9 +1,7 @@
 package codec
 
 import (
-	"fmt"
-	"strings"
-	"sync/atomic"
+	"github.com/gobps/gobps/summation/kernel"
 )
 
 // impl is one implementation of onebit's bit packing and the fp16 cast: the
@@ -18,40 +16,23 @@ type impl struct {
 // generic is the pure-Go implementation, available everywhere.
 var generic = &impl{name: "generic"}
 
+// impls are the implementations this CPU and build can run, best last
+// (available is in impl_amd64.go and impl_other.go); the best is in use unless SetImpl chose
+// another.
 var (
-	// impls lists the implementations this CPU and build can run, best
-	// last (available is in impl_amd64.go and impl_other.go).
-	impls = available()
-	// current is the implementation in use: the best one, unless SetImpl
-	// changed it.
-	current atomic.Pointer[impl]
+	impls  = available()
+	chosen = kernel.NewDispatch("codec", impls, func(m *impl) string { return m.name })
 )
-
-func init() { current.Store(impls[len(impls)-1]) }
 
 // Impl names the implementation of onebit's packing and the fp16 and bf16
 // casts in use: "avx2" (AVX2 and F16C) or "generic".
-func Impl() string { return current.Load().name }
+func Impl() string { return chosen.Name() }
 
 // Impls names the implementations this CPU and build can run, from
 // "generic" (always there) to the one chosen at start.
-func Impls() []string {
-	names := make([]string, len(impls))
-	for i, m := range impls {
-		names[i] = m.name
-	}
-	return names
-}
+func Impls() []string { return chosen.Names() }
 
 // SetImpl makes onebit and the casts use the named implementation, for tests and
 // benchmarks, and returns a function that restores the previous one. The
 // implementations give the same payloads and tensors bit for bit.
-func SetImpl(name string) (restore func(), err error) {
-	for _, m := range impls {
-		if m.name == name {
-			prev := current.Swap(m)
-			return func() { current.Store(prev) }, nil
-		}
-	}
-	return nil, fmt.Errorf("codec: implementation %q not available here (have %s)", name, strings.Join(Impls(), ", "))
-}
+func SetImpl(name string) (restore func(), err error) { return chosen.Use(name) }

@@ -114,7 +114,7 @@ const chunkElems = 64 << 10
 // word past len(src) zero; and if acc is not nil adds |src[i]| (in float64)
 // to acc[i mod lanes] in index order. words holds (len(src)+63)/64 words.
 func pack(words []byte, src []float32, acc *[lanes]float64) {
-	m := current.Load()
+	m := chosen.Current()
 	full := len(src) &^ 63
 	for off := 0; off < full; off += chunkElems {
 		end := min(off+chunkElems, full)
@@ -132,7 +132,7 @@ func pack(words []byte, src []float32, acc *[lanes]float64) {
 // unpack sets (or, if add, adds to) dst[i] the float32 whose bits are scale
 // with the sign bit of element i flipped.
 func unpack(dst []float32, words []byte, scale uint32, add bool) {
-	m := current.Load()
+	m := chosen.Current()
 	full := len(dst) &^ 63
 	for off := 0; off < full; off += chunkElems {
 		end := min(off+chunkElems, full)

@@ -1,10 +1,6 @@
 package kernel
 
 import (
-	"fmt"
-	"strings"
-	"sync/atomic"
-
 	"github.com/gobps/gobps/proto"
 )
 
@@ -38,32 +34,21 @@ func init() {
 // generic is the pure-Go implementation, available everywhere.
 var generic = &impl{name: "generic"}
 
+// impls are the implementations this CPU and build can run, best last
+// (available is in simd_amd64.go and simd_other.go); the best is in use unless SetImpl chose
+// another.
 var (
-	// impls lists the implementations this CPU and build can run, best
-	// last (available is in simd_amd64.go and simd_other.go).
-	impls = available()
-	// current is the implementation Add and AddTo use: the best one,
-	// unless SetImpl changed it.
-	current atomic.Pointer[impl]
+	impls  = available()
+	chosen = NewDispatch("kernel", impls, func(m *impl) string { return m.name })
 )
-
-func init() {
-	current.Store(impls[len(impls)-1])
-}
 
 // Impl names the implementation in use: "avx512fp16", "avx512", "avx2" or
 // "generic".
-func Impl() string { return current.Load().name }
+func Impl() string { return chosen.Name() }
 
 // Impls names the implementations this CPU and build can run, from the
 // slowest ("generic", always there) to the one chosen at start.
-func Impls() []string {
-	names := make([]string, len(impls))
-	for i, m := range impls {
-		names[i] = m.name
-	}
-	return names
-}
+func Impls() []string { return chosen.Names() }
 
 // SetImpl makes Add and AddTo use the named implementation, for tests and
 // benchmarks, and returns a function that restores the previous one. It
@@ -71,12 +56,4 @@ func Impls() []string {
 // only "generic"). Calls of Add running at the same time use either
 // implementation; results are the same up to which payload a sum of two NaNs
 // carries.
-func SetImpl(name string) (restore func(), err error) {
-	for _, m := range impls {
-		if m.name == name {
-			prev := current.Swap(m)
-			return func() { current.Store(prev) }, nil
-		}
-	}
-	return nil, fmt.Errorf("kernel: implementation %q not available here (have %s)", name, strings.Join(Impls(), ", "))
-}
+func SetImpl(name string) (restore func(), err error) { return chosen.Use(name) }

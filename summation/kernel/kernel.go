@@ -14,7 +14,7 @@ func Add(dt proto.DType, dst, src []byte) {
 	if len(dst) != len(src) || !dt.Valid() || len(dst)%dt.Size() != 0 {
 		panic(fmt.Sprintf("kernel: Add %s over %d and %d bytes", dt, len(dst), len(src)))
 	}
-	current.Load().sum(dt, dst, dst, src)
+	chosen.Current().sum(dt, dst, dst, src)
 }
 
 // AddTo sets dst[i] = a[i] + b[i] for every element of dtype dt, with the
@@ -26,7 +26,7 @@ func AddTo(dt proto.DType, dst, a, b []byte) {
 	if len(dst) != len(a) || len(dst) != len(b) || !dt.Valid() || len(dst)%dt.Size() != 0 {
 		panic(fmt.Sprintf("kernel: AddTo %s over %d, %d and %d bytes", dt, len(dst), len(a), len(b)))
 	}
-	current.Load().sum(dt, dst, a, b)
+	chosen.Current().sum(dt, dst, a, b)
 }
 
 // maxChunk is the most bytes one call of an assembly kernel sums: tens of
